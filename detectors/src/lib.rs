@@ -1,0 +1,2 @@
+//! Detection building blocks, detectors, data pipeline and training engine on burn.
+#![warn(missing_docs)]

@@ -1,0 +1,64 @@
+//! End-to-end tests of the `attndet` binary live in `tests/`; this library holds their shared helpers:
+//! finding the built binary, running it, and locating the shared fixtures.
+#![warn(missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Path of the `attndet` binary built by `cargo test --workspace` (same profile directory as the test).
+///
+/// # Panics
+/// When the binary has not been built: run the tests with `cargo test --workspace`, which builds it.
+pub fn attndet_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current test executable");
+    // target/<profile>/deps/<test-binary> -> target/<profile>/attndet
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile> directory");
+    let bin = profile_dir.join(format!("attndet{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} not found: run the end-to-end tests with `cargo test --workspace`, which builds the binary",
+        bin.display()
+    );
+    bin
+}
+
+/// Run `attndet` with `args`, returning its output (status, stdout, stderr).
+pub fn run(args: &[&str]) -> Output {
+    Command::new(attndet_bin()).args(args).output().expect("spawn attndet")
+}
+
+/// Root of the workspace (the directory holding the top-level `Cargo.toml`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+/// The shared COCO fixtures (`../shared/fixtures/coco` beside the checkout).
+pub fn shared_coco_fixtures() -> PathBuf {
+    workspace_root().join("../shared/fixtures/coco")
+}
+
+/// A fresh, empty temporary directory for one test, under the target directory (removed on drop).
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Create `target/e2e-tmp/<name>-<pid>`, emptied first.
+    pub fn new(name: &str) -> Self {
+        let exe = std::env::current_exe().expect("current test executable");
+        let base = exe.parent().and_then(Path::parent).expect("target/<profile>").join("e2e-tmp");
+        let dir = base.join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Self(dir)
+    }
+
+    /// The directory's path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

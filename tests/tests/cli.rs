@@ -1,0 +1,40 @@
+//! The binary's global behaviour: version, help, device option, exit codes.
+
+use attndet_tests::run;
+
+#[test]
+fn version_says_whether_cuda_is_compiled_in() {
+    let out = run(&["--version"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with(concat!("attndet ", env!("CARGO_PKG_VERSION"))), "{text}");
+    assert!(text.contains("cuda: "), "{text}");
+}
+
+#[test]
+fn help_lists_devices_option() {
+    let out = run(&["--help"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("--device"), "{text}");
+}
+
+#[test]
+fn bad_device_is_a_usage_error() {
+    let out = run(&["--device", "tpu:0", "devices"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown device `tpu:0`"), "{err}");
+}
+
+#[test]
+fn cuda_device_without_cuda_support_exits_2() {
+    let version = String::from_utf8_lossy(&run(&["--version"]).stdout).to_string();
+    if version.contains("cuda: yes") {
+        return; // a CUDA build: the device may well exist
+    }
+    let out = run(&["--device", "cuda:0", "devices"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("built without CUDA support"), "{err}");
+}

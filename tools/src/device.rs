@@ -1,0 +1,120 @@
+//! The global `--device cpu|cuda:N` option.
+
+use std::str::FromStr;
+
+/// "yes" when this binary was built with `--features cuda`, else "no (rebuild with --features cuda)".
+#[cfg(feature = "cuda")]
+pub const CUDA_COMPILED_IN_STR: &str = "yes";
+/// "yes" when this binary was built with `--features cuda`, else "no (rebuild with --features cuda)".
+#[cfg(not(feature = "cuda"))]
+pub const CUDA_COMPILED_IN_STR: &str = "no (rebuild with --features cuda)";
+
+/// A compute device named on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceArg {
+    /// The CPU, through burn's Flex backend.
+    Cpu,
+    /// CUDA device N.
+    Cuda(usize),
+}
+
+impl FromStr for DeviceArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(i)) => Ok(Self::Cuda(i)),
+                _ => Err(format!("unknown device `{s}`: expected `cpu` or `cuda:N` (e.g. cuda:0)")),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+impl DeviceArg {
+    /// Check that the device can be used by this binary; a clear bad-input error otherwise.
+    pub fn check_usable(&self) -> anyhow::Result<()> {
+        match self {
+            Self::Cpu => Ok(()),
+            #[cfg(not(feature = "cuda"))]
+            Self::Cuda(_) => Err(crate::errors::bad_input(format!(
+                "--device {self}: this attndet was built without CUDA support; rebuild with \
+                 `cargo build --release --features cuda`"
+            ))),
+            #[cfg(feature = "cuda")]
+            Self::Cuda(i) => {
+                if cuda_usable(*i) {
+                    Ok(())
+                } else {
+                    Err(crate::errors::bad_input(format!(
+                        "--device {self}: CUDA device {i} cannot be used (no driver, libcuda.so not found, \
+                         or no such device)"
+                    )))
+                }
+            }
+        }
+    }
+}
+
+/// Probe a CUDA device. burn's CUDA runtime panics on first use when the driver is missing; turn that into a bool.
+#[cfg(feature = "cuda")]
+pub fn cuda_usable(index: usize) -> bool {
+    use burn::backend::{Cuda, cuda::CudaDevice};
+    use burn::prelude::*;
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let ok = std::panic::catch_unwind(|| {
+        let device = CudaDevice::new(index);
+        Tensor::<Cuda, 1>::ones([1], &device).into_scalar()
+    })
+    .is_ok();
+    std::panic::set_hook(previous);
+    ok
+}
+
+/// `attndet devices`: print the devices this build can use.
+pub fn print_devices(selected: &DeviceArg) -> anyhow::Result<()> {
+    println!("cpu: yes (burn Flex backend, {} threads)", rayon::current_num_threads());
+    #[cfg(feature = "cuda")]
+    {
+        let mut i = 0;
+        while cuda_usable(i) {
+            println!("cuda:{i}: yes");
+            i += 1;
+        }
+        if i == 0 {
+            println!("cuda: compiled in, but no usable device (driver or libcuda.so missing)");
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    println!("cuda: {CUDA_COMPILED_IN_STR}");
+    selected.check_usable()?;
+    println!("selected: {selected}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_devices() {
+        assert_eq!("cpu".parse::<DeviceArg>(), Ok(DeviceArg::Cpu));
+        assert_eq!("cuda:3".parse::<DeviceArg>(), Ok(DeviceArg::Cuda(3)));
+        assert_eq!("cuda".parse::<DeviceArg>(), Ok(DeviceArg::Cuda(0)));
+        assert!("gpu".parse::<DeviceArg>().unwrap_err().contains("unknown device `gpu`"));
+        assert!("cuda:x".parse::<DeviceArg>().is_err());
+        assert!("".parse::<DeviceArg>().is_err());
+    }
+}

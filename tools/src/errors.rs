@@ -1,0 +1,27 @@
+//! Mapping of errors to exit codes: 2 for bad usage or bad input, 1 for everything else.
+
+use std::fmt;
+
+/// An error caused by the user's input (a file, a field, an argument): exit code 2.
+#[derive(Debug)]
+pub struct BadInput(pub String);
+
+impl fmt::Display for BadInput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadInput {}
+
+/// Build an `anyhow::Error` that exits with code 2.
+#[allow(dead_code)]
+pub fn bad_input(msg: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(BadInput(msg.into()))
+}
+
+/// Exit code for an error: 2 when any error in the chain is a bad-input error, else 1.
+pub fn exit_code(err: &anyhow::Error) -> i32 {
+    let is_bad_input = err.chain().any(|e| e.is::<BadInput>());
+    if is_bad_input { 2 } else { 1 }
+}

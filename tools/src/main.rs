@@ -1,0 +1,57 @@
+//! `attndet`: object detection and instance segmentation research on attention-enhanced backbones.
+//!
+//! One module per subcommand; this file only parses the command line, dispatches, and maps errors to exit
+//! codes (0 ok, 1 runtime failure, 2 bad usage or bad input).
+
+mod device;
+mod errors;
+
+use clap::{Parser, Subcommand};
+
+use crate::device::DeviceArg;
+
+/// Long version string: the crate version and whether CUDA support is compiled in.
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "\ncuda: ",
+    device::CUDA_COMPILED_IN_STR,
+    "\nburn: 0.21.0"
+);
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "attndet",
+    version = env!("CARGO_PKG_VERSION"),
+    long_version = LONG_VERSION,
+    about = "Object detection and instance segmentation research on attention-enhanced backbones",
+    long_about = "attndet trains and evaluates detectors (RetinaNet, R-CNN family) with attention-enhanced \
+backbones (SE, ECA, CBAM, GC, SK, GE, DCA, SDA) and evaluates them with a COCO metric identical to \
+pycocotools.\n\nEvery subcommand that computes takes --device cpu|cuda:N (default cpu).\n\
+Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad input (the message names the file or field).",
+    propagate_version = true
+)]
+struct Cli {
+    /// Where tensors live: `cpu` (burn's Flex backend) or `cuda:N` (needs a build with `--features cuda`).
+    #[arg(long, global = true, default_value = "cpu", value_name = "cpu|cuda:N")]
+    device: DeviceArg,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show which compute devices this build can use.
+    Devices,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Devices => device::print_devices(&cli.device),
+    };
+    if let Err(err) = result {
+        eprintln!("error: {err:#}");
+        std::process::exit(errors::exit_code(&err));
+    }
+}
