@@ -11,8 +11,7 @@ use clap::{Parser, Subcommand};
 
 use crate::device::DeviceArg;
 
-/// Long version string: the crate version and whether CUDA support is compiled in (`concat!` takes
-/// literals only, hence one constant per configuration).
+/// Long version string: the crate version and whether CUDA support is compiled in.
 #[cfg(feature = "cuda")]
 const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "\ncuda: yes\nburn: 0.21.0");
 /// Long version string: the crate version and whether CUDA support is compiled in.
