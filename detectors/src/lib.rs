@@ -4,3 +4,5 @@
 pub mod config;
 pub mod data;
 pub mod engine;
+pub mod models;
+pub mod heads;

@@ -3,3 +3,5 @@
 pub mod checkpoint;
 pub mod grads;
 pub mod schedule;
+pub mod log;
+pub mod trainer;
