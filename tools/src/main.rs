@@ -11,11 +11,13 @@ use clap::{Parser, Subcommand};
 use crate::device::DeviceArg;
 
 /// Long version string: the crate version and whether CUDA support is compiled in.
+#[cfg(feature = "cuda")]
+const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "\ncuda: yes\nburn: 0.21.0");
+/// Long version string: the crate version and whether CUDA support is compiled in.
+#[cfg(not(feature = "cuda"))]
 const LONG_VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
-    "\ncuda: ",
-    device::CUDA_COMPILED_IN_STR,
-    "\nburn: 0.21.0"
+    "\ncuda: no (rebuild with --features cuda)\nburn: 0.21.0"
 );
 
 #[derive(Parser, Debug)]
