@@ -3,6 +3,7 @@
 //! One module per subcommand; this file only parses the command line, dispatches, and maps errors to exit
 //! codes (0 ok, 1 runtime failure, 2 bad usage or bad input).
 
+mod config_cmd;
 mod device;
 mod errors;
 
@@ -45,12 +46,16 @@ struct Cli {
 enum Command {
     /// Show which compute devices this build can use.
     Devices,
+    /// Inspect configs: `attndet config show CONFIG [--cfg-options KEY=VALUE ...]`.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Devices => device::print_devices(&cli.device),
+        Command::Config(cmd) => config_cmd::run(&cmd),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");
