@@ -148,7 +148,7 @@ fn bad_results_exit_2_with_clear_messages() {
         "eval-not-json",
         "[{\"image_id\": 42",
         "bbox",
-        "EOF while parsing an object at line 1 column 15",
+        "EOF while parsing an object at line 1 column 16",
     );
 }
 
