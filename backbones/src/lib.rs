@@ -5,6 +5,8 @@
 //! Classification (pool + fc) is a head on top, used for ImageNet-style evaluation and checkpoint parity.
 #![warn(missing_docs)]
 
+pub mod mobile_layers;
+pub mod mobilenet_v2;
 pub mod norm;
 
 use burn::prelude::*;
@@ -26,7 +28,11 @@ pub struct FeatureSpec {
 impl FeatureSpec {
     /// A spec named `c{log2(stride)}`, the usual name of a level of stride `stride`.
     pub fn level(channels: usize, stride: usize) -> Self {
-        Self { name: format!("c{}", stride.trailing_zeros()), channels, stride }
+        Self {
+            name: format!("c{}", stride.trailing_zeros()),
+            channels,
+            stride,
+        }
     }
 }
 
