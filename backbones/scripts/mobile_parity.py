@@ -141,7 +141,12 @@ def main():
         sda = load_package("sda_resnet", os.path.join(args.sda, "SDA-ResNet", "models", "resnet"))
         model = sda("resnet_at").resnet50(num_classes=NUM_CLASSES)
         # The classifier's AvgPool2d(7) needs a 7x7 final map: 224x224 input.
-        record("sda_resnet86", model, [1, 3, 224, 224], ["stage1", "stage2", "stage3", "stage4"], args.out)
+        stages = ["stage1", "stage2", "stage3", "stage4"]
+        record("sda_resnet86", model, [1, 3, 224, 224], stages, args.out)
+        sda_se = load_package("sda_senet", os.path.join(args.sda, "SDA-SENet", "models", "senet"))
+        # The SE blocks pool with fixed AvgPool2d(56/28/14/7): 224x224 input as well.
+        model = sda_se("se_resnet_at").se_resnet_50(num_classes=NUM_CLASSES)
+        record("sda_se_resnet86", model, [1, 3, 224, 224], stages, args.out)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@
 pub mod mobile_layers;
 pub mod mobilenet_v2;
 pub mod norm;
+pub mod sda;
 
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};

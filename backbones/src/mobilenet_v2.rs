@@ -134,6 +134,8 @@ pub struct Eca<B: Backend> {
 }
 
 /// The attention module of one block.
+// One per block, built once: the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum BlockAttention<B: Backend> {
     /// SE or DCA-SE.

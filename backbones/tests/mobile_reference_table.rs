@@ -38,3 +38,25 @@ fn mobilenet_v2_parameters_and_flops_match_the_reference_table() {
         );
     }
 }
+
+#[test]
+fn sda_parameters_and_flops_match_the_reference_table() {
+    use attndet_backbones::sda::{SdaConfig, SdaVariant};
+    let device = Default::default();
+    for (variant, params, flops) in [
+        (SdaVariant::ResNet, 27_219_880, 3_922_097_856u64),
+        (SdaVariant::SeResNet, 49_130_808, 6_768_198_992),
+    ] {
+        let config = SdaConfig::depth86(variant, 1000);
+        let model = config.init::<B>(&device);
+        assert_eq!(parameter_count(&model), params, "{}", config.name());
+        let ours = model.flops([224, 224]);
+        let rel = (ours as f64 - flops as f64).abs() / flops as f64;
+        assert!(
+            rel < 0.01,
+            "{}: {ours} FLOPs vs reference {flops} ({:.3}%)",
+            config.name(),
+            rel * 100.0
+        );
+    }
+}
