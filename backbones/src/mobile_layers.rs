@@ -202,34 +202,30 @@ pub fn global_avg<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 2> {
     x.reshape([n, c, h * w]).mean_dim(2).reshape([n, c])
 }
 
-/// Number of learnable parameters, as PyTorch's `sum(p.numel() for p in model.parameters())`: BatchNorm running
-/// statistics are buffers there, while burn's `num_params` counts them too.
-pub fn parameter_count<B: Backend, M: Module<B>>(module: &M) -> usize {
-    struct Counter {
-        path: Vec<String>,
-        count: usize,
+/// A key map generated at run time, leaked once per `id` so it can serve as the zoo's `&'static` key map.
+/// Bounded: one small list per architecture variant for the life of the process.
+pub fn leak_key_map(id: &str, make: impl FnOnce() -> Vec<(String, String)>) -> crate::checkpoint::KeyMap {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    type Leaked = &'static [(&'static str, &'static str)];
+    static MAPS: OnceLock<Mutex<HashMap<String, Leaked>>> = OnceLock::new();
+    let mut maps = MAPS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(map) = maps.get(id) {
+        return map;
     }
-    impl<B: Backend> burn::module::ModuleVisitor<B> for Counter {
-        fn enter_module(&mut self, name: &str, _container_type: &str) {
-            self.path.push(name.to_string());
-        }
-        fn exit_module(&mut self, _name: &str, _container_type: &str) {
-            self.path.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
-            let buffer = matches!(
-                self.path.last().map(String::as_str),
-                Some("running_mean" | "running_var")
-            );
-            if !buffer {
-                self.count += param.shape().num_elements();
-            }
-        }
-    }
-    let mut counter = Counter {
-        path: Vec::new(),
-        count: 0,
-    };
-    module.visit(&mut counter);
-    counter.count
+    let leaked: Vec<(&'static str, &'static str)> = make()
+        .into_iter()
+        .map(|(from, to)| {
+            (
+                &*Box::leak(from.into_boxed_str()),
+                &*Box::leak(to.into_boxed_str()),
+            )
+        })
+        .collect();
+    let leaked: Leaked = Box::leak(leaked.into_boxed_slice());
+    maps.insert(id.to_string(), leaked);
+    leaked
 }

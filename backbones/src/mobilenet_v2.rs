@@ -16,12 +16,15 @@ use burn::prelude::*;
 use burn::tensor::activation::{relu, sigmoid};
 use serde::{Deserialize, Serialize};
 
-use crate::mobile_layers::{Activation, ConvBnAct, DcaMix, global_avg, linear_flops};
+use crate::checkpoint::KeyMap;
+use crate::cost::{Chw, CostCounter, CountFlops, parameter_count};
+use crate::error::BackboneError;
+use crate::mobile_layers::{Activation, ConvBnAct, DcaMix, global_avg, leak_key_map, linear_flops};
 use crate::norm::NormMode;
-use crate::{Backbone, FeatureSpec};
+use crate::{Backbone, Classifier, FeatureSpec};
 
 /// Which attention each inverted residual block carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum MobileAttention {
     /// Plain MobileNetV2 (`old_mobilenet_v2`).
@@ -63,7 +66,7 @@ impl MobileAttention {
 }
 
 /// Architecture of a MobileNetV2.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MobileNetV2Config {
     /// Attention of the inverted residual blocks.
@@ -86,6 +89,8 @@ const STEM_CHANNELS: usize = 32;
 const LAST_CHANNELS: usize = 1280;
 /// Blocks whose outputs are the C2, C3, C4 levels (0-based); C5 is the final 1x1 conv.
 const LEVEL_BLOCKS: [usize; 3] = [2, 5, 12];
+/// Stage `k` (1-based, for `frozen_stages`) ends before this block; stage 4 also holds the final conv.
+const STAGE_ENDS: [usize; 4] = [3, 6, 13, 17];
 
 /// One block's shape: `(input channels, output channels, stride, expansion)`.
 fn block_shapes() -> Vec<(usize, usize, usize, usize)> {
@@ -354,6 +359,8 @@ pub struct MobileNetV2<B: Backend> {
     /// Classifier (the reference's `classifier.1`; dropout is a no-op at inference).
     pub classifier: Linear<B>,
     norm: NormMode,
+    /// Blocks before this index (and the stem) are frozen: no gradients, running BatchNorm statistics.
+    frozen_blocks: Option<usize>,
 }
 
 impl MobileNetV2Config {
@@ -368,7 +375,27 @@ impl MobileNetV2Config {
             head: ConvBnAct::new(320, LAST_CHANNELS, 1, 1, 1, Activation::Relu6, device),
             classifier: LinearConfig::new(LAST_CHANNELS, self.num_classes).init(device),
             norm: NormMode::Auto,
+            frozen_blocks: None,
         }
+    }
+
+    /// Parse a zoo name: `[se_|dca_se_|ge_|dca_ge_|eca_]mobilenet_v2` (`None`: not a MobileNetV2 name).
+    pub fn parse(name: &str) -> Option<Result<Self, BackboneError>> {
+        let prefix = name.strip_suffix("mobilenet_v2")?;
+        let attention = MobileAttention::ALL.into_iter().find(|a| a.prefix() == prefix);
+        Some(attention.map(|attention| Self { attention, num_classes: 1000 }).ok_or_else(|| {
+            BackboneError::UnknownModel {
+                name: name.into(),
+                reason: "MobileNetV2 attention prefixes: se_, dca_se_, ge_, dca_ge_, eca_ (sk_ and cbam_ are not \
+                         built yet)"
+                    .into(),
+            }
+        }))
+    }
+
+    /// [`MobileNetV2Config::key_map`] as the zoo's static [`KeyMap`] (built once per variant).
+    pub fn static_key_map(&self) -> KeyMap {
+        leak_key_map(&format!("mobilenet_v2/{:?}", self.attention), || self.key_map())
     }
 
     /// The model name, e.g. `dca_se_mobilenet_v2`.
@@ -452,20 +479,51 @@ impl<B: Backend> MobileNetV2<B> {
         self
     }
 
+    /// Freeze the stem and the first `stages` stages (stage `k` ends at level C`k+1`; 0 = stem only).
+    pub fn with_frozen_stages(mut self, stages: usize) -> Self {
+        let end = match stages {
+            0 => 0,
+            k => STAGE_ENDS[k.min(4) - 1],
+        };
+        self.stem = self.stem.no_grad();
+        self.blocks = self
+            .blocks
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| if i < end { b.no_grad() } else { b })
+            .collect();
+        if stages >= 4 {
+            self.head = self.head.no_grad();
+        }
+        self.frozen_blocks = Some(end);
+        self
+    }
+
+    /// The norm mode of block `i` (`None`: the stem, `Some(len)`: the final conv).
+    fn norm_of(&self, block: Option<usize>) -> NormMode {
+        match (self.frozen_blocks, block) {
+            (Some(_), None) => NormMode::Frozen,
+            (Some(end), Some(i)) if i < end || (i == self.blocks.len() && end == self.blocks.len()) => {
+                NormMode::Frozen
+            }
+            _ => self.norm,
+        }
+    }
+
     /// Run the stem and the blocks, keeping the C2..C5 levels.
     fn run(&self, x: Tensor<B, 4>) -> Vec<Tensor<B, 4>> {
-        let mut x = self.stem.forward(x, self.norm);
+        let mut x = self.stem.forward(x, self.norm_of(None));
         let mut state = None;
         let mut levels = Vec::with_capacity(4);
         for (i, block) in self.blocks.iter().enumerate() {
-            let (y, s) = block.forward(x, state, self.norm);
+            let (y, s) = block.forward(x, state, self.norm_of(Some(i)));
             x = y;
             state = s;
             if LEVEL_BLOCKS.contains(&i) {
                 levels.push(x.clone());
             }
         }
-        levels.push(self.head.forward(x, self.norm));
+        levels.push(self.head.forward(x, self.norm_of(Some(self.blocks.len()))));
         levels
     }
 
@@ -512,5 +570,67 @@ impl<B: Backend> Backbone<B> for MobileNetV2<B> {
 
     fn forward_features(&self, x: Tensor<B, 4>) -> Vec<Tensor<B, 4>> {
         self.run(x)
+    }
+
+    fn with_norm_mode(self, mode: NormMode) -> Self {
+        MobileNetV2::with_norm_mode(self, mode)
+    }
+
+    fn with_frozen_stages(self, stages: usize) -> Self {
+        MobileNetV2::with_frozen_stages(self, stages)
+    }
+}
+
+impl<B: Backend> Classifier<B> for MobileNetV2<B> {
+    fn forward_logits(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        self.forward(x)
+    }
+
+    fn num_classes(&self) -> usize {
+        self.classifier.weight.dims()[1]
+    }
+}
+
+impl<B: Backend> CountFlops for MobileNetV2<B> {
+    /// One row per stem, block, final conv and classifier (the per-layer tally lives in the blocks' `flops`).
+    fn count_flops(&self, counter: &mut CostCounter, x: Chw) -> Chw {
+        let (flops, hw) = self.stem.flops([x[1], x[2]]);
+        counter.record(
+            "stem",
+            "ConvBNReLU",
+            parameter_count(&self.stem),
+            flops,
+            [STEM_CHANNELS, hw[0], hw[1]],
+        );
+        let mut cur = hw;
+        for (i, block) in self.blocks.iter().enumerate() {
+            let (flops, out) = block.flops(cur, i > 0);
+            let c = block.project.bn.gamma.dims()[0];
+            counter.record(
+                &format!("blocks.{i}"),
+                "InvertedResidual",
+                parameter_count(block),
+                flops,
+                [c, out[0], out[1]],
+            );
+            cur = out;
+        }
+        let (flops, out) = self.head.flops(cur);
+        counter.record(
+            "head",
+            "ConvBNReLU",
+            parameter_count(&self.head),
+            flops,
+            [LAST_CHANNELS, out[0], out[1]],
+        );
+        let classes = self.classifier.weight.dims()[1];
+        counter.record(
+            "classifier",
+            "Linear",
+            parameter_count(&self.classifier),
+            linear_flops(&self.classifier),
+            [classes, 1, 1],
+        );
+        [classes, 1, 1]
     }
 }

@@ -5,10 +5,10 @@
 mod mobile_common;
 
 use attndet_backbones::Backbone;
+use attndet_backbones::checkpoint::load_torch_safetensors_bytes;
 use attndet_backbones::mobilenet_v2::{MobileAttention, MobileNetV2Config};
 use attndet_backbones::sda::{SdaConfig, SdaVariant};
 use burn::prelude::*;
-use burn::store::{ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
 use mobile_common::*;
 
 fn check_levels<M: Backbone<B>>(model: &M, batch: usize, hw: usize) {
@@ -65,15 +65,31 @@ fn a_checkpoint_of_another_variant_is_refused_naming_the_keys() {
         num_classes: 10,
     };
     let mut model = config.init::<B>(&Default::default());
-    let mut store = SafetensorsStore::from_bytes(Some(formula_safetensors(&fixture.state_dict)))
-        .with_from_adapter(PyTorchToBurnAdapter)
-        .skip_enum_variants(true);
-    for (from, to) in config.key_map() {
-        store = store.with_key_remapping(&from, &to);
-    }
-    let message = model
-        .load_from(&mut store)
-        .expect_err("missing attention weights must be refused")
-        .to_string();
-    assert!(message.contains("blocks.0.attention.fc1.weight"), "{message}");
+    let bytes = formula_safetensors(&fixture.state_dict);
+    let origin = std::path::Path::new("mobilenet_v2.safetensors");
+    let err =
+        load_torch_safetensors_bytes(&mut model, bytes, origin, config.static_key_map(), &config.name())
+            .expect_err("missing attention weights must be refused");
+    let message = err.to_string();
+    assert!(
+        message.contains("mobilenet_v2.safetensors") && message.contains("dca_se_mobilenet_v2"),
+        "{message}"
+    );
+    assert!(message.contains("blocks.1.attention.fc1.weight"), "{message}");
+    // And the other way: DCA-SE weights into the plain network leave unexpected keys, named in reference form.
+    let fixture = read_fixture("mobile_parity_dca_se_mobilenet_v2.json");
+    let config = MobileNetV2Config {
+        attention: MobileAttention::None,
+        num_classes: 10,
+    };
+    let mut model = config.init::<B>(&Default::default());
+    let bytes = formula_safetensors(&fixture.state_dict);
+    let message =
+        load_torch_safetensors_bytes(&mut model, bytes, origin, config.static_key_map(), &config.name())
+            .expect_err("unexpected attention weights must be refused")
+            .to_string();
+    assert!(
+        message.contains("unexpected") && message.contains("se.fc"),
+        "{message}"
+    );
 }

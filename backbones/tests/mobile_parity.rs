@@ -19,7 +19,7 @@ fn check(attention: MobileAttention) {
     let fixture = read_fixture(&format!("mobile_parity_{}.json", config.name()));
     assert_eq!(fixture.model, config.name());
     let mut model = config.init::<B>(&Default::default());
-    load_formula(&mut model, &fixture, &config.key_map());
+    load_formula(&mut model, &fixture, config.static_key_map());
     let x = input(fixture.input_shape);
     let logits: Vec<f32> = model.forward(x.clone()).into_data().to_vec().unwrap();
     let err = relative_error(&logits, &fixture.logits);

@@ -6,7 +6,7 @@
 #[path = "mobile_common/mod.rs"]
 mod mobile_common;
 
-use attndet_backbones::sda::{SdaConfig, SdaKeyLayout, SdaVariant};
+use attndet_backbones::sda::{SdaConfig, SdaVariant};
 use mobile_common::*;
 
 const TOLERANCE: f64 = 1e-3;
@@ -16,11 +16,7 @@ fn check(variant: SdaVariant) {
     let fixture = read_fixture(&format!("sda_parity_{}.json", config.name()));
     assert_eq!(fixture.model, config.name());
     let mut model = config.init::<B>(&Default::default());
-    load_formula(
-        &mut model,
-        &fixture,
-        &config.key_map(SdaKeyLayout::Classification),
-    );
+    load_formula(&mut model, &fixture, config.static_key_map());
     let (levels, weights) = model.forward_explained(input(fixture.input_shape));
     // The classifier from the last level (same computation as `forward`, without running the trunk twice).
     let logits: Vec<f32> = {

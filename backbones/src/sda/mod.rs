@@ -9,8 +9,8 @@
 //! [5, 6, 12, 5], grouped 3x3 with 8 groups) and `SDA-SENet/models/senet/se_resnet_at.py` (`se_resnet_50`: the
 //! same depths, ungrouped 3x3, SE with reduction 16 inside each block). The classifier is AvgPool2d(7) then
 //! BatchNorm2d then Linear. The detection versions (`mmdetection/mmdet/models/backbones/sda*.py`) are the same
-//! network returning the four stage outputs (C2..C5); their checkpoints name the BatchNorms `norm1..3` instead of
-//! `bn1..3`, which [`SdaConfig::key_map`] handles with [`SdaKeyLayout::Mmdet`].
+//! network returning the four stage outputs (C2..C5, [`Backbone::forward_features`]); loading their checkpoints
+//! (BatchNorms named `norm1..3`, no classifier head) is not supported yet.
 
 use burn::module::Module;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
@@ -19,12 +19,17 @@ use burn::prelude::*;
 use burn::tensor::activation::{relu, sigmoid, softmax};
 use serde::{Deserialize, Serialize};
 
-use crate::mobile_layers::{Activation, ConvBnAct, bn_flops, conv_flops, conv2d, global_avg, linear_flops};
+use crate::checkpoint::KeyMap;
+use crate::cost::{Chw, CostCounter, CountFlops, parameter_count};
+use crate::error::BackboneError;
+use crate::mobile_layers::{
+    Activation, ConvBnAct, bn_flops, conv_flops, conv_out, conv2d, global_avg, leak_key_map, linear_flops,
+};
 use crate::norm::{NormMode, batch_norm};
-use crate::{Backbone, FeatureSpec};
+use crate::{Backbone, Classifier, FeatureSpec};
 
 /// Which SDA network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum SdaVariant {
     /// SDA-ResNet-86: bottlenecks with a grouped (8 groups) 3x3 convolution.
@@ -33,18 +38,8 @@ pub enum SdaVariant {
     SeResNet,
 }
 
-/// Which checkpoint naming the key map reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SdaKeyLayout {
-    /// The classification code (`bn1`, `bn2`, `bn3` inside blocks).
-    Classification,
-    /// The mmdetection backbones (`norm1`, `norm2`, `norm3`; no `bn2`/`fc` head).
-    Mmdet,
-}
-
 /// Architecture of an SDA network.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SdaConfig {
     /// The network.
@@ -67,6 +62,28 @@ impl SdaConfig {
             depths: [5, 6, 12, 5],
             num_classes,
         }
+    }
+
+    /// Parse a zoo name: `sda_resnet86`, `sda_se_resnet86` (`None`: not an SDA name).
+    pub fn parse(name: &str) -> Option<Result<Self, BackboneError>> {
+        let variant = match name.strip_prefix("sda_")? {
+            "resnet86" => SdaVariant::ResNet,
+            "se_resnet86" => SdaVariant::SeResNet,
+            _ => {
+                return Some(Err(BackboneError::UnknownModel {
+                    name: name.into(),
+                    reason: "SDA networks: sda_resnet86, sda_se_resnet86 (sda_res2net86 and sda_pyconvresnet86 are \
+                             not built yet)"
+                        .into(),
+                }));
+            }
+        };
+        Some(Ok(Self::depth86(variant, 1000)))
+    }
+
+    /// [`SdaConfig::key_map`] as the zoo's static [`KeyMap`].
+    pub fn static_key_map(&self) -> KeyMap {
+        leak_key_map("sda", || self.key_map())
     }
 
     /// The model name (`sda_resnet86`, `sda_se_resnet86`).
@@ -101,19 +118,16 @@ impl SdaConfig {
             bn2: BatchNormConfig::new(2048).init(device),
             fc: LinearConfig::new(2048, self.num_classes).init(device),
             norm: NormMode::Auto,
+            frozen_stages: None,
         }
     }
 
     /// Key map from the reference `state_dict` keys to this crate's module paths (`(regex, replacement)` pairs
     /// applied in order).
-    pub fn key_map(&self, layout: SdaKeyLayout) -> Vec<(String, String)> {
+    pub fn key_map(&self) -> Vec<(String, String)> {
         let mut map: Vec<(String, String)> = (1..=4)
             .map(|s| (format!(r"^stage{s}\."), format!("stages.{}.", s - 1)))
             .collect();
-        if layout == SdaKeyLayout::Mmdet {
-            map.push((r"^norm1\.".into(), "bn1.".into()));
-            map.push((r"\.norm(\d)\.".into(), ".bn$1.".into()));
-        }
         map.push((r"\.fc\.0\.".into(), ".fc.conv.".into()));
         map.push((r"\.fc\.1\.".into(), ".fc.bn.".into()));
         map.push((r"\.downsample\.0\.".into(), ".downsample.conv.".into()));
@@ -322,6 +336,8 @@ pub struct SdaNet<B: Backend> {
     /// Classifier.
     pub fc: Linear<B>,
     norm: NormMode,
+    /// The stem and stages `1..=k` are frozen (no gradients, running BatchNorm statistics).
+    frozen_stages: Option<usize>,
 }
 
 /// What `forward_explained` returns: the four stage outputs and each stage's depth-attention weights.
@@ -334,15 +350,34 @@ impl<B: Backend> SdaNet<B> {
         self
     }
 
+    /// Freeze the stem and the first `stages` stages (mmdetection's `frozen_stages`; 0 = stem only).
+    pub fn with_frozen_stages(mut self, stages: usize) -> Self {
+        let stages = stages.min(4);
+        self.conv1 = self.conv1.no_grad();
+        self.bn1 = self.bn1.no_grad();
+        self.stages = self
+            .stages
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| if i < stages { s.no_grad() } else { s })
+            .collect();
+        self.frozen_stages = Some(stages);
+        self
+    }
+
     /// Stage outputs (C2..C5) and the depth-attention weights of each stage (`[N, blocks, C]`, summing to 1
     /// over blocks).
     pub fn forward_explained(&self, x: Tensor<B, 4>) -> Explained<B> {
-        let x = relu(batch_norm(&self.bn1, self.conv1.forward(x), self.norm));
+        let frozen = |stage: usize| match self.frozen_stages {
+            Some(k) if stage <= k => NormMode::Frozen,
+            _ => self.norm,
+        };
+        let x = relu(batch_norm(&self.bn1, self.conv1.forward(x), frozen(0)));
         let mut x = self.maxpool.forward(x);
         let mut levels = Vec::with_capacity(4);
         let mut weights = Vec::with_capacity(4);
-        for stage in &self.stages {
-            let (y, w) = stage.forward(x, self.norm);
+        for (i, stage) in self.stages.iter().enumerate() {
+            let (y, w) = stage.forward(x, frozen(i + 1));
             levels.push(y.clone());
             weights.push(w);
             x = y;
@@ -368,7 +403,7 @@ impl<B: Backend> SdaNet<B> {
         total += bn_flops(64, cur) + (64 * cur[0] * cur[1]) as u64;
         // MaxPool2d counts its input elements.
         total += (64 * cur[0] * cur[1]) as u64;
-        let mut cur = crate::mobile_layers::conv_out(cur, [3, 3], [2, 2], [1, 1], [1, 1]);
+        let mut cur = conv_out(cur, [3, 3], [2, 2], [1, 1], [1, 1]);
         for stage in &self.stages {
             let (f, o) = stage.flops(cur);
             total += f;
@@ -386,5 +421,83 @@ impl<B: Backend> Backbone<B> for SdaNet<B> {
 
     fn forward_features(&self, x: Tensor<B, 4>) -> Vec<Tensor<B, 4>> {
         self.forward_explained(x).0
+    }
+
+    fn with_norm_mode(self, mode: NormMode) -> Self {
+        SdaNet::with_norm_mode(self, mode)
+    }
+
+    fn with_frozen_stages(self, stages: usize) -> Self {
+        SdaNet::with_frozen_stages(self, stages)
+    }
+}
+
+impl<B: Backend> Classifier<B> for SdaNet<B> {
+    fn forward_logits(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        self.forward(x)
+    }
+
+    fn num_classes(&self) -> usize {
+        self.fc.weight.dims()[1]
+    }
+}
+
+impl<B: Backend> CountFlops for SdaNet<B> {
+    /// One row for the stem (conv, BN, ReLU, max-pool), one per block, one per stage's depth attention, then
+    /// the head's pooling + BN and the classifier.
+    fn count_flops(&self, counter: &mut CostCounter, x: Chw) -> Chw {
+        let (conv, stem) = conv_flops(&self.conv1, [x[1], x[2]]);
+        let stem_elems = (64 * stem[0] * stem[1]) as u64;
+        let mut cur = conv_out(stem, [3, 3], [2, 2], [1, 1], [1, 1]);
+        let stem_params = parameter_count(&self.conv1) + parameter_count(&self.bn1);
+        counter.record(
+            "stem",
+            "Conv2d+BN+ReLU+MaxPool2d",
+            stem_params,
+            conv + 4 * stem_elems,
+            [64, cur[0], cur[1]],
+        );
+        for (s, stage) in self.stages.iter().enumerate() {
+            for (i, block) in stage.layers.iter().enumerate() {
+                let (flops, out) = block.flops(cur);
+                let c = block.bn3.gamma.dims()[0];
+                counter.record(
+                    &format!("stage{}.layers.{i}", s + 1),
+                    "Bottleneck",
+                    parameter_count(block),
+                    flops,
+                    [c, out[0], out[1]],
+                );
+                cur = out;
+            }
+            let c = stage.layers[0].bn3.gamma.dims()[0];
+            let fcs: u64 = stage.fcs.iter().map(|fc| conv_flops(fc, [1, 1]).0).sum();
+            let attention = (c * cur[0] * cur[1]) as u64 + stage.fc.flops([1, 1]).0 + fcs;
+            let params = parameter_count(&stage.fc) + stage.fcs.iter().map(parameter_count).sum::<usize>();
+            counter.record(
+                &format!("stage{}.depth_attention", s + 1),
+                "SDA",
+                params,
+                attention,
+                [c, cur[0], cur[1]],
+            );
+        }
+        let pool = (2048 * cur[0] * cur[1]) as u64;
+        counter.record(
+            "bn2",
+            "AvgPool2d+BatchNorm2d",
+            parameter_count(&self.bn2),
+            pool + bn_flops(2048, [1, 1]),
+            [2048, 1, 1],
+        );
+        let classes = self.fc.weight.dims()[1];
+        counter.record(
+            "fc",
+            "Linear",
+            parameter_count(&self.fc),
+            linear_flops(&self.fc),
+            [classes, 1, 1],
+        );
+        [classes, 1, 1]
     }
 }

@@ -2,10 +2,10 @@
 //! `backbones/scripts/mobile_parity.py`, fixture reading, and loading formula weights through a key map.
 #![allow(dead_code)]
 
+use attndet_backbones::checkpoint::{KeyMap, load_torch_safetensors_bytes};
 use burn::backend::Flex;
-use burn::module::Module;
 use burn::prelude::*;
-use burn::store::{ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
+use burn::store::ModuleSnapshot;
 use serde::Deserialize;
 
 pub type B = Flex;
@@ -112,42 +112,19 @@ pub fn formula_safetensors(keys: &[(String, Vec<usize>)]) -> Vec<u8> {
     bytes
 }
 
-/// Load formula weights into `model` through `key_map` (reference key regex -> our path), strictly: every
-/// tensor of the model must be found, and the reference must have exactly as many float tensors.
-pub fn load_formula<M: Module<B> + ModuleSnapshot<B>>(
-    model: &mut M,
-    fixture: &Fixture,
-    key_map: &[(String, String)],
-) {
-    let mut store = SafetensorsStore::from_bytes(Some(formula_safetensors(&fixture.state_dict)))
-        .with_from_adapter(PyTorchToBurnAdapter)
-        .skip_enum_variants(true);
-    for (from, to) in key_map {
-        store = store.with_key_remapping(from, to);
-    }
-    let result = model
-        .load_from(&mut store)
+/// Load formula weights into `model` through the zoo's strict loader and `key_map`: every tensor of the model
+/// must be found with its shape and every reference tensor used.
+pub fn load_formula<M: ModuleSnapshot<B>>(model: &mut M, fixture: &Fixture, key_map: KeyMap) {
+    let bytes = formula_safetensors(&fixture.state_dict);
+    let origin = std::path::Path::new("formula.safetensors");
+    let summary = load_torch_safetensors_bytes(model, bytes, origin, key_map, &fixture.model)
         .unwrap_or_else(|e| panic!("{}: {e}", fixture.model));
     let reference_tensors = fixture
         .state_dict
         .iter()
         .filter(|(k, _)| !k.ends_with("num_batches_tracked"))
         .count();
-    assert!(
-        result.missing.is_empty(),
-        "{}: missing {:?}",
-        fixture.model,
-        result.missing
-    );
-    assert!(result.errors.is_empty(), "{}: {:?}", fixture.model, result.errors);
-    assert_eq!(
-        result.applied.len(),
-        reference_tensors,
-        "{}: applied {} of {} reference tensors\n{result}",
-        fixture.model,
-        result.applied.len(),
-        reference_tensors
-    );
+    assert_eq!(summary.applied, reference_tensors, "{}", fixture.model);
 }
 
 /// Largest absolute difference relative to the largest reference magnitude.

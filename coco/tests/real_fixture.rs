@@ -1,0 +1,42 @@
+//! The real COCO fixture (val2014, 100 images, the cocoapi demo's fake results) must reproduce pycocotools
+//! 2.0.11's 12 stats bit for bit (`expected_stats.json` was written by pycocotools itself).
+
+use attndet_coco::{CocoDataset, EvalParams, IouType, evaluate, load_results};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/coco");
+
+fn expected(iou: &str) -> Vec<f64> {
+    let text = std::fs::read_to_string(format!("{FIXTURES}/expected_stats.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v[iou]["stats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+fn check(iou_type: IouType, results: &str) {
+    let gt = CocoDataset::load(format!("{FIXTURES}/instances_val2014_100.json")).unwrap();
+    let dets = load_results(format!("{FIXTURES}/{results}"), &gt).unwrap();
+    let ev = evaluate(&gt, &dets, &EvalParams::new(iou_type)).unwrap();
+    let want = expected(&iou_type.to_string());
+    for (i, (got, want)) in ev.stats.iter().zip(&want).enumerate() {
+        assert_eq!(
+            got.to_bits(),
+            want.to_bits(),
+            "{iou_type} stat {i}: got {got:?}, pycocotools {want:?}"
+        );
+    }
+    assert_eq!(ev.stats.len(), 12);
+}
+
+#[test]
+fn bbox_stats_are_bit_identical() {
+    check(IouType::Bbox, "instances_val2014_fakebbox100_results.json");
+}
+
+#[test]
+fn segm_stats_are_bit_identical() {
+    check(IouType::Segm, "instances_val2014_fakesegm100_results.json");
+}
