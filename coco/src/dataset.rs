@@ -26,13 +26,13 @@ impl CocoDataset {
     /// Read and validate a COCO instances JSON file.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, CocoError> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| CocoError::Read {
+        let bytes = std::fs::read(path).map_err(|error| CocoError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
-        let json: CocoJson = serde_json::from_slice(&bytes).map_err(|source| CocoError::Json {
+        let json: CocoJson = serde_json::from_slice(&bytes).map_err(|error| CocoError::Json {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         Self::from_json(json, path)
     }
@@ -204,9 +204,9 @@ impl CocoDataset {
 
 /// Serialize `value` to `path` atomically: write `path.tmp`, then rename over `path`.
 pub(crate) fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), CocoError> {
-    let werr = |source| CocoError::Write {
+    let werr = |error| CocoError::Write {
         path: path.to_owned(),
-        source,
+        error,
     };
     let tmp = path.with_extension("json.tmp");
     let bytes = serde_json::to_vec(value).map_err(|e| werr(std::io::Error::other(e)))?;

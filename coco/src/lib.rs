@@ -17,6 +17,7 @@ pub mod error;
 pub mod eval;
 pub mod mask;
 pub mod results;
+pub mod synth;
 
 pub use annotations::{Annotation, Category, CocoJson, Image, RleCounts, RleJson, Segmentation};
 pub use dataset::CocoDataset;

@@ -97,9 +97,9 @@ struct RawResult {
 /// Results of categories not in `gt` are kept here and dropped by the evaluator, as pycocotools does.
 pub fn load_results(path: impl AsRef<Path>, gt: &CocoDataset) -> Result<Vec<Detection>, CocoError> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|source| CocoError::Read {
+    let bytes = std::fs::read(path).map_err(|error| CocoError::Read {
         path: path.to_owned(),
-        source,
+        error,
     })?;
     let raw: Vec<RawResult> = match serde_json::from_slice(&bytes) {
         Ok(r) => r,
@@ -206,7 +206,7 @@ fn diagnose_parse_error(path: &Path, bytes: &[u8], source: serde_json::Error) ->
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) else {
         return CocoError::Json {
             path: path.to_owned(),
-            source,
+            error: source,
         };
     };
     let Some(list) = value.as_array() else {
@@ -258,7 +258,7 @@ fn diagnose_parse_error(path: &Path, bytes: &[u8], source: serde_json::Error) ->
     }
     CocoError::Json {
         path: path.to_owned(),
-        source,
+        error: source,
     }
 }
 
