@@ -42,8 +42,11 @@ pub mod checkpoint;
 pub mod cost;
 pub mod error;
 pub mod layers;
+pub mod mobile_layers;
+pub mod mobilenet_v2;
 pub mod norm;
 pub mod resnet;
+pub mod sda;
 pub mod zoo;
 
 use burn::prelude::*;

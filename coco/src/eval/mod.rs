@@ -111,7 +111,7 @@ pub fn evaluate(gt: &CocoDataset, dets: &[Detection], params: &EvalParams) -> Re
                 let g = gt_groups.range(key, key + 1);
                 let d = dt_groups.range(key, key + 1);
                 if !g.is_empty() || !d.is_empty() {
-                    pairs.push(image::Pair { k, i, gts: g, dts: d });
+                    pairs.push(image::Pair { k, gts: g, dts: d });
                 }
             }
         }
@@ -122,12 +122,7 @@ pub fn evaluate(gt: &CocoDataset, dets: &[Detection], params: &EvalParams) -> Re
             let g = gt_groups.range(i * nk, (i + 1) * nk);
             let d = dt_groups.range(i * nk, (i + 1) * nk);
             if !g.is_empty() || !d.is_empty() {
-                pairs.push(image::Pair {
-                    k: 0,
-                    i,
-                    gts: g,
-                    dts: d,
-                });
+                pairs.push(image::Pair { k: 0, gts: g, dts: d });
             }
         }
         (usize::from(nk > 0), pairs)
@@ -137,14 +132,12 @@ pub fn evaluate(gt: &CocoDataset, dets: &[Detection], params: &EvalParams) -> Re
         gt,
         dets,
         params: &params,
-        image_ids: &image_ids,
     };
     let evaluated: Vec<image::PairEval> = pairs
         .par_iter()
         .map(|p| {
             image::evaluate_pair(
                 &ctx,
-                p,
                 &gt_groups.order[p.gts.clone()],
                 &dt_groups.order[p.dts.clone()],
             )
