@@ -5,3 +5,4 @@ pub mod grads;
 pub mod schedule;
 pub mod log;
 pub mod trainer;
+pub mod evaluate;

@@ -4,6 +4,9 @@ use burn::prelude::*;
 
 use crate::data::BatchItem;
 
+pub mod retinanet;
+pub use retinanet::RetinaNet;
+
 /// Detections of one image, in the coordinates of the original (unresized, unflipped) image.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Detections {
@@ -74,6 +77,7 @@ mod tests {
             img_size: (200, 100),
             scale: (2.0, 2.0),
             flipped: true,
+            pad_size: (224, 128),
         };
         // flipped frame box [20, 10, 60, 30] -> unflipped [200 - 60, 10, 200 - 20, 30] = [140, 10, 180, 30]
         // -> / 2 = [70, 5, 90, 15]
