@@ -26,7 +26,11 @@ pub struct FeatureSpec {
 impl FeatureSpec {
     /// A spec named `c{log2(stride)}`, the usual name of a level of stride `stride`.
     pub fn level(channels: usize, stride: usize) -> Self {
-        Self { name: format!("c{}", stride.trailing_zeros()), channels, stride }
+        Self {
+            name: format!("c{}", stride.trailing_zeros()),
+            channels,
+            stride,
+        }
     }
 }
 

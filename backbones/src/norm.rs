@@ -62,7 +62,11 @@ mod tests {
         let bn: BatchNorm<A> = BatchNormConfig::new(3).init(&device);
         // One training step moves the running stats away from (0, 1) so the check is not trivial.
         let x = Tensor::<A, 4>::from_floats(
-            [[[[1.0, 2.0], [3.0, 4.0]], [[-1.0, 0.5], [2.0, 8.0]], [[0.0, 0.0], [1.0, -3.0]]]],
+            [[
+                [[1.0, 2.0], [3.0, 4.0]],
+                [[-1.0, 0.5], [2.0, 8.0]],
+                [[0.0, 0.0], [1.0, -3.0]],
+            ]],
             &device,
         );
         let _ = bn.forward(x.clone());
@@ -70,7 +74,10 @@ mod tests {
         let frozen = batch_norm(&bn, x.clone(), NormMode::Frozen);
         // Inference backend: burn's BatchNorm uses running stats.
         let inference = bn.valid().forward(x.inner());
-        frozen.inner().into_data().assert_approx_eq::<f32>(&inference.into_data(), Default::default());
+        frozen
+            .inner()
+            .into_data()
+            .assert_approx_eq::<f32>(&inference.into_data(), Default::default());
         assert_eq!(bn.running_mean.value_sync().into_data(), mean_before);
         // Channel 0 by hand: batch mean 2.5 -> running mean 0.9*0 + 0.1*2.5 = 0.25.
         let m: Vec<f32> = mean_before.to_vec().unwrap();
@@ -81,7 +88,11 @@ mod tests {
     fn empty_batch_is_empty() {
         let device = Default::default();
         let bn: BatchNorm<B> = BatchNormConfig::new(2).init(&device);
-        let y = batch_norm(&bn, Tensor::<B, 4>::zeros([0, 2, 4, 4], &device), NormMode::Frozen);
+        let y = batch_norm(
+            &bn,
+            Tensor::<B, 4>::zeros([0, 2, 4, 4], &device),
+            NormMode::Frozen,
+        );
         assert_eq!(y.dims(), [0, 2, 4, 4]);
     }
 }

@@ -1,2 +1,11 @@
 //! Detection building blocks, detectors, data pipeline and training engine on burn.
 #![warn(missing_docs)]
+
+pub mod anchors;
+pub mod assigners;
+pub mod coders;
+pub mod losses;
+pub mod necks;
+pub mod ops;
+pub mod samplers;
+pub mod structures;

@@ -12,7 +12,10 @@ use std::process::{Command, Output};
 pub fn attndet_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current test executable");
     // target/<profile>/deps/<test-binary> -> target/<profile>/attndet
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile> directory");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile> directory");
     let bin = profile_dir.join(format!("attndet{}", std::env::consts::EXE_SUFFIX));
     assert!(
         bin.exists(),
@@ -24,12 +27,18 @@ pub fn attndet_bin() -> PathBuf {
 
 /// Run `attndet` with `args`, returning its output (status, stdout, stderr).
 pub fn run(args: &[&str]) -> Output {
-    Command::new(attndet_bin()).args(args).output().expect("spawn attndet")
+    Command::new(attndet_bin())
+        .args(args)
+        .output()
+        .expect("spawn attndet")
 }
 
 /// Root of the workspace (the directory holding the top-level `Cargo.toml`).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 /// The shared COCO fixtures (`../shared/fixtures/coco` beside the checkout).
@@ -44,7 +53,11 @@ impl TempDir {
     /// Create `target/e2e-tmp/<name>-<pid>`, emptied first.
     pub fn new(name: &str) -> Self {
         let exe = std::env::current_exe().expect("current test executable");
-        let base = exe.parent().and_then(Path::parent).expect("target/<profile>").join("e2e-tmp");
+        let base = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>")
+            .join("e2e-tmp");
         let dir = base.join(format!("{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create temp dir");

@@ -7,7 +7,10 @@ fn version_says_whether_cuda_is_compiled_in() {
     let out = run(&["--version"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.starts_with(concat!("attndet ", env!("CARGO_PKG_VERSION"))), "{text}");
+    assert!(
+        text.starts_with(concat!("attndet ", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
     assert!(text.contains("cuda: "), "{text}");
 }
 

@@ -27,7 +27,9 @@ impl FromStr for DeviceArg {
             "cuda" => Ok(Self::Cuda(0)),
             _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
                 Some(Ok(i)) => Ok(Self::Cuda(i)),
-                _ => Err(format!("unknown device `{s}`: expected `cpu` or `cuda:N` (e.g. cuda:0)")),
+                _ => Err(format!(
+                    "unknown device `{s}`: expected `cpu` or `cuda:N` (e.g. cuda:0)"
+                )),
             },
         }
     }
@@ -85,7 +87,10 @@ pub fn cuda_usable(index: usize) -> bool {
 
 /// `attndet devices`: print the devices this build can use.
 pub fn print_devices(selected: &DeviceArg) -> anyhow::Result<()> {
-    println!("cpu: yes (burn Flex backend, {} threads)", rayon::current_num_threads());
+    println!(
+        "cpu: yes (burn Flex backend, {} threads)",
+        rayon::current_num_threads()
+    );
     #[cfg(feature = "cuda")]
     {
         let mut i = 0;
@@ -113,7 +118,12 @@ mod tests {
         assert_eq!("cpu".parse::<DeviceArg>(), Ok(DeviceArg::Cpu));
         assert_eq!("cuda:3".parse::<DeviceArg>(), Ok(DeviceArg::Cuda(3)));
         assert_eq!("cuda".parse::<DeviceArg>(), Ok(DeviceArg::Cuda(0)));
-        assert!("gpu".parse::<DeviceArg>().unwrap_err().contains("unknown device `gpu`"));
+        assert!(
+            "gpu"
+                .parse::<DeviceArg>()
+                .unwrap_err()
+                .contains("unknown device `gpu`")
+        );
         assert!("cuda:x".parse::<DeviceArg>().is_err());
         assert!("".parse::<DeviceArg>().is_err());
     }
