@@ -40,3 +40,24 @@ fn bbox_stats_are_bit_identical() {
 fn segm_stats_are_bit_identical() {
     check(IouType::Segm, "instances_val2014_fakesegm100_results.json");
 }
+
+#[test]
+fn proposal_recall_matches_pycocotools() {
+    // `python3 coco/scripts/proposal_recall.py` (pycocotools 2.0.11, useCats=0, maxDets [100, 300, 1000]):
+    // AR@100 = AR@300 = AR@1000 = 0.6780722891566265 (no image has more than 100 results).
+    let gt = CocoDataset::load(format!("{FIXTURES}/instances_val2014_100.json")).unwrap();
+    let dets = load_results(
+        format!("{FIXTURES}/instances_val2014_fakebbox100_results.json"),
+        &gt,
+    )
+    .unwrap();
+    let ev = evaluate(&gt, &dets, &EvalParams::proposals()).unwrap();
+    assert_eq!(
+        ev.average_recall(),
+        vec![
+            (100, 0.6780722891566265),
+            (300, 0.6780722891566265),
+            (1000, 0.6780722891566265)
+        ]
+    );
+}
