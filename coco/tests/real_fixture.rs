@@ -61,3 +61,29 @@ fn proposal_recall_matches_pycocotools() {
         ]
     );
 }
+
+#[test]
+fn subsets_of_images_and_categories() {
+    // Restricting to all GT images and categories explicitly changes nothing; restricting to one category
+    // gives that category's AP (the per-category table's entry).
+    let gt = CocoDataset::load(format!("{FIXTURES}/instances_val2014_100.json")).unwrap();
+    let dets = load_results(
+        format!("{FIXTURES}/instances_val2014_fakebbox100_results.json"),
+        &gt,
+    )
+    .unwrap();
+    let full = evaluate(&gt, &dets, &EvalParams::new(IouType::Bbox)).unwrap();
+    let explicit = EvalParams {
+        image_ids: Some(gt.sorted_image_ids()),
+        category_ids: Some(gt.sorted_category_ids()),
+        ..EvalParams::new(IouType::Bbox)
+    };
+    assert_eq!(evaluate(&gt, &dets, &explicit).unwrap().stats, full.stats);
+    let person = EvalParams {
+        category_ids: Some(vec![1]),
+        ..EvalParams::new(IouType::Bbox)
+    };
+    let ev = evaluate(&gt, &dets, &person).unwrap();
+    assert_eq!(ev.category_ids, vec![1]);
+    assert_eq!(ev.stats[0], full.per_category_ap()[0].2);
+}
