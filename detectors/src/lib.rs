@@ -4,6 +4,9 @@
 pub mod anchors;
 pub mod assigners;
 pub mod coders;
+pub mod config;
+pub mod data;
+pub mod engine;
 pub mod losses;
 pub mod necks;
 pub mod ops;

@@ -19,7 +19,7 @@ pub fn attndet_bin() -> PathBuf {
     let bin = profile_dir.join(format!("attndet{}", std::env::consts::EXE_SUFFIX));
     assert!(
         bin.exists(),
-        "{} not found: run the end-to-end tests with `cargo test --workspace`, which builds the binary",
+        "{} not found: run the end-to-end tests with `cargo test --workspace` (it builds the binary), or `cargo build -p attndet` first",
         bin.display()
     );
     bin

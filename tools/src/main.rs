@@ -3,19 +3,24 @@
 //! One module per subcommand; this file only parses the command line, dispatches, and maps errors to exit
 //! codes (0 ok, 1 runtime failure, 2 bad usage or bad input).
 
+mod config_cmd;
+mod dataset;
 mod device;
 mod errors;
+mod eval;
 
 use clap::{Parser, Subcommand};
 
 use crate::device::DeviceArg;
 
 /// Long version string: the crate version and whether CUDA support is compiled in.
+#[cfg(feature = "cuda")]
+const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "\ncuda: yes\nburn: 0.21.0");
+/// Long version string: the crate version and whether CUDA support is compiled in.
+#[cfg(not(feature = "cuda"))]
 const LONG_VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
-    "\ncuda: ",
-    device::CUDA_COMPILED_IN_STR,
-    "\nburn: 0.21.0"
+    "\ncuda: no (rebuild with --features cuda)\nburn: 0.21.0"
 );
 
 #[derive(Parser, Debug)]
@@ -43,12 +48,24 @@ struct Cli {
 enum Command {
     /// Show which compute devices this build can use.
     Devices,
+    /// Inspect configs: `attndet config show CONFIG [--cfg-options KEY=VALUE ...]`.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
+    /// COCO evaluation of a results file (bbox or segm), identical to pycocotools: `attndet eval --ann GT.json
+    /// --results DT.json --iou-type bbox|segm [--json] [--per-class]`.
+    Eval(eval::EvalArgs),
+    /// COCO datasets: `stats ANN.json`, `synth --out DIR`, `browse ANN.json --images DIR --out DIR`.
+    #[command(subcommand)]
+    Dataset(dataset::DatasetCommand),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Devices => device::print_devices(&cli.device),
+        Command::Config(cmd) => config_cmd::run(&cmd),
+        Command::Eval(args) => eval::run(&args),
+        Command::Dataset(cmd) => dataset::run(&cmd),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

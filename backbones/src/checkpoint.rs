@@ -1,0 +1,247 @@
+//! Checkpoint import and export, strict by default.
+//!
+//! Three sources:
+//! - PyTorch files (`.pth`, `.pth.tar`, `.pt`): a bare `state_dict`, or a dict holding one under `state_dict`;
+//!   keys with or without DataParallel's `module.` prefix. Read with burn-store's PyTorch reader.
+//! - safetensors files written with PyTorch naming (e.g. `safetensors.torch.save_file(model.state_dict())`).
+//! - our own format: safetensors written by [`save_safetensors`] (burn's naming: BatchNorm `gamma`/`beta`,
+//!   Linear weights `[in, out]`).
+//!
+//! PyTorch naming is turned into ours by burn's `PyTorchToBurnAdapter` (Linear transposes, norm
+//! `weight`/`bias` -> `gamma`/`beta`) plus each family's explicit [`KeyMap`] (regex -> replacement, applied in
+//! order), e.g. `downsample.0.` -> `downsample.conv.`. After loading, every tensor the model expects must have
+//! been found with the right shape and every tensor of the file must have been used; otherwise the load fails
+//! with a [`KeyMismatch`] listing the keys by name.
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use burn::store::{ApplyResult, ModuleSnapshot, PyTorchToBurnAdapter, PytorchStore, SafetensorsStore};
+use burn_store::ApplyError;
+use burn_store::pytorch::PytorchReader;
+
+use crate::error::{BackboneError, KeyMismatch};
+
+/// A family's rename rules from the reference code's key names to our module paths: `(regex, replacement)`
+/// pairs applied in order to every key (after the `module.` prefix is stripped).
+pub type KeyMap = &'static [(&'static str, &'static str)];
+
+/// What a successful load did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadSummary {
+    /// Number of tensors written into the model.
+    pub applied: usize,
+}
+
+/// Does this PyTorch file keep its weights under a top-level `state_dict` entry?
+fn pytorch_top_level_key(path: &Path) -> Result<Option<&'static str>, BackboneError> {
+    let reader = PytorchReader::new(path).map_err(|e| BackboneError::CheckpointRead {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let nested = reader.keys().iter().any(|k| k.starts_with("state_dict."));
+    Ok(nested.then_some("state_dict"))
+}
+
+/// Load a PyTorch checkpoint (`.pth` / `.pth.tar`) into `model`, strictly.
+///
+/// `model_name` only labels errors.
+pub fn load_pytorch<B: Backend, M: ModuleSnapshot<B>>(
+    model: &mut M,
+    path: &Path,
+    key_map: KeyMap,
+    model_name: &str,
+) -> Result<LoadSummary, BackboneError> {
+    let mut store = PytorchStore::from_file(path)
+        .with_key_remapping(r"^module\.", "")
+        .allow_partial(true)
+        .validate(false)
+        .map_indices_contiguous(false);
+    if let Some(key) = pytorch_top_level_key(path)? {
+        store = store.with_top_level_key(key);
+    }
+    for (from, to) in key_map {
+        store = store.with_key_remapping(*from, *to);
+    }
+    let result = model
+        .load_from(&mut store)
+        .map_err(|e| BackboneError::CheckpointRead {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    strict(result, path, model_name)
+}
+
+/// Load safetensors bytes written with PyTorch naming into `model`, strictly. `origin` labels errors.
+pub fn load_torch_safetensors_bytes<B: Backend, M: ModuleSnapshot<B>>(
+    model: &mut M,
+    bytes: Vec<u8>,
+    origin: &Path,
+    key_map: KeyMap,
+    model_name: &str,
+) -> Result<LoadSummary, BackboneError> {
+    let mut store = SafetensorsStore::from_bytes(Some(bytes))
+        .with_from_adapter(PyTorchToBurnAdapter)
+        .with_key_remapping(r"^module\.", "")
+        .skip_enum_variants(true)
+        .map_indices_contiguous(false)
+        .allow_partial(true)
+        .validate(false);
+    for (from, to) in key_map {
+        store = store.with_key_remapping(*from, *to);
+    }
+    let result = model
+        .load_from(&mut store)
+        .map_err(|e| BackboneError::CheckpointRead {
+            path: origin.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    strict(result, origin, model_name)
+}
+
+/// Load a safetensors file written with PyTorch naming into `model`, strictly.
+pub fn load_torch_safetensors<B: Backend, M: ModuleSnapshot<B>>(
+    model: &mut M,
+    path: &Path,
+    key_map: KeyMap,
+    model_name: &str,
+) -> Result<LoadSummary, BackboneError> {
+    let bytes = std::fs::read(path).map_err(|e| BackboneError::CheckpointRead {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    load_torch_safetensors_bytes(model, bytes, path, key_map, model_name)
+}
+
+/// Load our own safetensors weights (written by [`save_safetensors`]) into `model`, strictly.
+pub fn load_safetensors<B: Backend, M: ModuleSnapshot<B>>(
+    model: &mut M,
+    path: &Path,
+    model_name: &str,
+) -> Result<LoadSummary, BackboneError> {
+    if !path.is_file() {
+        return Err(BackboneError::CheckpointRead {
+            path: path.to_path_buf(),
+            reason: "no such file".into(),
+        });
+    }
+    let mut store = SafetensorsStore::from_file(path)
+        .skip_enum_variants(true)
+        .map_indices_contiguous(false)
+        .allow_partial(true)
+        .validate(false);
+    let result = model
+        .load_from(&mut store)
+        .map_err(|e| BackboneError::CheckpointRead {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    strict(result, path, model_name)
+}
+
+/// Write `model`'s weights in our safetensors format, atomically (temporary file, then rename).
+pub fn save_safetensors<B: Backend, M: ModuleSnapshot<B>>(
+    model: &M,
+    path: &Path,
+) -> Result<(), BackboneError> {
+    let write_err = |reason: String| BackboneError::CheckpointWrite {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| write_err("not a file path".into()))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(file_name);
+    tmp_name.push(".tmp");
+    let tmp: PathBuf = path.with_file_name(tmp_name);
+    let mut store = SafetensorsStore::from_file(&tmp)
+        .skip_enum_variants(true)
+        .overwrite(true)
+        .metadata("format", "attndet");
+    model
+        .save_into(&mut store)
+        .map_err(|e| write_err(e.to_string()))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        write_err(e.to_string())
+    })
+}
+
+/// Load weights from any supported file, by extension: `.safetensors` is our format, anything else a PyTorch file.
+pub fn load_any<B: Backend, M: ModuleSnapshot<B>>(
+    model: &mut M,
+    path: &Path,
+    key_map: KeyMap,
+    model_name: &str,
+) -> Result<LoadSummary, BackboneError> {
+    if path.extension().is_some_and(|e| e == "safetensors") {
+        load_safetensors(model, path, model_name)
+    } else {
+        if !path.is_file() {
+            return Err(BackboneError::CheckpointRead {
+                path: path.to_path_buf(),
+                reason: "no such file".into(),
+            });
+        }
+        load_pytorch(model, path, key_map, model_name)
+    }
+}
+
+/// Turn burn-store's lenient report into a strict verdict.
+fn strict(result: ApplyResult, path: &Path, model_name: &str) -> Result<LoadSummary, BackboneError> {
+    let mismatch = mismatch_of(&result);
+    if mismatch.is_empty() {
+        Ok(LoadSummary {
+            applied: result.applied.len(),
+        })
+    } else {
+        Err(BackboneError::CheckpointMismatch {
+            path: path.to_path_buf(),
+            model: model_name.to_string(),
+            mismatch,
+        })
+    }
+}
+
+/// The keys at fault in an [`ApplyResult`].
+///
+/// burn-store lists a norm layer's PyTorch `weight`/`bias` as unused even after applying them to
+/// `gamma`/`beta`; those, and PyTorch's `num_batches_tracked` counters (no counterpart in burn), are not
+/// unexpected.
+pub fn mismatch_of(result: &ApplyResult) -> KeyMismatch {
+    let applied: std::collections::HashSet<&str> = result.applied.iter().map(String::as_str).collect();
+    let renamed_norm = |key: &str| {
+        let alias = |suffix: &str, to: &str| {
+            key.strip_suffix(suffix)
+                .is_some_and(|stem| applied.contains(format!("{stem}{to}").as_str()))
+        };
+        alias(".weight", ".gamma") || alias(".bias", ".beta")
+    };
+    let unexpected = result
+        .unused
+        .iter()
+        .filter(|k| !k.ends_with("num_batches_tracked") && !renamed_norm(k))
+        .cloned()
+        .collect();
+    let mut shape_mismatch = Vec::new();
+    let mut unreadable = Vec::new();
+    for error in &result.errors {
+        match error {
+            ApplyError::ShapeMismatch {
+                path,
+                expected,
+                found,
+            } => shape_mismatch.push((path.clone(), expected.to_vec(), found.to_vec())),
+            other => unreadable.push(other.to_string()),
+        }
+    }
+    let mut missing: Vec<String> = result.missing.iter().map(|(p, _)| p.clone()).collect();
+    // Dtype or adapter failures leave the tensor unloaded: report them with the missing ones.
+    missing.extend(unreadable);
+    KeyMismatch {
+        missing,
+        unexpected,
+        shape_mismatch,
+    }
+}

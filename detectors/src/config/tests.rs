@@ -1,0 +1,206 @@
+//! Tests of inheritance, `_delete_`, overrides and typo errors, on small files written to a temp dir and on
+//! the shipped configs.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use super::*;
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Self {
+        let d = std::env::temp_dir().join(format!("attndet-config-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Self(d)
+    }
+    fn write(&self, rel: &str, value: serde_json::Value) -> PathBuf {
+        let p = self.0.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, serde_json::to_string_pretty(&value).unwrap()).unwrap();
+        p
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn bases_merge_deeply_in_order_then_the_file_on_top() {
+    let d = Dir::new("merge");
+    d.write(
+        "base/a.json",
+        json!({"x": {"p": 1, "q": 2}, "list": [1, 2, 3], "only_a": true}),
+    );
+    d.write("base/b.json", json!({"x": {"q": 20, "r": 30}, "list": [9]}));
+    let top = d.write(
+        "top.json",
+        json!({"_base_": ["base/a.json", "base/b.json"], "x": {"r": 300}}),
+    );
+    let v = load_resolved(&top).unwrap();
+    // a then b: q overwritten by b, list replaced (not concatenated); the file's own r wins over b's.
+    assert_eq!(
+        v,
+        json!({"x": {"p": 1, "q": 20, "r": 300}, "list": [9], "only_a": true})
+    );
+}
+
+#[test]
+fn delete_replaces_the_inherited_subtree() {
+    let d = Dir::new("delete");
+    d.write(
+        "a.json",
+        json!({"opt": {"type": "SGD", "lr": 0.1, "momentum": 0.9}}),
+    );
+    let top = d.write(
+        "top.json",
+        json!({"_base_": "a.json", "opt": {"_delete_": true, "type": "Adam", "lr": 1e-3}}),
+    );
+    let v = load_resolved(&top).unwrap();
+    assert_eq!(v, json!({"opt": {"type": "Adam", "lr": 0.001}}));
+}
+
+#[test]
+fn base_chains_resolve_relative_to_each_file() {
+    let d = Dir::new("chain");
+    d.write("x/base.json", json!({"a": 1}));
+    d.write("x/mid.json", json!({"_base_": "base.json", "b": 2}));
+    let top = d.write("y/top.json", json!({"_base_": "../x/mid.json", "c": 3}));
+    assert_eq!(load_resolved(&top).unwrap(), json!({"a": 1, "b": 2, "c": 3}));
+}
+
+#[test]
+fn base_cycle_and_missing_base_are_errors_naming_the_file() {
+    let d = Dir::new("cycle");
+    d.write("a.json", json!({"_base_": "b.json"}));
+    let b = d.write("b.json", json!({"_base_": "a.json"}));
+    let err = load_resolved(&b).unwrap_err().to_string();
+    assert!(err.contains("cycle"), "{err}");
+    let m = d.write("m.json", json!({"_base_": "nope.json"}));
+    let err = load_resolved(&m).unwrap_err().to_string();
+    assert!(
+        err.contains("nope.json") && err.contains("does not exist"),
+        "{err}"
+    );
+}
+
+#[test]
+fn overrides_are_typed() {
+    let mut v = json!({"optimizer": {"lr": 0.01}, "data": {"pipeline": {"img_scale": [1333, 800]}}});
+    apply_override(&mut v, "optimizer.lr=0.02").unwrap();
+    apply_override(&mut v, "optimizer.grad_clip=null").unwrap();
+    apply_override(&mut v, "lr_config.step=8,11").unwrap();
+    apply_override(&mut v, "data.pipeline.img_scale.1=640").unwrap();
+    apply_override(&mut v, "model.backbone.name=se_resnet50").unwrap();
+    apply_override(&mut v, "data.skip_bad_images=true").unwrap();
+    apply_override(&mut v, "data.pipeline.mean=[1.5, 2, 3]").unwrap();
+    assert_eq!(
+        v,
+        json!({
+            "optimizer": {"lr": 0.02, "grad_clip": null},
+            "data": {"pipeline": {"img_scale": [1333, 640], "mean": [1.5, 2, 3]}, "skip_bad_images": true},
+            "lr_config": {"step": [8, 11]},
+            "model": {"backbone": {"name": "se_resnet50"}}
+        })
+    );
+}
+
+#[test]
+fn bad_overrides_are_errors() {
+    let mut v = json!({"a": {"b": 1}, "l": [1]});
+    assert!(
+        apply_override(&mut v, "a.b")
+            .unwrap_err()
+            .to_string()
+            .contains("KEY=VALUE")
+    );
+    assert!(
+        apply_override(&mut v, "a.b.c=1")
+            .unwrap_err()
+            .to_string()
+            .contains("not an object")
+    );
+    assert!(
+        apply_override(&mut v, "l.5=1")
+            .unwrap_err()
+            .to_string()
+            .contains("out of range")
+    );
+    assert!(apply_override(&mut v, "a..b=1").is_err());
+}
+
+fn configs_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs")
+}
+
+#[test]
+fn shipped_configs_resolve_and_type_check() {
+    for name in [
+        "retinanet_r50_fpn_1x_coco.json",
+        "retinanet_r50_fpn_2x_coco.json",
+        "retinanet_se-r50_fpn_2x_coco.json",
+        "retinanet_dca-se-r50_fpn_2x_coco.json",
+        "retinanet_eca-r50_fpn_1x_coco.json",
+    ] {
+        let path = configs_dir().join("retinanet").join(name);
+        let (cfg, _): (ExperimentConfig, _) =
+            load_typed(&path, &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let ModelConfig::RetinaNet(m) = &cfg.model;
+        assert_eq!(m.bbox_head.num_classes, 80);
+        assert_eq!(m.neck.add_extra_convs, Some(ExtraConvsOn::OnInput));
+        let OptimizerConfig::Sgd(sgd) = &cfg.optimizer;
+        // RetinaNet's own lr (0.01 for 16 images) and clipping at 35, as in mmdetection.
+        assert_eq!(sgd.lr, 0.01);
+        assert_eq!(sgd.grad_clip, Some(GradClipConfig { max_norm: 35.0 }));
+        let two_x = name.contains("2x");
+        assert_eq!(cfg.runner.max_epochs, if two_x { 24 } else { 12 });
+        assert_eq!(cfg.lr_config.step, if two_x { vec![16, 22] } else { vec![8, 11] });
+    }
+    let (cfg, _): (ExperimentConfig, _) = load_typed(
+        &configs_dir().join("retinanet/retinanet_dca-se-r50_fpn_2x_coco.json"),
+        &[],
+    )
+    .unwrap();
+    let ModelConfig::RetinaNet(m) = cfg.model;
+    assert_eq!(m.backbone.name, "dca_se_resnet50");
+}
+
+#[test]
+fn typo_fails_with_its_json_path() {
+    let path = configs_dir().join("retinanet/retinanet_r50_fpn_1x_coco.json");
+    let err = load_typed::<ExperimentConfig>(&path, &["model.bbox_head.loss_cls.gama=2".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("model.bbox_head.loss_cls.gama") && err.contains("unknown field `gama`"),
+        "{err}"
+    );
+    let err = load_typed::<ExperimentConfig>(&path, &["optimizer.momentun=0.9".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("optimizer.momentun"), "{err}");
+    let err = load_typed::<ExperimentConfig>(&path, &["data.batch_size=two".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("data.batch_size") && err.contains("invalid type"),
+        "{err}"
+    );
+    let err = load_typed::<ExperimentConfig>(&path, &["model.type=YOLO".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown variant `YOLO`"), "{err}");
+}
+
+#[test]
+fn empty_config_reports_the_first_missing_field() {
+    let d = Dir::new("empty");
+    let p = d.write("e.json", json!({}));
+    let err = load_typed::<ExperimentConfig>(&p, &[]).unwrap_err().to_string();
+    assert!(err.contains("missing field `model`"), "{err}");
+}

@@ -1,0 +1,351 @@
+//! The typed schema of a training config. Every struct rejects unknown fields, so a typo fails at load time.
+
+use serde::{Deserialize, Serialize};
+
+/// A whole experiment: model, data, optimisation schedule and runtime settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    /// The detector.
+    pub model: ModelConfig,
+    /// Datasets and the input pipeline.
+    pub data: DataConfig,
+    /// The optimizer.
+    pub optimizer: OptimizerConfig,
+    /// Learning-rate schedule (warmup + steps).
+    pub lr_config: LrConfig,
+    /// Length of training.
+    pub runner: RunnerConfig,
+    /// Validation during training.
+    pub evaluation: EvaluationConfig,
+    /// Checkpointing.
+    pub checkpoint_config: CheckpointConfig,
+    /// Logging.
+    pub log_config: LogConfig,
+    /// Linear scaling of the learning rate with the total batch size (`--auto-scale-lr`).
+    pub auto_scale_lr: AutoScaleLrConfig,
+    /// Seed of every random choice (initialisation, shuffling, flips).
+    pub seed: u64,
+}
+
+/// Detectors, selected by `"type"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", deny_unknown_fields)]
+pub enum ModelConfig {
+    /// RetinaNet (Lin et al. 2017): backbone + FPN + dense focal-loss head.
+    RetinaNet(RetinaNetConfig),
+}
+
+/// RetinaNet with mmdetection's field names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetinaNetConfig {
+    /// The backbone (from the zoo).
+    pub backbone: BackboneConfig,
+    /// The FPN neck.
+    pub neck: FpnConfig,
+    /// The dense head.
+    pub bbox_head: RetinaHeadConfig,
+    /// Training-only settings (target assignment).
+    pub train_cfg: RetinaTrainConfig,
+    /// Inference settings.
+    pub test_cfg: DenseTestConfig,
+}
+
+/// A backbone of the zoo and how it trains.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackboneConfig {
+    /// Zoo name, e.g. `resnet50`, `se_resnet50`.
+    pub name: String,
+    /// Stages whose parameters are frozen: -1 none, 0 the stem, 1 stem + first stage, ...
+    pub frozen_stages: i32,
+    /// Keep BatchNorm statistics frozen while training (mmdetection's `norm_eval`).
+    pub norm_eval: bool,
+    /// Channel width multiplier (1.0 = the published network); < 1 makes small networks for tests and demos.
+    #[serde(default = "one")]
+    pub width_mult: f64,
+    /// Initial weights: a PyTorch (`.pth`, `.pth.tar`, `.pt`) or safetensors checkpoint. `null`: random init.
+    #[serde(default)]
+    pub init_checkpoint: Option<String>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// Which input the extra FPN levels (P6, P7) are computed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExtraConvsOn {
+    /// The last backbone feature (C5): RetinaNet's choice.
+    OnInput,
+    /// The last lateral (before the 3x3 output conv).
+    OnLateral,
+    /// The last FPN output (P5).
+    OnOutput,
+}
+
+/// FPN neck.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FpnConfig {
+    /// Channels of every output level.
+    pub out_channels: usize,
+    /// First backbone level used (1 = C3 for RetinaNet).
+    pub start_level: usize,
+    /// Number of output levels (5 = P3..P7).
+    pub num_outs: usize,
+    /// Source of the extra levels; `null` = max-pool extra levels.
+    pub add_extra_convs: Option<ExtraConvsOn>,
+    /// ReLU before each extra conv after the first.
+    #[serde(default)]
+    pub relu_before_extra_convs: bool,
+}
+
+/// RetinaNet's head: shared towers, anchors, coder and losses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetinaHeadConfig {
+    /// Object classes (background excluded).
+    pub num_classes: usize,
+    /// 3x3 convs in each tower.
+    pub stacked_convs: usize,
+    /// Channels of the towers.
+    pub feat_channels: usize,
+    /// Initial foreground probability of the classifier (bias = -log((1 - p) / p)).
+    pub prior_prob: f64,
+    /// Anchors.
+    pub anchor_generator: AnchorGeneratorConfig,
+    /// Box coder.
+    pub bbox_coder: DeltaXywhCoderConfig,
+    /// Classification loss.
+    pub loss_cls: FocalLossConfig,
+    /// Box regression loss.
+    pub loss_bbox: L1LossConfig,
+}
+
+/// Anchors per level: `octave_base_scale * 2^(i / scales_per_octave) * stride` for each ratio.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnchorGeneratorConfig {
+    /// Base scale in units of the stride.
+    pub octave_base_scale: f64,
+    /// Scales per octave.
+    pub scales_per_octave: usize,
+    /// Height / width ratios.
+    pub ratios: Vec<f64>,
+    /// Stride of each level.
+    pub strides: Vec<usize>,
+}
+
+/// DeltaXYWH box coder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeltaXywhCoderConfig {
+    /// Means subtracted from the deltas.
+    pub target_means: [f64; 4],
+    /// Stds dividing the deltas.
+    pub target_stds: [f64; 4],
+}
+
+/// Sigmoid focal loss.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FocalLossConfig {
+    /// Focusing parameter.
+    pub gamma: f64,
+    /// Balance of positives.
+    pub alpha: f64,
+    /// Weight in the total loss.
+    pub loss_weight: f64,
+}
+
+/// L1 loss.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct L1LossConfig {
+    /// Weight in the total loss.
+    pub loss_weight: f64,
+}
+
+/// Training-only settings of RetinaNet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetinaTrainConfig {
+    /// Anchor to ground-truth assignment.
+    pub assigner: MaxIouAssignerConfig,
+}
+
+/// Max-IoU assignment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaxIouAssignerConfig {
+    /// IoU at or above which an anchor is positive.
+    pub pos_iou_thr: f64,
+    /// IoU below which an anchor is negative (in between: ignored).
+    pub neg_iou_thr: f64,
+    /// Minimum IoU for the "best anchor of each box" rule.
+    pub min_pos_iou: f64,
+}
+
+/// Inference of a dense head.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DenseTestConfig {
+    /// Top-scoring candidates kept per level before NMS.
+    pub nms_pre: usize,
+    /// Minimum score of a detection.
+    pub score_thr: f64,
+    /// IoU threshold of the (class-aware) NMS.
+    pub nms_iou_thr: f64,
+    /// Detections kept per image.
+    pub max_per_img: usize,
+}
+
+/// Datasets and the input pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Directory the relative dataset paths are resolved against (itself relative to the working directory).
+    pub data_root: String,
+    /// Training split.
+    pub train: SplitConfig,
+    /// Validation split (evaluation during training and `attndet test`).
+    pub val: SplitConfig,
+    /// Images per batch.
+    pub batch_size: usize,
+    /// Loader worker threads (decode + transforms).
+    pub num_workers: usize,
+    /// Batches prepared ahead of the training step.
+    pub prefetch: usize,
+    /// Batch images of similar aspect ratio together (less padding).
+    pub group_by_aspect_ratio: bool,
+    /// Skip (and count) corrupt or missing images instead of stopping with an error.
+    #[serde(default)]
+    pub skip_bad_images: bool,
+    /// Transforms.
+    pub pipeline: PipelineConfig,
+}
+
+/// One split of a COCO-format dataset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitConfig {
+    /// Annotation file (COCO instances JSON).
+    pub ann_file: String,
+    /// Image directory (`file_name`s are relative to it).
+    pub img_dir: String,
+}
+
+/// The image transforms.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Target scale `[long, short]`: with `keep_ratio` the image is scaled by the largest factor that keeps
+    /// its long side <= long and its short side <= short (mmdetection's `(1333, 800)`).
+    pub img_scale: [usize; 2],
+    /// Keep the aspect ratio (else stretch to exactly `img_scale`).
+    pub keep_ratio: bool,
+    /// Probability of a horizontal flip in training.
+    pub flip_prob: f64,
+    /// Per-channel RGB mean subtracted (0..255 scale).
+    pub mean: [f32; 3],
+    /// Per-channel RGB std dividing.
+    pub std: [f32; 3],
+    /// Pad height and width up to a multiple of this.
+    pub pad_size_divisor: usize,
+}
+
+/// SGD with mmdetection's options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", deny_unknown_fields)]
+pub enum OptimizerConfig {
+    /// Stochastic gradient descent with momentum (PyTorch semantics: no dampening, coupled weight decay).
+    #[serde(rename = "SGD")]
+    Sgd(SgdConfig),
+}
+
+/// SGD settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SgdConfig {
+    /// Base learning rate (for `auto_scale_lr.base_batch_size` images per step when auto-scaling).
+    pub lr: f64,
+    /// Momentum.
+    pub momentum: f64,
+    /// L2 weight decay.
+    pub weight_decay: f64,
+    /// Apply no weight decay to normalisation parameters and biases (mmdetection's `norm_decay_mult=0,
+    /// bias_decay_mult=0`).
+    #[serde(default)]
+    pub no_decay_on_norm_and_bias: bool,
+    /// Clip the global L2 norm of all gradients; `null`: no clipping.
+    pub grad_clip: Option<GradClipConfig>,
+}
+
+/// Global-norm gradient clipping (`torch.nn.utils.clip_grad_norm_`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GradClipConfig {
+    /// Maximum global L2 norm.
+    pub max_norm: f64,
+}
+
+/// Learning-rate schedule: linear warmup, then step decay at epoch milestones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LrConfig {
+    /// Iterations of linear warmup (0: none).
+    pub warmup_iters: usize,
+    /// Learning-rate factor at iteration 0 of the warmup.
+    pub warmup_ratio: f64,
+    /// Epochs after which the rate is multiplied by `gamma`.
+    pub step: Vec<usize>,
+    /// Decay factor.
+    pub gamma: f64,
+}
+
+/// Training length.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunnerConfig {
+    /// Epochs.
+    pub max_epochs: usize,
+}
+
+/// Validation during training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluationConfig {
+    /// Evaluate every N epochs (0: never during training).
+    pub interval: usize,
+    /// Keep `best.ckpt` for the highest bbox AP.
+    pub save_best: bool,
+}
+
+/// Checkpointing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// Save every N epochs.
+    pub interval: usize,
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Write a JSON line every N iterations.
+    pub interval: usize,
+}
+
+/// Linear learning-rate scaling.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoScaleLrConfig {
+    /// Scale (also switched on by `--auto-scale-lr`).
+    pub enable: bool,
+    /// The batch size the base learning rate was tuned for.
+    pub base_batch_size: usize,
+}

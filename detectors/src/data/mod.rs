@@ -1,0 +1,6 @@
+//! The input pipeline: COCO records, transforms, batching and the threaded loader.
+
+pub mod loader;
+pub mod transforms;
+
+pub use loader::{Batch, BatchItem, DetRecord, EpochLoader, ImageError, LoaderOptions};
