@@ -10,5 +10,4 @@ pub mod engine;
 pub mod losses;
 pub mod necks;
 pub mod ops;
-pub mod samplers;
 pub mod structures;
