@@ -14,7 +14,10 @@ use crate::errors::bad_input;
 use crate::train::{TrainArgs, evaluate_val, load_checkpoint_model, load_split, prepare, run_on};
 
 /// The demo's config, relative to the workspace this binary was built from.
-const DEMO_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/retinanet/retinanet_r18_fpn_synth_demo.json");
+const DEMO_CONFIG: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../configs/retinanet/retinanet_r18_fpn_synth_demo.json"
+);
 
 /// Detectors the demo can train.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -64,7 +67,10 @@ pub fn run(args: &DemoArgs, device: &DeviceArg) -> anyhow::Result<()> {
     let started = Instant::now();
     let config = args.config.clone().unwrap_or_else(|| PathBuf::from(DEMO_CONFIG));
     if !config.exists() {
-        return Err(bad_input(format!("demo config {} not found (pass --config)", config.display())));
+        return Err(bad_input(format!(
+            "demo config {} not found (pass --config)",
+            config.display()
+        )));
     }
     let data_dir = args.work_dir.join("data");
     let synth_cfg = SynthConfig {
@@ -106,7 +112,9 @@ pub fn run(args: &DemoArgs, device: &DeviceArg) -> anyhow::Result<()> {
     };
     let train_started = Instant::now();
     let outcome = match device {
-        DeviceArg::Cpu => run_on::<burn::backend::Autodiff<burn::backend::Flex>>(&train_args, &p, &Default::default())?,
+        DeviceArg::Cpu => {
+            run_on::<burn::backend::Autodiff<burn::backend::Flex>>(&train_args, &p, &Default::default())?
+        }
         #[cfg(feature = "cuda")]
         DeviceArg::Cuda(i) => run_on::<burn::backend::Autodiff<burn::backend::Cuda>>(
             &train_args,
@@ -117,18 +125,30 @@ pub fn run(args: &DemoArgs, device: &DeviceArg) -> anyhow::Result<()> {
         DeviceArg::Cuda(_) => unreachable!("check_usable rejects CUDA without the feature"),
     };
     let train_seconds = train_started.elapsed().as_secs_f64();
-    let ckpt = outcome.last_checkpoint.clone().ok_or_else(|| anyhow::anyhow!("training wrote no checkpoint"))?;
+    let ckpt = outcome
+        .last_checkpoint
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("training wrote no checkpoint"))?;
     let model = load_checkpoint_model::<burn::backend::Flex>(&p.cfg, &ckpt, &Default::default())?;
     let val = load_split(&p.cfg, false)?;
     let (eval, dets, preds) = evaluate_val(&model, &p.cfg, &val, &Default::default(), false)?;
     let show = args.work_dir.join("show");
-    let files: std::collections::HashMap<u64, &Path> = val.1.records.iter().map(|r| (r.image_id, r.file.as_path())).collect();
+    let files: std::collections::HashMap<u64, &Path> = val
+        .1
+        .records
+        .iter()
+        .map(|r| (r.image_id, r.file.as_path()))
+        .collect();
     for (id, d) in preds.iter().take(6) {
         crate::test::save_drawn(files[id], d, &val.1.category_names, 0.3, &show)?;
     }
     let results = args.work_dir.join("val_results.json");
     attndet_coco::write_results(&results, &dets).with_context(|| format!("writing {}", results.display()))?;
-    println!("RetinaNet (ResNet-18 FPN) trained from scratch on {} synthetic images, evaluated on {}:", args.train_images, val.1.records.len());
+    println!(
+        "RetinaNet (ResNet-18 FPN) trained from scratch on {} synthetic images, evaluated on {}:",
+        args.train_images,
+        val.1.records.len()
+    );
     print!("{}", eval.summary());
     println!(
         "iterations {}, training {:.0} s, total {:.0} s; checkpoint {}, results {}, curves {}, drawn images {}",

@@ -44,21 +44,37 @@ pub fn run(args: &InferArgs, device: &DeviceArg) -> anyhow::Result<()> {
     match device {
         DeviceArg::Cpu => run_on::<burn::backend::Flex>(args, &p, &Default::default()),
         #[cfg(feature = "cuda")]
-        DeviceArg::Cuda(i) => run_on::<burn::backend::Cuda>(args, &p, &burn::backend::cuda::CudaDevice::new(*i)),
+        DeviceArg::Cuda(i) => {
+            run_on::<burn::backend::Cuda>(args, &p, &burn::backend::cuda::CudaDevice::new(*i))
+        }
         #[cfg(not(feature = "cuda"))]
         DeviceArg::Cuda(_) => unreachable!("check_usable rejects CUDA without the feature"),
     }
 }
 
-fn run_on<B: Backend>(args: &InferArgs, p: &crate::train::Prepared, device: &B::Device) -> anyhow::Result<()> {
+fn run_on<B: Backend>(
+    args: &InferArgs,
+    p: &crate::train::Prepared,
+    device: &B::Device,
+) -> anyhow::Result<()> {
     let mut records = Vec::with_capacity(args.images.len());
     for (i, file) in args.images.iter().enumerate() {
-        let size = image::image_dimensions(file).map_err(|e| bad_input(format!("image {}: {e}", file.display())))?;
-        records.push(DetRecord { image_id: i as u64, file: file.clone(), size, boxes: vec![], labels: vec![], ignore: vec![] });
+        let size =
+            image::image_dimensions(file).map_err(|e| bad_input(format!("image {}: {e}", file.display())))?;
+        records.push(DetRecord {
+            image_id: i as u64,
+            file: file.clone(),
+            size,
+            boxes: vec![],
+            labels: vec![],
+            ignore: vec![],
+        });
     }
     let model = load_checkpoint_model::<B>(&p.cfg, &args.checkpoint, device)?;
     // class names from the val annotations when they can be read; label indices otherwise
-    let names: Vec<String> = load_split(&p.cfg, false).map(|(_, d)| d.category_names).unwrap_or_default();
+    let names: Vec<String> = load_split(&p.cfg, false)
+        .map(|(_, d)| d.category_names)
+        .unwrap_or_default();
     let mut opts = test_loader_options(&p.cfg);
     opts.skip_bad_images = false;
     let preds = predict_records(&model, Arc::new(records), &opts, device, &mut |_, _| {})?;
@@ -84,7 +100,9 @@ fn run_on<B: Backend>(args: &InferArgs, p: &crate::train::Prepared, device: &B::
     if let Some(path) = &args.out {
         let text = serde_json::to_string_pretty(&out)?;
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path)).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(&tmp, text)
+            .and_then(|_| std::fs::rename(&tmp, path))
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

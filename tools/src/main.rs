@@ -4,15 +4,15 @@
 //! codes (0 ok, 1 runtime failure, 2 bad usage or bad input).
 
 mod config_cmd;
-mod demo;
 mod dataset;
+mod demo;
 mod device;
 mod errors;
+mod eval;
 mod infer;
 mod plot;
 mod test;
 mod train;
-mod eval;
 
 use clap::{Parser, Subcommand};
 

@@ -44,23 +44,36 @@ pub fn run(args: &TestArgs, device: &DeviceArg) -> anyhow::Result<()> {
     match device {
         DeviceArg::Cpu => run_on::<burn::backend::Flex>(args, &p, &Default::default()),
         #[cfg(feature = "cuda")]
-        DeviceArg::Cuda(i) => run_on::<burn::backend::Cuda>(args, &p, &burn::backend::cuda::CudaDevice::new(*i)),
+        DeviceArg::Cuda(i) => {
+            run_on::<burn::backend::Cuda>(args, &p, &burn::backend::cuda::CudaDevice::new(*i))
+        }
         #[cfg(not(feature = "cuda"))]
         DeviceArg::Cuda(_) => unreachable!("check_usable rejects CUDA without the feature"),
     }
 }
 
-fn run_on<B: burn::prelude::Backend>(args: &TestArgs, p: &crate::train::Prepared, device: &B::Device) -> anyhow::Result<()> {
+fn run_on<B: burn::prelude::Backend>(
+    args: &TestArgs,
+    p: &crate::train::Prepared,
+    device: &B::Device,
+) -> anyhow::Result<()> {
     let model = load_checkpoint_model::<B>(&p.cfg, &args.checkpoint, device)?;
     let val = load_split(&p.cfg, false)?;
     if val.1.records.is_empty() {
-        return Err(bad_input(format!("data.val: {} has no image", p.cfg.data.val.ann_file)));
+        return Err(bad_input(format!(
+            "data.val: {} has no image",
+            p.cfg.data.val.ann_file
+        )));
     }
     let started = std::time::Instant::now();
     let (eval, dets, preds) = evaluate_val(&model, &p.cfg, &val, device, args.json)?;
     if let Some(dir) = &args.show_dir {
-        let files: std::collections::HashMap<u64, &std::path::Path> =
-            val.1.records.iter().map(|r| (r.image_id, r.file.as_path())).collect();
+        let files: std::collections::HashMap<u64, &std::path::Path> = val
+            .1
+            .records
+            .iter()
+            .map(|r| (r.image_id, r.file.as_path()))
+            .collect();
         for (id, d) in &preds {
             save_drawn(files[id], d, &val.1.category_names, args.show_score_thr, dir)?;
         }
@@ -79,7 +92,12 @@ fn run_on<B: burn::prelude::Backend>(args: &TestArgs, p: &crate::train::Prepared
             })
         );
     } else {
-        println!("bbox evaluation of {} on {} images ({} detections)", args.checkpoint.display(), val.1.records.len(), dets.len());
+        println!(
+            "bbox evaluation of {} on {} images ({} detections)",
+            args.checkpoint.display(),
+            val.1.records.len(),
+            dets.len()
+        );
         print!("{}", eval.summary());
     }
     Ok(())
@@ -95,7 +113,9 @@ pub fn save_drawn(
     out_dir: &std::path::Path,
 ) -> anyhow::Result<PathBuf> {
     use attndet_coco::draw::{Instance, draw_instances, palette};
-    let mut img = image::open(file).with_context(|| format!("reading {}", file.display()))?.to_rgb8();
+    let mut img = image::open(file)
+        .with_context(|| format!("reading {}", file.display()))?
+        .to_rgb8();
     let instances: Vec<Instance> = dets
         .boxes
         .iter()
@@ -103,16 +123,28 @@ pub fn save_drawn(
         .zip(&dets.labels)
         .filter(|((_, s), _)| **s >= score_thr)
         .map(|((b, s), &l)| Instance {
-            bbox: [b[0] as f64, b[1] as f64, (b[2] - b[0]) as f64, (b[3] - b[1]) as f64],
+            bbox: [
+                b[0] as f64,
+                b[1] as f64,
+                (b[2] - b[0]) as f64,
+                (b[3] - b[1]) as f64,
+            ],
             mask: None,
-            label: format!("{} {s:.2}", names.get(l).cloned().unwrap_or_else(|| l.to_string())),
+            label: format!(
+                "{} {s:.2}",
+                names.get(l).cloned().unwrap_or_else(|| l.to_string())
+            ),
             colour: palette(l),
         })
         .collect();
     draw_instances(&mut img, &instances);
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let name = file.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "image.png".into());
+    let name = file
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| "image.png".into());
     let out = out_dir.join(name);
-    img.save(&out).with_context(|| format!("writing {}", out.display()))?;
+    img.save(&out)
+        .with_context(|| format!("writing {}", out.display()))?;
     Ok(out)
 }

@@ -78,8 +78,18 @@ pub fn evaluate(gt: &CocoDataset, dets: &[Detection], params: &EvalParams) -> Re
             "thresholds, max_dets and area ranges must not be empty".into(),
         ));
     }
-    let image_ids = gt.sorted_image_ids();
-    let all_cat_ids = gt.sorted_category_ids();
+    // Like pycocotools: sorted, duplicates removed; ids missing from the GT simply have nothing to evaluate.
+    let sorted_unique = |ids: &Option<Vec<u64>>, all: Vec<u64>| match ids {
+        Some(ids) => {
+            let mut v = ids.clone();
+            v.sort_unstable();
+            v.dedup();
+            v
+        }
+        None => all,
+    };
+    let image_ids = sorted_unique(&params.image_ids, gt.sorted_image_ids());
+    let all_cat_ids = sorted_unique(&params.category_ids, gt.sorted_category_ids());
     let (ni, nk) = (image_ids.len(), all_cat_ids.len());
     let img_pos: std::collections::HashMap<u64, usize> =
         image_ids.iter().enumerate().map(|(i, &id)| (id, i)).collect();

@@ -26,8 +26,10 @@ pub struct DetDataset {
 /// a usable box are left out (they contribute no positives and mmdetection filters them too).
 pub fn records_from_coco(coco: &CocoDataset, img_dir: &Path, skip_empty: bool) -> DetDataset {
     let category_ids = coco.sorted_category_ids();
-    let category_names =
-        category_ids.iter().map(|id| coco.category(*id).map(|c| c.name.clone()).unwrap_or_default()).collect();
+    let category_names = category_ids
+        .iter()
+        .map(|id| coco.category(*id).map(|c| c.name.clone()).unwrap_or_default())
+        .collect();
     let label_of = |cat: u64| category_ids.binary_search(&cat).ok();
     let mut records = Vec::new();
     let mut images_without_boxes = 0;
@@ -51,7 +53,9 @@ pub fn records_from_coco(coco: &CocoDataset, img_dir: &Path, skip_empty: bool) -
             if w < 1.0 || h < 1.0 || ann.area <= 0.0 {
                 continue;
             }
-            let Some(label) = label_of(ann.category_id) else { continue };
+            let Some(label) = label_of(ann.category_id) else {
+                continue;
+            };
             r.boxes.push(b);
             r.labels.push(label);
         }
@@ -63,7 +67,12 @@ pub fn records_from_coco(coco: &CocoDataset, img_dir: &Path, skip_empty: bool) -
         }
         records.push(r);
     }
-    DetDataset { records, category_ids, category_names, images_without_boxes }
+    DetDataset {
+        records,
+        category_ids,
+        category_names,
+        images_without_boxes,
+    }
 }
 
 #[cfg(test)]

@@ -182,7 +182,10 @@ pub fn collate(samples: Vec<Sample>, pipeline: &PipelineConfig) -> Batch {
     for (i, mut s) in samples.into_iter().enumerate() {
         let (w, h) = s.meta.img_size;
         let d = pipeline.pad_size_divisor;
-        s.meta.pad_size = (transforms::round_up(w as usize, d) as u32, transforms::round_up(h as usize, d) as u32);
+        s.meta.pad_size = (
+            transforms::round_up(w as usize, d) as u32,
+            transforms::round_up(h as usize, d) as u32,
+        );
         transforms::normalize_into(
             &s.image,
             pipeline.mean,

@@ -62,10 +62,19 @@ pub fn predict_records<B: Backend, M: Detector<B>>(
 pub fn to_coco_detections(dets: &[(u64, Detections)], category_ids: &[u64]) -> Vec<Detection> {
     dets.iter()
         .flat_map(|(image_id, d)| {
-            d.boxes.iter().zip(&d.scores).zip(&d.labels).map(move |((b, &s), &l)| {
-                let xywh = [b[0] as f64, b[1] as f64, (b[2] - b[0]) as f64, (b[3] - b[1]) as f64];
-                Detection::from_bbox(*image_id, category_ids[l], xywh, s as f64)
-            })
+            d.boxes
+                .iter()
+                .zip(&d.scores)
+                .zip(&d.labels)
+                .map(move |((b, &s), &l)| {
+                    let xywh = [
+                        b[0] as f64,
+                        b[1] as f64,
+                        (b[2] - b[0]) as f64,
+                        (b[3] - b[1]) as f64,
+                    ];
+                    Detection::from_bbox(*image_id, category_ids[l], xywh, s as f64)
+                })
         })
         .collect()
 }
@@ -81,9 +90,16 @@ mod tests {
 
     #[test]
     fn detections_become_xywh_with_category_ids() {
-        let d = Detections { boxes: vec![[1.0, 2.0, 11.0, 22.0]], scores: vec![0.5], labels: vec![1] };
+        let d = Detections {
+            boxes: vec![[1.0, 2.0, 11.0, 22.0]],
+            scores: vec![0.5],
+            labels: vec![1],
+        };
         let c = to_coco_detections(&[(9, d), (10, Detections::default())], &[3, 8]);
         assert_eq!(c.len(), 1);
-        assert_eq!((c[0].image_id, c[0].category_id, c[0].bbox, c[0].score), (9, 8, [1.0, 2.0, 10.0, 20.0], 0.5));
+        assert_eq!(
+            (c[0].image_id, c[0].category_id, c[0].bbox, c[0].score),
+            (9, 8, [1.0, 2.0, 10.0, 20.0], 0.5)
+        );
     }
 }

@@ -61,7 +61,9 @@ pub struct JsonLog {
 impl JsonLog {
     /// The log of `work_dir`.
     pub fn new(work_dir: &Path) -> Self {
-        Self { path: work_dir.join("log.jsonl") }
+        Self {
+            path: work_dir.join("log.jsonl"),
+        }
     }
 
     /// Its path.
@@ -71,15 +73,25 @@ impl JsonLog {
 
     /// Append one line.
     pub fn append(&self, line: &LogLine) -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
-        writeln!(f, "{}", serde_json::to_string(line).map_err(std::io::Error::other)?)
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        writeln!(
+            f,
+            "{}",
+            serde_json::to_string(line).map_err(std::io::Error::other)?
+        )
     }
 }
 
 /// Read a log; malformed lines are skipped (a crash can cut the last line).
 pub fn read_log(path: &Path) -> std::io::Result<Vec<LogLine>> {
     let text = std::fs::read_to_string(path)?;
-    Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
 }
 
 /// Resident memory of this process in MiB (Linux `/proc/self/status`; 0 elsewhere).
@@ -118,9 +130,23 @@ mod tests {
             memory_mb: 100.0,
         };
         log.append(&LogLine::Train(it.clone())).unwrap();
-        std::fs::OpenOptions::new().append(true).open(log.path()).unwrap().write_all(b"{\"mode\": \"tr").unwrap();
-        std::fs::OpenOptions::new().append(true).open(log.path()).unwrap().write_all(b"\n").unwrap();
-        log.append(&LogLine::Val(EvalRecord { epoch: 1, bbox_stats: vec![0.5; 12] })).unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(log.path())
+            .unwrap()
+            .write_all(b"{\"mode\": \"tr")
+            .unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(log.path())
+            .unwrap()
+            .write_all(b"\n")
+            .unwrap();
+        log.append(&LogLine::Val(EvalRecord {
+            epoch: 1,
+            bbox_stats: vec![0.5; 12],
+        }))
+        .unwrap();
         let lines = read_log(log.path()).unwrap();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0], LogLine::Train(it));

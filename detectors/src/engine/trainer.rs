@@ -141,11 +141,19 @@ pub fn batch_tensor<B: Backend>(batch: &Batch, device: &B::Device) -> Tensor<B, 
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io { path: path.to_path_buf(), source }
+    move |source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Train `model` (already built, with its backbone initialised and frozen as configured).
-pub fn train<B, M, H>(mut model: M, setup: &TrainSetup, device: &B::Device, hooks: &mut H) -> Result<(M, TrainSummary), TrainError>
+pub fn train<B, M, H>(
+    mut model: M,
+    setup: &TrainSetup,
+    device: &B::Device,
+    hooks: &mut H,
+) -> Result<(M, TrainSummary), TrainError>
 where
     B: AutodiffBackend,
     M: AutodiffModule<B> + Detector<B>,
@@ -155,14 +163,21 @@ where
     let OptimizerConfig::Sgd(sgd) = &cfg.optimizer;
     std::fs::create_dir_all(&setup.work_dir).map_err(io_err(&setup.work_dir))?;
     let config_path = setup.work_dir.join("config.json");
-    write_atomic(&config_path, &serde_json::to_string_pretty(&setup.resolved).expect("JSON value"))?;
+    write_atomic(
+        &config_path,
+        &serde_json::to_string_pretty(&setup.resolved).expect("JSON value"),
+    )?;
     let log = JsonLog::new(&setup.work_dir);
 
     let builtin_decay = (!sgd.no_decay_on_norm_and_bias && sgd.weight_decay > 0.0)
         .then(|| burn::optim::decay::WeightDecayConfig::new(sgd.weight_decay as f32));
     let mut optim = SgdConfig::new()
         // torch's SGD has no dampening; burn's default is 0.1
-        .with_momentum(Some(MomentumConfig::new().with_momentum(sgd.momentum).with_dampening(0.0)))
+        .with_momentum(Some(
+            MomentumConfig::new()
+                .with_momentum(sgd.momentum)
+                .with_dampening(0.0),
+        ))
         .with_weight_decay(builtin_decay)
         .init::<B, M>();
 
@@ -185,7 +200,10 @@ where
         if saved.seed != cfg.seed {
             return Err(TrainError::Resume {
                 path: dir.clone(),
-                message: format!("it was trained with seed {}, this run has seed {}", saved.seed, cfg.seed),
+                message: format!(
+                    "it was trained with seed {}, this run has seed {}",
+                    saved.seed, cfg.seed
+                ),
             });
         }
         model = checkpoint::load_model(dir, model, device)?;
@@ -196,7 +214,10 @@ where
             saved.epoch,
             saved.global_iter
         ));
-        state = TrainState { config: setup.resolved.clone(), ..saved };
+        state = TrainState {
+            config: setup.resolved.clone(),
+            ..saved
+        };
         last_checkpoint = Some(dir.clone());
     }
     let schedule = LrSchedule::new(state.base_lr, &cfg.lr_config);
@@ -226,14 +247,26 @@ where
                 .collect();
             let total: f64 = values.iter().map(|(_, v)| v).sum();
             if !total.is_finite() {
-                let terms = values.iter().map(|(n, v)| format!("{n} = {v}")).collect::<Vec<_>>().join(", ");
-                return Err(TrainError::NonFiniteLoss { epoch: epoch + 1, iter: i + 1, terms, checkpoint: last_checkpoint });
+                let terms = values
+                    .iter()
+                    .map(|(n, v)| format!("{n} = {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Err(TrainError::NonFiniteLoss {
+                    epoch: epoch + 1,
+                    iter: i + 1,
+                    terms,
+                    checkpoint: last_checkpoint,
+                });
             }
             let mut g = GradientsParams::from_grads(parts.total().backward(), &model);
             if sgd.no_decay_on_norm_and_bias && sgd.weight_decay > 0.0 {
                 grads::add_weight_decay_to_weights::<B, M>(&model, &mut g, sgd.weight_decay);
             }
-            let grad_norm = sgd.grad_clip.as_ref().map(|c| grads::clip_grad_norm::<B, M>(&model, &mut g, c.max_norm) as f64);
+            let grad_norm = sgd
+                .grad_clip
+                .as_ref()
+                .map(|c| grads::clip_grad_norm::<B, M>(&model, &mut g, c.max_norm) as f64);
             let lr = schedule.lr(epoch, state.global_iter);
             model = optim.step(lr, model, g);
             state.global_iter += 1;
@@ -259,13 +292,19 @@ where
         }
         state.epoch += 1;
         let done = state.epoch;
-        let checkpoint_due = done % cfg.checkpoint_config.interval.max(1) == 0 || done == cfg.runner.max_epochs;
-        let eval_due = cfg.evaluation.interval > 0 && (done % cfg.evaluation.interval == 0 || done == cfg.runner.max_epochs);
+        let checkpoint_due =
+            done.is_multiple_of(cfg.checkpoint_config.interval.max(1)) || done == cfg.runner.max_epochs;
+        let eval_due = cfg.evaluation.interval > 0
+            && (done.is_multiple_of(cfg.evaluation.interval) || done == cfg.runner.max_epochs);
         let mut improved = false;
         if eval_due {
             let inner = model.valid();
             if let Some(stats) = hooks.evaluate(&inner, done).map_err(TrainError::Eval)? {
-                log.append(&LogLine::Val(EvalRecord { epoch: done, bbox_stats: stats.clone() })).map_err(io_err(log.path()))?;
+                log.append(&LogLine::Val(EvalRecord {
+                    epoch: done,
+                    bbox_stats: stats.clone(),
+                }))
+                .map_err(io_err(log.path()))?;
                 let ap = stats.first().copied().unwrap_or(0.0);
                 if state.best.is_none_or(|(best, _)| ap > best) {
                     state.best = Some((ap, done));
@@ -285,7 +324,10 @@ where
             let dir = setup.work_dir.join("best");
             checkpoint::save::<B, M, _>(&dir, &model, &optim, &state)?;
             if let Some((ap, e)) = state.best {
-                hooks.on_message(&format!("best bbox AP {ap:.4} at epoch {e}: saved {}", dir.display()));
+                hooks.on_message(&format!(
+                    "best bbox AP {ap:.4} at epoch {e}: saved {}",
+                    dir.display()
+                ));
             }
         }
     }

@@ -54,10 +54,25 @@ impl RetinaHeadSizes {
     pub fn init<B: Backend>(&self, device: &B::Device) -> RetinaHead<B> {
         let tower = || {
             (0..self.stacked_convs)
-                .map(|i| conv3x3(if i == 0 { self.in_channels } else { self.feat_channels }, self.feat_channels, 0.0, device))
+                .map(|i| {
+                    conv3x3(
+                        if i == 0 {
+                            self.in_channels
+                        } else {
+                            self.feat_channels
+                        },
+                        self.feat_channels,
+                        0.0,
+                        device,
+                    )
+                })
                 .collect::<Vec<_>>()
         };
-        let tower_out = if self.stacked_convs == 0 { self.in_channels } else { self.feat_channels };
+        let tower_out = if self.stacked_convs == 0 {
+            self.in_channels
+        } else {
+            self.feat_channels
+        };
         let p = self.prior_prob;
         let cls_bias = -((1.0 - p) / p).ln() as f32;
         RetinaHead {
@@ -113,7 +128,9 @@ impl<B: Backend> RetinaHead<B> {
 pub fn flatten_anchors<B: Backend>(t: Tensor<B, 4>, d: usize) -> Tensor<B, 3> {
     let [n, ad, h, w] = t.dims();
     let a = ad / d.max(1);
-    t.reshape([n, a, d, h, w]).permute([0, 3, 4, 1, 2]).reshape([n, h * w * a, d])
+    t.reshape([n, a, d, h, w])
+        .permute([0, 3, 4, 1, 2])
+        .reshape([n, h * w * a, d])
 }
 
 #[cfg(test)]
@@ -124,21 +141,35 @@ mod tests {
     type B = Flex;
 
     fn sizes() -> RetinaHeadSizes {
-        RetinaHeadSizes { in_channels: 8, feat_channels: 8, stacked_convs: 2, num_classes: 3, num_anchors: 9, prior_prob: 0.01 }
+        RetinaHeadSizes {
+            in_channels: 8,
+            feat_channels: 8,
+            stacked_convs: 2,
+            num_classes: 3,
+            num_anchors: 9,
+            prior_prob: 0.01,
+        }
     }
 
     #[test]
     fn output_shapes_and_prior_bias() {
         let device = Default::default();
         let head = sizes().init::<B>(&device);
-        let feats = vec![Tensor::<B, 4>::zeros([2, 8, 4, 6], &device), Tensor::zeros([2, 8, 2, 3], &device)];
+        let feats = vec![
+            Tensor::<B, 4>::zeros([2, 8, 4, 6], &device),
+            Tensor::zeros([2, 8, 2, 3], &device),
+        ];
         let out = head.forward(&feats);
         assert_eq!(out[0].0.dims(), [2, 4 * 6 * 9, 3]);
         assert_eq!(out[0].1.dims(), [2, 4 * 6 * 9, 4]);
         assert_eq!(out[1].0.dims(), [2, 2 * 3 * 9, 3]);
         // zero input: towers give relu(0 + 0) = 0, so the logits are the bias -log(0.99 / 0.01) = -4.59512
         let logits: Vec<f32> = out[0].0.clone().into_data().to_vec().unwrap();
-        assert!(logits.iter().all(|&l| (l + 4.595_12).abs() < 1e-4), "{:?}", &logits[..3]);
+        assert!(
+            logits.iter().all(|&l| (l + 4.595_12).abs() < 1e-4),
+            "{:?}",
+            &logits[..3]
+        );
         let deltas: Vec<f32> = out[0].1.clone().into_data().to_vec().unwrap();
         assert!(deltas.iter().all(|&d| d == 0.0));
     }

@@ -29,7 +29,9 @@ impl<B: Backend> Losses<B> {
     /// Sum of the terms.
     pub fn total(&self) -> Tensor<B, 1> {
         let device = self.terms.first().map(|(_, t)| t.device()).unwrap_or_default();
-        self.terms.iter().fold(Tensor::zeros([1], &device), |acc, (_, t)| acc + t.clone())
+        self.terms
+            .iter()
+            .fold(Tensor::zeros([1], &device), |acc, (_, t)| acc + t.clone())
     }
 }
 
@@ -57,10 +59,19 @@ pub trait Detector<B: Backend> {
 /// scale, and clip to the original size.
 pub fn to_original(b: [f32; 4], meta: &crate::data::transforms::ImageMeta) -> [f32; 4] {
     let (w, _) = meta.img_size;
-    let b = if meta.flipped { [w as f32 - b[2], b[1], w as f32 - b[0], b[3]] } else { b };
+    let b = if meta.flipped {
+        [w as f32 - b[2], b[1], w as f32 - b[0], b[3]]
+    } else {
+        b
+    };
     let (sx, sy) = meta.scale;
     let (ow, oh) = (meta.ori_size.0 as f32, meta.ori_size.1 as f32);
-    [(b[0] / sx).clamp(0.0, ow), (b[1] / sy).clamp(0.0, oh), (b[2] / sx).clamp(0.0, ow), (b[3] / sy).clamp(0.0, oh)]
+    [
+        (b[0] / sx).clamp(0.0, ow),
+        (b[1] / sy).clamp(0.0, oh),
+        (b[2] / sx).clamp(0.0, ow),
+        (b[3] / sy).clamp(0.0, oh),
+    ]
 }
 
 #[cfg(test)]
@@ -81,8 +92,20 @@ mod tests {
         };
         // flipped frame box [20, 10, 60, 30] -> unflipped [200 - 60, 10, 200 - 20, 30] = [140, 10, 180, 30]
         // -> / 2 = [70, 5, 90, 15]
-        assert_eq!(to_original([20.0, 10.0, 60.0, 30.0], &meta), [70.0, 5.0, 90.0, 15.0]);
+        assert_eq!(
+            to_original([20.0, 10.0, 60.0, 30.0], &meta),
+            [70.0, 5.0, 90.0, 15.0]
+        );
         // clipped to the original size
-        assert_eq!(to_original([-4.0, 0.0, 210.0, 120.0], &ImageMeta { flipped: false, ..meta }), [0.0, 0.0, 100.0, 50.0]);
+        assert_eq!(
+            to_original(
+                [-4.0, 0.0, 210.0, 120.0],
+                &ImageMeta {
+                    flipped: false,
+                    ..meta
+                }
+            ),
+            [0.0, 0.0, 100.0, 50.0]
+        );
     }
 }

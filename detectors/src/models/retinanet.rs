@@ -51,17 +51,28 @@ impl<B: Backend> RetinaNet<B> {
     /// Build from a config: backbone from the zoo (weights from `init_checkpoint` when given), frozen stages
     /// and norm_eval applied, neck and head sized from the backbone's feature specs.
     pub fn from_config(cfg: &RetinaNetConfig, device: &B::Device) -> Result<Self, ModelError> {
-        let arch = BackboneArch::parse(&cfg.backbone.name).map_err(|e| ModelError(format!("model.backbone.name: {e}")))?;
+        let arch = BackboneArch::parse(&cfg.backbone.name)
+            .map_err(|e| ModelError(format!("model.backbone.name: {e}")))?;
         let mut backbone = arch.build::<B>(device).map_err(model_err)?;
         if let Some(path) = &cfg.backbone.init_checkpoint {
             backbone
                 .load_weights(&arch, Path::new(path))
                 .map_err(|e| ModelError(format!("model.backbone.init_checkpoint {path}: {e}")))?;
         }
-        let backbone = backbone.with_norm_mode(if cfg.backbone.norm_eval { NormMode::Frozen } else { NormMode::Auto });
-        let backbone =
-            if cfg.backbone.frozen_stages >= 0 { backbone.with_frozen_stages(cfg.backbone.frozen_stages as usize) } else { backbone };
-        let neck = cfg.neck.init::<B>(&backbone.feature_specs(), device).map_err(|e| ModelError(format!("model.neck: {e}")))?;
+        let backbone = backbone.with_norm_mode(if cfg.backbone.norm_eval {
+            NormMode::Frozen
+        } else {
+            NormMode::Auto
+        });
+        let backbone = if cfg.backbone.frozen_stages >= 0 {
+            backbone.with_frozen_stages(cfg.backbone.frozen_stages as usize)
+        } else {
+            backbone
+        };
+        let neck = cfg
+            .neck
+            .init::<B>(&backbone.feature_specs(), device)
+            .map_err(|e| ModelError(format!("model.neck: {e}")))?;
         let head_cfg = &cfg.bbox_head;
         let anchors = head_cfg
             .anchor_generator
@@ -95,13 +106,29 @@ impl<B: Backend> RetinaNet<B> {
         .init(device);
         let parts = RetinaParts {
             anchors,
-            coder: head_cfg.bbox_coder.init().map_err(|e| ModelError(format!("model.bbox_head.bbox_coder: {e}")))?,
-            assigner: cfg.train_cfg.assigner.init().map_err(|e| ModelError(format!("model.train_cfg.assigner: {e}")))?,
-            loss_cls: head_cfg.loss_cls.init().map_err(|e| ModelError(format!("model.bbox_head.loss_cls: {e}")))?,
+            coder: head_cfg
+                .bbox_coder
+                .init()
+                .map_err(|e| ModelError(format!("model.bbox_head.bbox_coder: {e}")))?,
+            assigner: cfg
+                .train_cfg
+                .assigner
+                .init()
+                .map_err(|e| ModelError(format!("model.train_cfg.assigner: {e}")))?,
+            loss_cls: head_cfg
+                .loss_cls
+                .init()
+                .map_err(|e| ModelError(format!("model.bbox_head.loss_cls: {e}")))?,
             loss_bbox: head_cfg.loss_bbox.init(),
             test: cfg.test_cfg.clone(),
         };
-        Ok(Self { backbone, neck, bbox_head, parts }.fork(device))
+        Ok(Self {
+            backbone,
+            neck,
+            bbox_head,
+            parts,
+        }
+        .fork(device))
     }
 
     /// Head outputs of every level.
@@ -109,7 +136,7 @@ impl<B: Backend> RetinaNet<B> {
     /// # Shapes
     /// - images: `[N, 3, H, W]`
     /// - output: per level `([N, A_l, K], [N, A_l, 4])` and the level's `[H_l, W_l]`
-    pub fn forward_head(&self, images: Tensor<B, 4>) -> Result<(Vec<(Tensor<B, 3>, Tensor<B, 3>)>, Vec<[usize; 2]>), ModelError> {
+    pub fn forward_head(&self, images: Tensor<B, 4>) -> Result<HeadOutputs<B>, ModelError> {
         let feats = self.backbone.forward_features(images);
         let pyramid = self.neck.forward(feats).map_err(model_err)?;
         let sizes = pyramid.iter().map(|p| [p.dims()[2], p.dims()[3]]).collect();
@@ -127,22 +154,33 @@ impl<B: Backend> RetinaNet<B> {
         anchors: Tensor<B, 2>,
         valid: Tensor<B, 1, Bool>,
         item: &BatchItem,
-    ) -> Result<(Tensor<B, 1, Int>, Tensor<B, 1>, Tensor<B, 2>, Tensor<B, 2>), ModelError> {
+    ) -> Result<ImageTargets<B>, ModelError> {
         let device = anchors.device();
         let t = anchors.dims()[0];
         let k = self.bbox_head.num_classes() as i64;
         let gt = rows_tensor::<B>(&item.boxes, &device);
         let labels: Vec<i64> = item.labels.iter().map(|&l| l as i64).collect();
         if let Some(&bad) = labels.iter().find(|&&l| l >= k) {
-            return Err(ModelError(format!("{}: label {bad} but the head has {k} classes", item.meta.file.display())));
+            return Err(ModelError(format!(
+                "{}: label {bad} but the head has {k} classes",
+                item.meta.file.display()
+            )));
         }
         let m = labels.len();
-        let gt_labels = Tensor::<B, 1, Int>::from_data(TensorData::new(labels, [m]).convert::<B::IntElem>(), &device);
+        let gt_labels =
+            Tensor::<B, 1, Int>::from_data(TensorData::new(labels, [m]).convert::<B::IntElem>(), &device);
         let ignore = (!item.ignore.is_empty()).then(|| rows_tensor::<B>(&item.ignore, &device));
-        let assign = self.parts.assigner.assign(anchors.clone(), gt.clone(), gt_labels, ignore, Some(valid)).map_err(model_err)?;
+        let assign = self
+            .parts
+            .assigner
+            .assign(anchors.clone(), gt.clone(), gt_labels, ignore, Some(valid))
+            .map_err(model_err)?;
         let pos = assign.positive();
         let neg = assign.negative();
-        let cls_labels = assign.labels.clone().mask_where(pos.clone().bool_not(), Tensor::full([t], k, &device));
+        let cls_labels = assign
+            .labels
+            .clone()
+            .mask_where(pos.clone().bool_not(), Tensor::full([t], k, &device));
         let weights = pos.clone().bool_or(neg).float();
         let pos_f = pos.clone().float().reshape([t, 1]);
         let box_targets = if m == 0 {
@@ -151,10 +189,45 @@ impl<B: Backend> RetinaNet<B> {
             let matched = gt.select(0, assign.gt_index_or_zero());
             let enc = self.parts.coder.encode(anchors, matched).map_err(model_err)?;
             // non-positives may pair an anchor with an unrelated box: zero them (weight 0 would not cancel NaN)
-            enc.mask_where(pos.bool_not().reshape([t, 1]).expand([t, 4]), Tensor::zeros([t, 4], &device))
+            enc.mask_where(
+                pos.bool_not().reshape([t, 1]).expand([t, 4]),
+                Tensor::zeros([t, 4], &device),
+            )
         };
-        Ok((cls_labels, weights, box_targets, pos_f))
+        Ok(ImageTargets {
+            labels: cls_labels,
+            weights,
+            box_targets,
+            positive: pos_f,
+        })
     }
+}
+
+/// Head outputs per level (`([N, A_l, K], [N, A_l, 4])`) and the levels' `[H_l, W_l]`.
+pub type HeadOutputs<B> = (Vec<(Tensor<B, 3>, Tensor<B, 3>)>, Vec<[usize; 2]>);
+
+/// Training targets of one image over all `T` anchors.
+struct ImageTargets<B: Backend> {
+    /// `[T]`: class, or K for background.
+    labels: Tensor<B, 1, Int>,
+    /// `[T]`: 1 for positives and negatives, 0 for ignored anchors.
+    weights: Tensor<B, 1>,
+    /// `[T, 4]`: encoded deltas of positives, 0 elsewhere.
+    box_targets: Tensor<B, 2>,
+    /// `[T, 1]`: 1 for positives.
+    positive: Tensor<B, 2>,
+}
+
+/// One level's outputs of a whole batch, read back to the host for post-processing.
+struct LevelOnHost {
+    /// Sigmoid scores `[N, T_l, K]`, row-major.
+    scores: Vec<f32>,
+    /// Deltas `[N, T_l, 4]`.
+    deltas: Vec<f32>,
+    /// Anchors `[T_l, 4]`.
+    anchors: Vec<f32>,
+    /// Anchors of the level.
+    t: usize,
 }
 
 fn rows_tensor<B: Backend>(rows: &[[f32; 4]], device: &B::Device) -> Tensor<B, 2> {
@@ -167,23 +240,41 @@ impl<B: Backend> Detector<B> for RetinaNet<B> {
         let device = images.device();
         let [n, _, h, w] = images.dims();
         if n != items.len() {
-            return Err(ModelError(format!("images: batch of {n} with {} annotation sets", items.len())));
+            return Err(ModelError(format!(
+                "images: batch of {n} with {} annotation sets",
+                items.len()
+            )));
         }
         let (outs, sizes) = self.forward_head(images)?;
-        let anchors = Tensor::cat(self.parts.anchors.grid_anchors::<B>(&sizes, &device).map_err(model_err)?, 0);
+        let anchors = Tensor::cat(
+            self.parts
+                .anchors
+                .grid_anchors::<B>(&sizes, &device)
+                .map_err(model_err)?,
+            0,
+        );
         let t = anchors.dims()[0];
         let k = self.bbox_head.num_classes();
         let cls = Tensor::cat(outs.iter().map(|(c, _)| c.clone()).collect(), 1); // [N, T, K]
         let reg = Tensor::cat(outs.into_iter().map(|(_, r)| r).collect(), 1); // [N, T, 4]
         let (mut labels, mut weights, mut box_t, mut pos) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for item in items {
-            let pad = [h.min(item.meta.pad_size.1 as usize), w.min(item.meta.pad_size.0 as usize)];
-            let valid = Tensor::cat(self.parts.anchors.valid_flags::<B>(&sizes, pad, &device).map_err(model_err)?, 0);
-            let (l, wt, bt, p) = self.targets(anchors.clone(), valid, item)?;
-            labels.push(l);
-            weights.push(wt);
-            box_t.push(bt);
-            pos.push(p);
+            let pad = [
+                h.min(item.meta.pad_size.1 as usize),
+                w.min(item.meta.pad_size.0 as usize),
+            ];
+            let valid = Tensor::cat(
+                self.parts
+                    .anchors
+                    .valid_flags::<B>(&sizes, pad, &device)
+                    .map_err(model_err)?,
+                0,
+            );
+            let t = self.targets(anchors.clone(), valid, item)?;
+            labels.push(t.labels);
+            weights.push(t.weights);
+            box_t.push(t.box_targets);
+            pos.push(t.positive);
         }
         let labels = Tensor::cat(labels, 0);
         let weights = Tensor::cat(weights, 0);
@@ -196,32 +287,62 @@ impl<B: Backend> Detector<B> for RetinaNet<B> {
             .loss_cls
             .forward(cls.reshape([n * t, k]), labels, Some(weights), Some(avg.clone()))
             .map_err(model_err)?;
-        let loss_bbox = self.parts.loss_bbox.forward(reg.reshape([n * t, 4]), box_t, Some(pos), Some(avg)).map_err(model_err)?;
-        Ok(Losses { terms: vec![("loss_cls", loss_cls), ("loss_bbox", loss_bbox)] })
+        let loss_bbox = self
+            .parts
+            .loss_bbox
+            .forward(reg.reshape([n * t, 4]), box_t, Some(pos), Some(avg))
+            .map_err(model_err)?;
+        Ok(Losses {
+            terms: vec![("loss_cls", loss_cls), ("loss_bbox", loss_bbox)],
+        })
     }
 
     fn predict(&self, images: Tensor<B, 4>, items: &[BatchItem]) -> Result<Vec<Detections>, ModelError> {
         let device = images.device();
         let (outs, sizes) = self.forward_head(images)?;
-        let anchors = self.parts.anchors.grid_anchors::<B>(&sizes, &device).map_err(model_err)?;
+        let anchors = self
+            .parts
+            .anchors
+            .grid_anchors::<B>(&sizes, &device)
+            .map_err(model_err)?;
         let k = self.bbox_head.num_classes();
         let test = &self.parts.test;
         // one host read per level of the whole batch's scores and deltas
-        let host: Vec<(Vec<f32>, Vec<f32>, Vec<f32>, usize)> = outs
+        let host: Vec<LevelOnHost> = outs
             .into_iter()
             .zip(&anchors)
             .map(|((c, r), a)| {
                 let t = a.dims()[0];
-                let scores: Vec<f32> = sigmoid(c).into_data().convert::<f32>().to_vec().unwrap_or_default();
+                let scores: Vec<f32> = sigmoid(c)
+                    .into_data()
+                    .convert::<f32>()
+                    .to_vec()
+                    .unwrap_or_default();
                 let deltas: Vec<f32> = r.into_data().convert::<f32>().to_vec().unwrap_or_default();
-                let anchors: Vec<f32> = a.clone().into_data().convert::<f32>().to_vec().unwrap_or_default();
-                (scores, deltas, anchors, t)
+                let anchors: Vec<f32> = a
+                    .clone()
+                    .into_data()
+                    .convert::<f32>()
+                    .to_vec()
+                    .unwrap_or_default();
+                LevelOnHost {
+                    scores,
+                    deltas,
+                    anchors,
+                    t,
+                }
             })
             .collect();
         let mut results = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
             let (mut boxes, mut scores, mut labels) = (Vec::new(), Vec::new(), Vec::new());
-            for (level_scores, level_deltas, level_anchors, t) in &host {
+            for LevelOnHost {
+                scores: level_scores,
+                deltas: level_deltas,
+                anchors: level_anchors,
+                t,
+            } in &host
+            {
                 let s = &level_scores[i * t * k..(i + 1) * t * k];
                 // candidates above the threshold, the top nms_pre of them (mmdetection filter_scores_and_topk)
                 let mut cand: Vec<usize> = (0..t * k).filter(|&j| s[j] > test.score_thr as f32).collect();
@@ -230,7 +351,10 @@ impl<B: Backend> Detector<B> for RetinaNet<B> {
                 if cand.is_empty() {
                     continue;
                 }
-                let anchor_rows: Vec<f32> = cand.iter().flat_map(|&j| level_anchors[(j / k) * 4..(j / k) * 4 + 4].to_vec()).collect();
+                let anchor_rows: Vec<f32> = cand
+                    .iter()
+                    .flat_map(|&j| level_anchors[(j / k) * 4..(j / k) * 4 + 4].to_vec())
+                    .collect();
                 let delta_rows: Vec<f32> = cand
                     .iter()
                     .flat_map(|&j| level_deltas[(i * t + j / k) * 4..(i * t + j / k) * 4 + 4].to_vec())
@@ -239,10 +363,19 @@ impl<B: Backend> Detector<B> for RetinaNet<B> {
                 let a = Tensor::<B, 2>::from_data(TensorData::new(anchor_rows, [c, 4]), &device);
                 let d = Tensor::<B, 2>::from_data(TensorData::new(delta_rows, [c, 4]), &device);
                 let (iw, ih) = item.meta.img_size;
-                let decoded = self.parts.coder.decode(a, d, Some([ih as usize, iw as usize])).map_err(model_err)?;
+                let decoded = self
+                    .parts
+                    .coder
+                    .decode(a, d, Some([ih as usize, iw as usize]))
+                    .map_err(model_err)?;
                 let decoded: Vec<f32> = decoded.into_data().convert::<f32>().to_vec().unwrap_or_default();
                 for (n, &j) in cand.iter().enumerate() {
-                    boxes.push([decoded[n * 4], decoded[n * 4 + 1], decoded[n * 4 + 2], decoded[n * 4 + 3]]);
+                    boxes.push([
+                        decoded[n * 4],
+                        decoded[n * 4 + 1],
+                        decoded[n * 4 + 2],
+                        decoded[n * 4 + 3],
+                    ]);
                     scores.push(s[j]);
                     labels.push((j % k) as i64);
                 }
@@ -271,7 +404,8 @@ mod tests {
 
     /// The shipped RetinaNet model config, shrunk: ResNet-18, 3 classes, 16-channel neck and head.
     pub(crate) fn tiny_config() -> RetinaNetConfig {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/_base_/models/retinanet_r50_fpn.json");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../configs/_base_/models/retinanet_r50_fpn.json");
         let mut v = load_resolved(&path).unwrap();
         for o in [
             "model.backbone.name=resnet18",
@@ -307,7 +441,11 @@ mod tests {
 
     fn losses(model: &RetinaNet<A>, it: BatchItem) -> (f32, f32) {
         let device = Default::default();
-        let images = Tensor::<A, 4>::random([1, 3, 64, 64], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        let images = Tensor::<A, 4>::random(
+            [1, 3, 64, 64],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
         let l = model.losses(images, &[it]).unwrap();
         let v = |i: usize| l.terms[i].1.clone().into_scalar();
         (v(0), v(1))
@@ -332,8 +470,13 @@ mod tests {
         let device = Default::default();
         let model = RetinaNet::<A>::from_config(&tiny_config(), &device).unwrap();
         let images = Tensor::<A, 4>::zeros([1, 3, 64, 64], &device);
-        let err = model.losses(images, &[item(vec![[0.0, 0.0, 8.0, 8.0]], vec![7])]).unwrap_err();
-        assert!(err.to_string().contains("synthetic") && err.to_string().contains("label 7"), "{err}");
+        let err = model
+            .losses(images, &[item(vec![[0.0, 0.0, 8.0, 8.0]], vec![7])])
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("synthetic") && err.to_string().contains("label 7"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -354,7 +497,12 @@ mod tests {
         assert!(dets[0].scores.windows(2).all(|w| w[0] >= w[1]));
         // default threshold 0.05 > prior 0.01: nothing survives
         let model = RetinaNet::<Flex>::from_config(&tiny_config(), &device).unwrap();
-        let dets = model.predict(Tensor::<Flex, 4>::zeros([1, 3, 64, 64], &device), &[item(vec![], vec![])]).unwrap();
+        let dets = model
+            .predict(
+                Tensor::<Flex, 4>::zeros([1, 3, 64, 64], &device),
+                &[item(vec![], vec![])],
+            )
+            .unwrap();
         assert!(dets[0].boxes.is_empty());
     }
 
