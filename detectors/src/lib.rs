@@ -10,4 +10,5 @@ pub mod engine;
 pub mod losses;
 pub mod necks;
 pub mod ops;
+pub mod samplers;
 pub mod structures;
