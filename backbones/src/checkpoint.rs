@@ -8,13 +8,14 @@
 //!   Linear weights `[in, out]`).
 //!
 //! PyTorch naming is turned into ours by burn's `PyTorchToBurnAdapter` (Linear transposes, norm
-//! `weight`/`bias` -> `gamma`/`beta`) plus each family's explicit [`KeyMap`] (regex -> replacement, applied in
+//! `weight`/`bias` -> `gamma`/`beta`) plus each family's explicit [`KeyMap`] (reference substring -> ours, applied in
 //! order), e.g. `downsample.0.` -> `downsample.conv.`. After loading, every tensor the model expects must have
 //! been found with the right shape and every tensor of the file must have been used; otherwise the load fails
 //! with a [`KeyMismatch`] listing the keys by name.
 
 use std::path::{Path, PathBuf};
 
+use burn::module::{ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::store::{ApplyResult, ModuleSnapshot, PyTorchToBurnAdapter, PytorchStore, SafetensorsStore};
 use burn_store::ApplyError;
@@ -22,9 +23,108 @@ use burn_store::pytorch::PytorchReader;
 
 use crate::error::{BackboneError, KeyMismatch};
 
-/// A family's rename rules from the reference code's key names to our module paths: `(regex, replacement)`
-/// pairs applied in order to every key (after the `module.` prefix is stripped).
-pub type KeyMap = &'static [(&'static str, &'static str)];
+/// A family's rename rules between the reference code's key names and our module paths: `(reference, ours)`
+/// literal substrings. On import each rule is applied in order to every key (after the `module.` prefix is
+/// stripped); on export ([`reference_keys`]) the first rule whose `ours` occurs is reversed. Make each substring
+/// specific (with its dots) so that a key is renamed by at most one rule either way.
+pub type KeyMap = [(&'static str, &'static str)];
+
+/// `s` as a regex matching itself.
+fn regex_literal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 2);
+    for ch in s.chars() {
+        if "\\.+*?()|[]{}^$#&-~".contains(ch) {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+/// One tensor of a module: burn path (enum variants skipped), the type of the module holding it, its shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorShape {
+    /// Dotted path, e.g. `layer1.0.bn1.gamma`.
+    pub path: String,
+    /// burn's container type of the holder, e.g. `Struct:BatchNorm`.
+    pub container: String,
+    /// Shape.
+    pub shape: Vec<usize>,
+}
+
+/// Walks a module without materialising lazily initialised parameters.
+#[derive(Default)]
+struct ShapeVisitor {
+    path: Vec<String>,
+    containers: Vec<String>,
+    out: Vec<TensorShape>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for ShapeVisitor {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.containers.push(container_type.to_string());
+        if !container_type.starts_with("Enum:") {
+            self.path.push(name.to_string());
+        }
+    }
+
+    fn exit_module(&mut self, _name: &str, container_type: &str) {
+        self.containers.pop();
+        if !container_type.starts_with("Enum:") {
+            self.path.pop();
+        }
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.out.push(TensorShape {
+            path: self.path.join("."),
+            container: self.containers.last().cloned().unwrap_or_default(),
+            shape: param.lazy_shape().iter().copied().collect(),
+        });
+    }
+}
+
+/// Every float tensor of `model` (parameters and BatchNorm statistics) with its shape, without initialising
+/// lazy parameters.
+pub fn tensor_shapes<B: Backend, M: Module<B>>(model: &M) -> Vec<TensorShape> {
+    let mut visitor = ShapeVisitor::default();
+    model.visit(&mut visitor);
+    visitor.out
+}
+
+/// The tensors `model` holds, named and shaped as the reference PyTorch `state_dict` would hold them
+/// (norm `weight`/`bias`, BatchNorm `num_batches_tracked`, Linear weights `[out, in]`, the key map reversed).
+pub fn reference_keys<B: Backend, M: Module<B>>(model: &M, key_map: &KeyMap) -> Vec<(String, Vec<usize>)> {
+    let mut out = Vec::new();
+    for t in tensor_shapes(model) {
+        let (stem, leaf) = t.path.rsplit_once('.').unwrap_or(("", t.path.as_str()));
+        let norm = matches!(t.container.as_str(), "Struct:BatchNorm" | "Struct:LayerNorm");
+        let leaf = match leaf {
+            "gamma" if norm => "weight",
+            "beta" if norm => "bias",
+            other => other,
+        };
+        let mut shape = t.shape.clone();
+        if t.container == "Struct:Linear" && leaf == "weight" {
+            shape.reverse();
+        }
+        let mut key = if stem.is_empty() {
+            leaf.to_string()
+        } else {
+            format!("{stem}.{leaf}")
+        };
+        // One rename per key, the first rule that applies (import applies at most one to a reference key).
+        if let Some((reference, ours)) = key_map.iter().find(|(_, ours)| key.contains(ours)) {
+            key = key.replacen(ours, reference, 1);
+        }
+        let is_bn = t.container == "Struct:BatchNorm" && leaf == "running_var";
+        out.push((key.clone(), shape));
+        if is_bn {
+            out.push((key.replace(".running_var", ".num_batches_tracked"), vec![]));
+        }
+    }
+    out
+}
 
 /// What a successful load did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +149,7 @@ fn pytorch_top_level_key(path: &Path) -> Result<Option<&'static str>, BackboneEr
 pub fn load_pytorch<B: Backend, M: ModuleSnapshot<B>>(
     model: &mut M,
     path: &Path,
-    key_map: KeyMap,
+    key_map: &KeyMap,
     model_name: &str,
 ) -> Result<LoadSummary, BackboneError> {
     let mut store = PytorchStore::from_file(path)
@@ -61,7 +161,7 @@ pub fn load_pytorch<B: Backend, M: ModuleSnapshot<B>>(
         store = store.with_top_level_key(key);
     }
     for (from, to) in key_map {
-        store = store.with_key_remapping(*from, *to);
+        store = store.with_key_remapping(regex_literal(from), *to);
     }
     let result = model
         .load_from(&mut store)
@@ -77,7 +177,7 @@ pub fn load_torch_safetensors_bytes<B: Backend, M: ModuleSnapshot<B>>(
     model: &mut M,
     bytes: Vec<u8>,
     origin: &Path,
-    key_map: KeyMap,
+    key_map: &KeyMap,
     model_name: &str,
 ) -> Result<LoadSummary, BackboneError> {
     let mut store = SafetensorsStore::from_bytes(Some(bytes))
@@ -88,7 +188,7 @@ pub fn load_torch_safetensors_bytes<B: Backend, M: ModuleSnapshot<B>>(
         .allow_partial(true)
         .validate(false);
     for (from, to) in key_map {
-        store = store.with_key_remapping(*from, *to);
+        store = store.with_key_remapping(regex_literal(from), *to);
     }
     let result = model
         .load_from(&mut store)
@@ -103,7 +203,7 @@ pub fn load_torch_safetensors_bytes<B: Backend, M: ModuleSnapshot<B>>(
 pub fn load_torch_safetensors<B: Backend, M: ModuleSnapshot<B>>(
     model: &mut M,
     path: &Path,
-    key_map: KeyMap,
+    key_map: &KeyMap,
     model_name: &str,
 ) -> Result<LoadSummary, BackboneError> {
     let bytes = std::fs::read(path).map_err(|e| BackboneError::CheckpointRead {
@@ -172,7 +272,7 @@ pub fn save_safetensors<B: Backend, M: ModuleSnapshot<B>>(
 pub fn load_any<B: Backend, M: ModuleSnapshot<B>>(
     model: &mut M,
     path: &Path,
-    key_map: KeyMap,
+    key_map: &KeyMap,
     model_name: &str,
 ) -> Result<LoadSummary, BackboneError> {
     if path.extension().is_some_and(|e| e == "safetensors") {

@@ -6,11 +6,11 @@ use std::path::Path;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{self, KeyMap, LoadSummary};
+use crate::checkpoint::{self, LoadSummary};
 use crate::cost::{CostCounter, CostReport, CountFlops};
 use crate::error::BackboneError;
 use crate::norm::NormMode;
-use crate::resnet::{RESNET_KEY_MAP, ResNet, ResNetConfig};
+use crate::resnet::{ResNet, ResNetConfig, key_map as resnet_key_map};
 use crate::{Backbone, Classifier, FeatureSpec};
 
 /// A backbone architecture with all its parameters. `serde` form: `{"ResNet": {...}}`.
@@ -63,17 +63,24 @@ impl BackboneArch {
     }
 
     /// The family's rename rules from reference checkpoint keys to our module paths.
-    pub fn key_map(&self) -> KeyMap {
+    pub fn key_map(&self) -> Vec<(&'static str, &'static str)> {
         match self {
-            BackboneArch::ResNet(_) => RESNET_KEY_MAP,
+            BackboneArch::ResNet(c) => resnet_key_map(c),
         }
+    }
+
+    /// Build it with parameters created on first use (cheap when weights are loaded next; loading checks
+    /// shapes without creating them). Do not clone the result before its first use: clones of a lazily
+    /// initialised module draw different weights.
+    pub fn build_lazy<B: Backend>(&self, device: &B::Device) -> Result<AnyBackbone<B>, BackboneError> {
+        Ok(match self {
+            BackboneArch::ResNet(c) => AnyBackbone::ResNet(ResNet::new(c, device)?),
+        })
     }
 
     /// Build it (freshly initialised weights).
     pub fn build<B: Backend>(&self, device: &B::Device) -> Result<AnyBackbone<B>, BackboneError> {
-        let model = match self {
-            BackboneArch::ResNet(c) => AnyBackbone::ResNet(ResNet::new(c, device)?),
-        };
+        let model = self.build_lazy(device)?;
         // burn initialises parameters lazily: materialise now, or clones of the model would each draw their own
         // random weights.
         Ok(model.fork(device))
@@ -105,7 +112,7 @@ impl<B: Backend> AnyBackbone<B> {
     /// Load weights, strictly: our safetensors format by extension `.safetensors`, otherwise a PyTorch file
     /// (reference naming, mapped by `arch`'s key map).
     pub fn load_weights(&mut self, arch: &BackboneArch, path: &Path) -> Result<LoadSummary, BackboneError> {
-        checkpoint::load_any(self, path, arch.key_map(), &arch.name())
+        checkpoint::load_any(self, path, &arch.key_map(), &arch.name())
     }
 
     /// Save weights in our safetensors format (atomically).
