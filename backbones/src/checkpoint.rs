@@ -8,7 +8,7 @@
 //!   Linear weights `[in, out]`).
 //!
 //! PyTorch naming is turned into ours by burn's `PyTorchToBurnAdapter` (Linear transposes, norm
-//! `weight`/`bias` -> `gamma`/`beta`) plus each family's explicit [`KeyMap`] (reference substring -> ours, applied in
+//! `weight`/`bias` -> `gamma`/`beta`) plus each family's explicit [`KeyMap`] (regex -> replacement, applied in
 //! order), e.g. `downsample.0.` -> `downsample.conv.`. After loading, every tensor the model expects must have
 //! been found with the right shape and every tensor of the file must have been used; otherwise the load fails
 //! with a [`KeyMismatch`] listing the keys by name.
@@ -23,14 +23,20 @@ use burn_store::pytorch::PytorchReader;
 
 use crate::error::{BackboneError, KeyMismatch};
 
-/// A family's rename rules between the reference code's key names and our module paths: `(reference, ours)`
-/// literal substrings. On import each rule is applied in order to every key (after the `module.` prefix is
-/// stripped); on export ([`reference_keys`]) the first rule whose `ours` occurs is reversed. Make each substring
-/// specific (with its dots) so that a key is renamed by at most one rule either way.
-pub type KeyMap = [(&'static str, &'static str)];
+/// A family's rename rules from the reference code's key names to our module paths: `(regex, replacement)`
+/// pairs applied in order to every key (after the `module.` prefix is stripped).
+pub type KeyMap = &'static [(&'static str, &'static str)];
+
+/// Import rules (for a [`KeyMap`]) from literal `(reference, ours)` substring pairs.
+pub fn literal_rules(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(reference, ours)| (regex_literal(reference), ours.replace('$', "$$")))
+        .collect()
+}
 
 /// `s` as a regex matching itself.
-fn regex_literal(s: &str) -> String {
+pub fn regex_literal(s: &str) -> String {
     let mut out = String::with_capacity(s.len() * 2);
     for ch in s.chars() {
         if "\\.+*?()|[]{}^$#&-~".contains(ch) {
@@ -93,8 +99,12 @@ pub fn tensor_shapes<B: Backend, M: Module<B>>(model: &M) -> Vec<TensorShape> {
 }
 
 /// The tensors `model` holds, named and shaped as the reference PyTorch `state_dict` would hold them
-/// (norm `weight`/`bias`, BatchNorm `num_batches_tracked`, Linear weights `[out, in]`, the key map reversed).
-pub fn reference_keys<B: Backend, M: Module<B>>(model: &M, key_map: &KeyMap) -> Vec<(String, Vec<usize>)> {
+/// (norm `weight`/`bias`, BatchNorm `num_batches_tracked`, Linear weights `[out, in]`), renamed by literal
+/// `(reference, ours)` pairs: per key, the first pair whose `ours` occurs is reversed.
+pub fn reference_keys<B: Backend, M: Module<B>>(
+    model: &M,
+    renames: &[(&str, &str)],
+) -> Vec<(String, Vec<usize>)> {
     let mut out = Vec::new();
     for t in tensor_shapes(model) {
         let (stem, leaf) = t.path.rsplit_once('.').unwrap_or(("", t.path.as_str()));
@@ -114,7 +124,7 @@ pub fn reference_keys<B: Backend, M: Module<B>>(model: &M, key_map: &KeyMap) -> 
             format!("{stem}.{leaf}")
         };
         // One rename per key, the first rule that applies (import applies at most one to a reference key).
-        if let Some((reference, ours)) = key_map.iter().find(|(_, ours)| key.contains(ours)) {
+        if let Some((reference, ours)) = renames.iter().find(|(_, ours)| key.contains(ours)) {
             key = key.replacen(ours, reference, 1);
         }
         let is_bn = t.container == "Struct:BatchNorm" && leaf == "running_var";
@@ -149,7 +159,7 @@ fn pytorch_top_level_key(path: &Path) -> Result<Option<&'static str>, BackboneEr
 pub fn load_pytorch<B: Backend, M: ModuleSnapshot<B>>(
     model: &mut M,
     path: &Path,
-    key_map: &KeyMap,
+    key_map: KeyMap,
     model_name: &str,
 ) -> Result<LoadSummary, BackboneError> {
     let mut store = PytorchStore::from_file(path)
@@ -161,7 +171,7 @@ pub fn load_pytorch<B: Backend, M: ModuleSnapshot<B>>(
         store = store.with_top_level_key(key);
     }
     for (from, to) in key_map {
-        store = store.with_key_remapping(regex_literal(from), *to);
+        store = store.with_key_remapping(*from, *to);
     }
     let result = model
         .load_from(&mut store)
@@ -177,7 +187,7 @@ pub fn load_torch_safetensors_bytes<B: Backend, M: ModuleSnapshot<B>>(
     model: &mut M,
     bytes: Vec<u8>,
     origin: &Path,
-    key_map: &KeyMap,
+    key_map: KeyMap,
     model_name: &str,
 ) -> Result<LoadSummary, BackboneError> {
     let mut store = SafetensorsStore::from_bytes(Some(bytes))
@@ -188,7 +198,7 @@ pub fn load_torch_safetensors_bytes<B: Backend, M: ModuleSnapshot<B>>(
         .allow_partial(true)
         .validate(false);
     for (from, to) in key_map {
-        store = store.with_key_remapping(regex_literal(from), *to);
+        store = store.with_key_remapping(*from, *to);
     }
     let result = model
         .load_from(&mut store)
@@ -203,7 +213,7 @@ pub fn load_torch_safetensors_bytes<B: Backend, M: ModuleSnapshot<B>>(
 pub fn load_torch_safetensors<B: Backend, M: ModuleSnapshot<B>>(
     model: &mut M,
     path: &Path,
-    key_map: &KeyMap,
+    key_map: KeyMap,
     model_name: &str,
 ) -> Result<LoadSummary, BackboneError> {
     let bytes = std::fs::read(path).map_err(|e| BackboneError::CheckpointRead {
@@ -272,7 +282,7 @@ pub fn save_safetensors<B: Backend, M: ModuleSnapshot<B>>(
 pub fn load_any<B: Backend, M: ModuleSnapshot<B>>(
     model: &mut M,
     path: &Path,
-    key_map: &KeyMap,
+    key_map: KeyMap,
     model_name: &str,
 ) -> Result<LoadSummary, BackboneError> {
     if path.extension().is_some_and(|e| e == "safetensors") {

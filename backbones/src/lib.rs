@@ -24,7 +24,7 @@
 //!    (`None`: "not my name") and `name()`, and a variant of [`BackboneArch`] holding it; add the `parse` call
 //!    to [`BackboneArch::parse`] and arms to the other `match`es of [`zoo`];
 //! 2. the network as a burn `Module` whose field paths follow the reference `state_dict` keys, with a
-//!    [`checkpoint::KeyMap`] (reference substring -> ours) for the keys that differ (e.g. `downsample.0.` ->
+//!    [`checkpoint::KeyMap`] (regex -> replacement) for the keys that differ (e.g. `downsample.0.` ->
 //!    `downsample.conv.`); burn's PyTorch adapter already turns norm `weight`/`bias` into `gamma`/`beta` and
 //!    transposes Linear weights, so keep stock `BatchNorm`/`LayerNorm`/`Linear` modules; a variant of
 //!    [`AnyBackbone`] holding it;
@@ -42,8 +42,11 @@ pub mod checkpoint;
 pub mod cost;
 pub mod error;
 pub mod layers;
+pub mod mobile_layers;
+pub mod mobilenet_v2;
 pub mod norm;
 pub mod resnet;
+pub mod sda;
 pub mod zoo;
 
 use burn::prelude::*;

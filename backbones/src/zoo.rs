@@ -6,11 +6,13 @@ use std::path::Path;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{self, LoadSummary};
+use crate::checkpoint::{self, KeyMap, LoadSummary};
 use crate::cost::{CostCounter, CostReport, CountFlops};
 use crate::error::BackboneError;
+use crate::mobilenet_v2::{MobileNetV2, MobileNetV2Config};
 use crate::norm::NormMode;
-use crate::resnet::{ResNet, ResNetConfig, key_map as resnet_key_map};
+use crate::resnet::{ResNet, ResNetConfig};
+use crate::sda::{SdaConfig, SdaNet};
 use crate::{Backbone, Classifier, FeatureSpec};
 
 /// A backbone architecture with all its parameters. `serde` form: `{"ResNet": {...}}`.
@@ -19,6 +21,10 @@ use crate::{Backbone, Classifier, FeatureSpec};
 pub enum BackboneArch {
     /// The ResNet family (plain, attention and DCA versions).
     ResNet(ResNetConfig),
+    /// MobileNetV2 with DCANet's and ECANet's attention variants.
+    MobileNetV2(MobileNetV2Config),
+    /// The SDA-xNet networks (stage-wise depth attention).
+    Sda(SdaConfig),
 }
 
 /// Examples of accepted names, for help texts.
@@ -33,6 +39,9 @@ pub const EXAMPLE_NAMES: &[&str] = &[
     "sk_resnet50",
     "ge_resnet50",
     "dca_se_resnet50",
+    "mobilenet_v2",
+    "dca_se_mobilenet_v2",
+    "sda_resnet86",
 ];
 
 impl BackboneArch {
@@ -40,6 +49,12 @@ impl BackboneArch {
     pub fn parse(name: &str) -> Result<Self, BackboneError> {
         if let Some(cfg) = ResNetConfig::parse(name) {
             return cfg.map(BackboneArch::ResNet);
+        }
+        if let Some(cfg) = MobileNetV2Config::parse(name) {
+            return cfg.map(BackboneArch::MobileNetV2);
+        }
+        if let Some(cfg) = SdaConfig::parse(name) {
+            return cfg.map(BackboneArch::Sda);
         }
         Err(BackboneError::UnknownModel {
             name: name.into(),
@@ -51,6 +66,8 @@ impl BackboneArch {
     pub fn name(&self) -> String {
         match self {
             BackboneArch::ResNet(c) => c.name(),
+            BackboneArch::MobileNetV2(c) => c.name(),
+            BackboneArch::Sda(c) => c.name(),
         }
     }
 
@@ -58,23 +75,29 @@ impl BackboneArch {
     pub fn with_num_classes(mut self, n: usize) -> Self {
         match &mut self {
             BackboneArch::ResNet(c) => c.num_classes = n,
+            BackboneArch::MobileNetV2(c) => c.num_classes = n,
+            BackboneArch::Sda(c) => c.num_classes = n,
         }
         self
     }
 
     /// The family's rename rules from reference checkpoint keys to our module paths.
-    pub fn key_map(&self) -> Vec<(&'static str, &'static str)> {
+    pub fn key_map(&self) -> KeyMap {
         match self {
-            BackboneArch::ResNet(c) => resnet_key_map(c),
+            BackboneArch::ResNet(c) => c.static_key_map(),
+            BackboneArch::MobileNetV2(c) => c.static_key_map(),
+            BackboneArch::Sda(c) => c.static_key_map(),
         }
     }
 
-    /// Build it with parameters created on first use (cheap when weights are loaded next; loading checks
+    /// Build it with parameters created on first use (cheap when weights are loaded next: loading checks
     /// shapes without creating them). Do not clone the result before its first use: clones of a lazily
     /// initialised module draw different weights.
     pub fn build_lazy<B: Backend>(&self, device: &B::Device) -> Result<AnyBackbone<B>, BackboneError> {
         Ok(match self {
             BackboneArch::ResNet(c) => AnyBackbone::ResNet(ResNet::new(c, device)?),
+            BackboneArch::MobileNetV2(c) => AnyBackbone::MobileNetV2(c.init(device)),
+            BackboneArch::Sda(c) => AnyBackbone::Sda(c.init(device)),
         })
     }
 
@@ -93,10 +116,16 @@ pub fn build<B: Backend>(name: &str, device: &B::Device) -> Result<AnyBackbone<B
 }
 
 /// Any backbone of the zoo.
+// Built once per run: the size difference between the families' structs does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum AnyBackbone<B: Backend> {
     /// The ResNet family.
     ResNet(ResNet<B>),
+    /// MobileNetV2 and its attention variants.
+    MobileNetV2(MobileNetV2<B>),
+    /// The SDA-xNet networks.
+    Sda(SdaNet<B>),
 }
 
 impl<B: Backend> AnyBackbone<B> {
@@ -105,6 +134,8 @@ impl<B: Backend> AnyBackbone<B> {
         let mut counter = CostCounter::new();
         match self {
             AnyBackbone::ResNet(m) => m.count_flops(&mut counter, [3, height, width]),
+            AnyBackbone::MobileNetV2(m) => m.count_flops(&mut counter, [3, height, width]),
+            AnyBackbone::Sda(m) => m.count_flops(&mut counter, [3, height, width]),
         };
         counter.finish()
     }
@@ -112,7 +143,7 @@ impl<B: Backend> AnyBackbone<B> {
     /// Load weights, strictly: our safetensors format by extension `.safetensors`, otherwise a PyTorch file
     /// (reference naming, mapped by `arch`'s key map).
     pub fn load_weights(&mut self, arch: &BackboneArch, path: &Path) -> Result<LoadSummary, BackboneError> {
-        checkpoint::load_any(self, path, &arch.key_map(), &arch.name())
+        checkpoint::load_any(self, path, arch.key_map(), &arch.name())
     }
 
     /// Save weights in our safetensors format (atomically).
@@ -125,24 +156,32 @@ impl<B: Backend> Backbone<B> for AnyBackbone<B> {
     fn feature_specs(&self) -> Vec<FeatureSpec> {
         match self {
             AnyBackbone::ResNet(m) => m.feature_specs(),
+            AnyBackbone::MobileNetV2(m) => m.feature_specs(),
+            AnyBackbone::Sda(m) => m.feature_specs(),
         }
     }
 
     fn forward_features(&self, x: Tensor<B, 4>) -> Vec<Tensor<B, 4>> {
         match self {
             AnyBackbone::ResNet(m) => m.forward_features(x),
+            AnyBackbone::MobileNetV2(m) => m.forward_features(x),
+            AnyBackbone::Sda(m) => m.forward_features(x),
         }
     }
 
     fn with_norm_mode(self, mode: NormMode) -> Self {
         match self {
             AnyBackbone::ResNet(m) => AnyBackbone::ResNet(m.with_norm_mode(mode)),
+            AnyBackbone::MobileNetV2(m) => AnyBackbone::MobileNetV2(Backbone::with_norm_mode(m, mode)),
+            AnyBackbone::Sda(m) => AnyBackbone::Sda(Backbone::with_norm_mode(m, mode)),
         }
     }
 
     fn with_frozen_stages(self, stages: usize) -> Self {
         match self {
             AnyBackbone::ResNet(m) => AnyBackbone::ResNet(m.with_frozen_stages(stages)),
+            AnyBackbone::MobileNetV2(m) => AnyBackbone::MobileNetV2(Backbone::with_frozen_stages(m, stages)),
+            AnyBackbone::Sda(m) => AnyBackbone::Sda(Backbone::with_frozen_stages(m, stages)),
         }
     }
 }
@@ -151,12 +190,16 @@ impl<B: Backend> Classifier<B> for AnyBackbone<B> {
     fn forward_logits(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         match self {
             AnyBackbone::ResNet(m) => m.forward_logits(x),
+            AnyBackbone::MobileNetV2(m) => m.forward_logits(x),
+            AnyBackbone::Sda(m) => m.forward_logits(x),
         }
     }
 
     fn num_classes(&self) -> usize {
         match self {
             AnyBackbone::ResNet(m) => m.num_classes(),
+            AnyBackbone::MobileNetV2(m) => m.num_classes(),
+            AnyBackbone::Sda(m) => m.num_classes(),
         }
     }
 }

@@ -7,6 +7,7 @@
 use attndet_backbones::BackboneArch;
 use attndet_backbones::checkpoint::reference_keys;
 use attndet_backbones::cost::parameter_count;
+use attndet_backbones::resnet::renames;
 use burn::backend::Flex;
 
 type B = Flex;
@@ -82,7 +83,10 @@ fn state_dicts_match_the_reference_keys_shapes_and_params() {
             }
             Err(e) => panic!("{name}: {e}"),
         };
-        let keys = reference_keys(&model, &arch.key_map());
+        let BackboneArch::ResNet(cfg) = &arch else {
+            panic!("{name} is a ResNet")
+        };
+        let keys = reference_keys(&model, &renames(cfg));
         let ours = lines(&keys);
         let digest = format!("{:016x}", fnv1a64(ours.join("\n").as_bytes()));
         let params = parameter_count(&model) as u64;

@@ -74,11 +74,15 @@ fn frozen_stages_get_no_gradient_and_keep_statistics() {
         .build::<A>(&device)
         .unwrap()
         .with_frozen_stages(1);
-    let attndet_backbones::AnyBackbone::ResNet(net) = &model;
+    let attndet_backbones::AnyBackbone::ResNet(net) = &model else {
+        panic!("a ResNet")
+    };
     let mean_before = net.layer1[0].clone();
     let loss = model.forward_features(input(2, 32, 32))[3].clone().sum();
     let grads = loss.backward();
-    let attndet_backbones::AnyBackbone::ResNet(net) = &model;
+    let attndet_backbones::AnyBackbone::ResNet(net) = &model else {
+        panic!("a ResNet")
+    };
     assert!(net.conv1.weight.grad(&grads).is_none(), "stem is frozen");
     let attndet_backbones::resnet::block::Block::Basic(b1) = &net.layer1[0] else {
         panic!("basic block")

@@ -20,19 +20,20 @@ pub struct CocoDataset {
     image_pos: HashMap<u64, usize>,
     category_pos: HashMap<u64, usize>,
     anns_by_image: Vec<Vec<usize>>,
+    anns_by_category: Vec<Vec<usize>>,
 }
 
 impl CocoDataset {
     /// Read and validate a COCO instances JSON file.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, CocoError> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| CocoError::Read {
+        let bytes = std::fs::read(path).map_err(|error| CocoError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
-        let json: CocoJson = serde_json::from_slice(&bytes).map_err(|source| CocoError::Json {
+        let json: CocoJson = serde_json::from_slice(&bytes).map_err(|error| CocoError::Json {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         Self::from_json(json, path)
     }
@@ -61,6 +62,7 @@ impl CocoDataset {
         }
         let mut ann_ids: HashMap<u64, usize> = HashMap::with_capacity(json.annotations.len());
         let mut anns_by_image = vec![Vec::new(); json.images.len()];
+        let mut anns_by_category = vec![Vec::new(); json.categories.len()];
         for (i, ann) in json.annotations.iter().enumerate() {
             let at = |field: &str| format!("annotations[{i}] (id {}){field}", ann.id);
             if let Some(prev) = ann_ids.insert(ann.id, i) {
@@ -75,12 +77,12 @@ impl CocoDataset {
                     format!("image {} is not in images", ann.image_id),
                 ));
             };
-            if !category_pos.contains_key(&ann.category_id) {
+            let Some(&cat) = category_pos.get(&ann.category_id) else {
                 return Err(err(
                     at(".category_id"),
                     format!("category {} is not in categories", ann.category_id),
                 ));
-            }
+            };
             validate_bbox(&ann.bbox).map_err(|p| err(at(".bbox"), p))?;
             if !ann.area.is_finite() || ann.area < 0.0 {
                 return Err(err(
@@ -92,6 +94,7 @@ impl CocoDataset {
                 validate_segmentation(seg).map_err(|p| err(at(".segmentation"), p))?;
             }
             anns_by_image[img].push(i);
+            anns_by_category[cat].push(i);
         }
         Ok(CocoDataset {
             source,
@@ -99,6 +102,7 @@ impl CocoDataset {
             image_pos,
             category_pos,
             anns_by_image,
+            anns_by_category,
         })
     }
 
@@ -157,6 +161,16 @@ impl CocoDataset {
         list.iter().map(|&a| &self.json.annotations[a])
     }
 
+    /// Annotations of a category, in file order (empty for an unknown category).
+    pub fn annotations_of_category(&self, category_id: u64) -> impl Iterator<Item = &Annotation> + '_ {
+        let list = self
+            .category_pos
+            .get(&category_id)
+            .map(|&k| self.anns_by_category[k].as_slice())
+            .unwrap_or(&[]);
+        list.iter().map(|&a| &self.json.annotations[a])
+    }
+
     /// Image ids sorted ascending (pycocotools' `imgIds`).
     pub fn sorted_image_ids(&self) -> Vec<u64> {
         let mut ids: Vec<u64> = self.json.images.iter().map(|i| i.id).collect();
@@ -204,9 +218,9 @@ impl CocoDataset {
 
 /// Serialize `value` to `path` atomically: write `path.tmp`, then rename over `path`.
 pub(crate) fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), CocoError> {
-    let werr = |source| CocoError::Write {
+    let werr = |error| CocoError::Write {
         path: path.to_owned(),
-        source,
+        error,
     };
     let tmp = path.with_extension("json.tmp");
     let bytes = serde_json::to_vec(value).map_err(|e| werr(std::io::Error::other(e)))?;
@@ -287,6 +301,11 @@ mod tests {
         assert_eq!(d.annotations_of(2).map(|a| a.id).collect::<Vec<_>>(), vec![5, 4]);
         assert_eq!(d.sorted_image_ids(), vec![1, 2]);
         assert_eq!(d.category(7).unwrap().name, "cat");
+        assert_eq!(
+            d.annotations_of_category(7).map(|a| a.id).collect::<Vec<_>>(),
+            vec![5, 3, 4]
+        );
+        assert_eq!(d.annotations_of_category(8).count(), 0);
     }
 
     #[test]

@@ -6,28 +6,28 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum CocoError {
     /// A file could not be read (missing, unreadable).
-    #[error("{}: cannot read: {source}", path.display())]
+    #[error("{}: cannot read: {error}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A file could not be written.
-    #[error("{}: cannot write: {source}", path.display())]
+    #[error("{}: cannot write: {error}", path.display())]
     Write {
         /// The file.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file is not JSON of the expected shape (the message carries line and column).
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Json {
         /// The file.
         path: PathBuf,
         /// The parser's error.
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
     /// The JSON parsed but its content is invalid: `at` is the JSON path (with the annotation id where known).
     #[error("{}: {at}: {problem}", path.display())]

@@ -13,10 +13,12 @@
 
 pub mod annotations;
 pub mod dataset;
+pub mod draw;
 pub mod error;
 pub mod eval;
 pub mod mask;
 pub mod results;
+pub mod synth;
 
 pub use annotations::{Annotation, Category, CocoJson, Image, RleCounts, RleJson, Segmentation};
 pub use dataset::CocoDataset;

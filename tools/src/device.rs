@@ -2,13 +2,6 @@
 
 use std::str::FromStr;
 
-/// "yes" when this binary was built with `--features cuda`, else "no (rebuild with --features cuda)".
-#[cfg(feature = "cuda")]
-pub const CUDA_COMPILED_IN_STR: &str = "yes";
-/// "yes" when this binary was built with `--features cuda`, else "no (rebuild with --features cuda)".
-#[cfg(not(feature = "cuda"))]
-pub const CUDA_COMPILED_IN_STR: &str = "no (rebuild with --features cuda)";
-
 /// A compute device named on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceArg {
@@ -103,7 +96,7 @@ pub fn print_devices(selected: &DeviceArg) -> anyhow::Result<()> {
         }
     }
     #[cfg(not(feature = "cuda"))]
-    println!("cuda: {CUDA_COMPILED_IN_STR}");
+    println!("cuda: no (rebuild with --features cuda)");
     selected.check_usable()?;
     println!("selected: {selected}");
     Ok(())

@@ -22,6 +22,10 @@ pub fn bad_input(msg: impl Into<String>) -> anyhow::Error {
 
 /// Exit code for an error: 2 when any error in the chain is a bad-input error, else 1.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
-    let is_bad_input = err.chain().any(|e| e.is::<BadInput>());
+    let is_bad_input = err.chain().any(|e| {
+        e.is::<BadInput>()
+            || e.downcast_ref::<attndet_coco::CocoError>()
+                .is_some_and(|c| c.is_bad_input())
+    });
     if is_bad_input { 2 } else { 1 }
 }

@@ -4,8 +4,10 @@
 //! codes (0 ok, 1 runtime failure, 2 bad usage or bad input).
 
 mod config_cmd;
+mod dataset;
 mod device;
 mod errors;
+mod eval;
 
 use clap::{Parser, Subcommand};
 
@@ -49,6 +51,12 @@ enum Command {
     /// Inspect configs: `attndet config show CONFIG [--cfg-options KEY=VALUE ...]`.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
+    /// COCO evaluation of a results file (bbox or segm), identical to pycocotools: `attndet eval --ann GT.json
+    /// --results DT.json --iou-type bbox|segm [--json] [--per-class]`.
+    Eval(eval::EvalArgs),
+    /// COCO datasets: `stats ANN.json`, `synth --out DIR`, `browse ANN.json --images DIR --out DIR`.
+    #[command(subcommand)]
+    Dataset(dataset::DatasetCommand),
 }
 
 fn main() {
@@ -56,6 +64,8 @@ fn main() {
     let result = match cli.command {
         Command::Devices => device::print_devices(&cli.device),
         Command::Config(cmd) => config_cmd::run(&cmd),
+        Command::Eval(args) => eval::run(&args),
+        Command::Dataset(cmd) => dataset::run(&cmd),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -2,7 +2,7 @@
 //! the reference code builds them (see `config` for the names).
 //!
 //! Module paths follow the reference keys (`conv1`, `bn1`, `layer{1..4}.{i}.conv1`, `fc`) so that checkpoints
-//! load through a short explicit key map ([`key_map`]).
+//! load through a short explicit key map ([`renames`]).
 
 pub mod attention;
 pub mod block;
@@ -20,14 +20,17 @@ use self::block::{BasicBlock, Block, BlockShape, Bottleneck};
 pub use self::config::{AttentionKind, BlockKind, DcaConfig, ResNetConfig};
 use self::dca::{DcaCbam, DcaGc, DcaVector, VectorKind};
 use self::sk::SkBottleneck;
+use crate::checkpoint::KeyMap;
 use crate::cost::{Chw, CostCounter, CountFlops};
 use crate::error::BackboneError;
 use crate::layers::{batch_norm, conv2d, gap, stem_max_pool};
 use crate::norm::{NormMode, batch_norm as bn};
 use crate::{Backbone, FeatureSpec};
 
-/// Reference key names -> our module paths (see [`crate::checkpoint::KeyMap`]) for a network of the family.
-pub fn key_map(cfg: &ResNetConfig) -> Vec<(&'static str, &'static str)> {
+/// Reference key names -> our module paths, as literal `(reference, ours)` substrings, for a network of the
+/// family (each key is renamed by at most one pair; [`ResNetConfig::static_key_map`] turns them into import
+/// rules, [`crate::checkpoint::reference_keys`] reverses them).
+pub fn renames(cfg: &ResNetConfig) -> Vec<(&'static str, &'static str)> {
     let mut map = vec![
         (".downsample.0.", ".downsample.conv."),
         (".downsample.1.", ".downsample.bn."),
@@ -151,6 +154,14 @@ fn attention<B: Backend>(
         (AttentionKind::Gc, Some(_)) => Attention::DcaGc(DcaGc::new(c_in, c, c / 16, device)),
         (AttentionKind::Cbam, Some(d)) => Attention::DcaCbam(DcaCbam::new(c_in, c, d, device)),
     })
+}
+
+impl ResNetConfig {
+    /// The import key map of this network (see [`crate::checkpoint::KeyMap`]).
+    pub fn static_key_map(&self) -> KeyMap {
+        let id = format!("resnet/{:?}/{:?}", self.attention, self.dca.is_some());
+        crate::mobile_layers::leak_key_map(&id, || crate::checkpoint::literal_rules(&renames(self)))
+    }
 }
 
 impl<B: Backend> ResNet<B> {

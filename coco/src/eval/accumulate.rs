@@ -42,7 +42,17 @@ pub(super) fn accumulate(
             if evals.is_empty() {
                 return (prec, rec);
             }
-            let mut entries: Vec<(f64, u32, u32)> = Vec::new();
+            // Every kept detection of the category, sorted once by a stable descending sort (ties keep image
+            // order, then within-image order). The stable order of the first-m-per-image subset is this order
+            // filtered, so one sort serves every maxDets and area range.
+            let mut all: Vec<(f64, u32, u32)> = Vec::new();
+            for (pi, e) in evals.iter().enumerate() {
+                for (d, &score) in e.scores.iter().enumerate() {
+                    all.push((score, pi as u32, d as u32));
+                }
+            }
+            all.sort_by(|x, y| y.0.partial_cmp(&x.0).unwrap_or(Ordering::Equal));
+            let mut entries: Vec<(f64, u32, u32)> = Vec::with_capacity(all.len());
             let (mut rc, mut pr) = (Vec::new(), Vec::new());
             for a in 0..na {
                 let npig: u64 = evals.iter().map(|e| e.npig[a] as u64).sum();
@@ -51,13 +61,7 @@ pub(super) fn accumulate(
                 }
                 for (m, &max_det) in p.max_dets.iter().enumerate() {
                     entries.clear();
-                    for (pi, e) in evals.iter().enumerate() {
-                        for d in 0..e.scores.len().min(max_det) {
-                            entries.push((e.scores[d], pi as u32, d as u32));
-                        }
-                    }
-                    // Stable descending sort: ties keep image order, then within-image order.
-                    entries.sort_by(|x, y| y.0.partial_cmp(&x.0).unwrap_or(Ordering::Equal));
+                    entries.extend(all.iter().filter(|x| (x.2 as usize) < max_det));
                     let nd = entries.len();
                     for t in 0..nt {
                         rc.clear();

@@ -1,0 +1,95 @@
+//! The backbone contract for the mobile and SDA networks: levels match their specs (channels, strides), empty
+//! batches give empty levels, and a checkpoint of another architecture is refused with the keys named.
+
+#[path = "mobile_common/mod.rs"]
+mod mobile_common;
+
+use attndet_backbones::Backbone;
+use attndet_backbones::checkpoint::load_torch_safetensors_bytes;
+use attndet_backbones::mobilenet_v2::{MobileAttention, MobileNetV2Config};
+use attndet_backbones::sda::{SdaConfig, SdaVariant};
+use burn::prelude::*;
+use mobile_common::*;
+
+fn check_levels<M: Backbone<B>>(model: &M, batch: usize, hw: usize) {
+    let x = Tensor::<B, 4>::zeros([batch, 3, hw, hw], &Default::default());
+    let levels = model.forward_features(x);
+    let specs = model.feature_specs();
+    assert_eq!(levels.len(), specs.len());
+    for (level, spec) in levels.iter().zip(&specs) {
+        // Every strided layer pads "same": H / stride exactly for these sizes.
+        assert_eq!(
+            level.dims(),
+            [batch, spec.channels, hw / spec.stride, hw / spec.stride],
+            "{}",
+            spec.name
+        );
+    }
+    let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["c2", "c3", "c4", "c5"]);
+}
+
+#[test]
+fn mobilenet_v2_levels_follow_their_specs_including_empty_batches() {
+    let model = MobileNetV2Config {
+        attention: MobileAttention::DcaSe,
+        num_classes: 10,
+    }
+    .init::<B>(&Default::default());
+    let strides: Vec<usize> = model.feature_specs().iter().map(|s| s.stride).collect();
+    assert_eq!(strides, [4, 8, 16, 32]);
+    check_levels(&model, 1, 64);
+    check_levels(&model, 0, 64);
+    let logits = model.forward(Tensor::zeros([0, 3, 32, 32], &Default::default()));
+    assert_eq!(logits.dims(), [0, 10]);
+}
+
+#[test]
+fn sda_levels_follow_their_specs_including_empty_batches() {
+    let model = SdaConfig {
+        variant: SdaVariant::ResNet,
+        depths: [1, 1, 1, 1],
+        num_classes: 10,
+    }
+    .init::<B>(&Default::default());
+    check_levels(&model, 1, 64);
+    check_levels(&model, 0, 64);
+}
+
+#[test]
+fn a_checkpoint_of_another_variant_is_refused_naming_the_keys() {
+    // Plain MobileNetV2 weights into DCA-SE MobileNetV2: the attention tensors are missing.
+    let fixture = read_fixture("mobile_parity_mobilenet_v2.json");
+    let config = MobileNetV2Config {
+        attention: MobileAttention::DcaSe,
+        num_classes: 10,
+    };
+    let mut model = config.init::<B>(&Default::default());
+    let bytes = formula_safetensors(&fixture.state_dict);
+    let origin = std::path::Path::new("mobilenet_v2.safetensors");
+    let err =
+        load_torch_safetensors_bytes(&mut model, bytes, origin, config.static_key_map(), &config.name())
+            .expect_err("missing attention weights must be refused");
+    let message = err.to_string();
+    assert!(
+        message.contains("mobilenet_v2.safetensors") && message.contains("dca_se_mobilenet_v2"),
+        "{message}"
+    );
+    assert!(message.contains("blocks.1.attention.fc1.weight"), "{message}");
+    // And the other way: DCA-SE weights into the plain network leave unexpected keys, named in reference form.
+    let fixture = read_fixture("mobile_parity_dca_se_mobilenet_v2.json");
+    let config = MobileNetV2Config {
+        attention: MobileAttention::None,
+        num_classes: 10,
+    };
+    let mut model = config.init::<B>(&Default::default());
+    let bytes = formula_safetensors(&fixture.state_dict);
+    let message =
+        load_torch_safetensors_bytes(&mut model, bytes, origin, config.static_key_map(), &config.name())
+            .expect_err("unexpected attention weights must be refused")
+            .to_string();
+    assert!(
+        message.contains("unexpected") && message.contains("se.fc"),
+        "{message}"
+    );
+}

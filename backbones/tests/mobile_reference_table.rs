@@ -1,0 +1,57 @@
+//! The reference table (`../shared/reference/backbones.md`) for the mobile and SDA networks, through the zoo:
+//! exact parameter counts (PyTorch's `model.parameters()`) and FLOPs within 1% of DCANet's `flops_counter.py`
+//! at 224x224, 1000 classes. Figures copied from `backbone_flops.json`.
+
+use attndet_backbones::BackboneArch;
+use attndet_backbones::cost::parameter_count;
+use burn::backend::Flex;
+
+type B = Flex;
+
+/// (zoo name, parameters, ptflops FLOPs).
+const TABLE: [(&str, usize, u64); 8] = [
+    ("mobilenet_v2", 3_504_872, 320_236_288),
+    ("se_mobilenet_v2", 3_563_492, 320_865_724),
+    ("dca_se_mobilenet_v2", 3_645_086, 320_946_788),
+    ("ge_mobilenet_v2", 3_504_872, 320_808_608),
+    ("dca_ge_mobilenet_v2", 3_586_483, 320_891_160),
+    ("eca_mobilenet_v2", 3_504_903, 320_808_608),
+    ("sda_resnet86", 27_219_880, 3_922_097_856),
+    ("sda_se_resnet86", 49_130_808, 6_768_198_992),
+];
+
+#[test]
+fn parameters_exact_and_flops_within_one_percent() {
+    let device = Default::default();
+    for (name, params, flops) in TABLE {
+        let arch = BackboneArch::parse(name).unwrap();
+        assert_eq!(arch.name(), name);
+        let model = arch.build::<B>(&device).unwrap();
+        let cost = model.cost(224, 224);
+        assert_eq!(parameter_count(&model), params, "{name}");
+        assert_eq!(
+            cost.params, params,
+            "{name}: cost rows must add up to the parameter count"
+        );
+        let rel = (cost.flops as f64 - flops as f64).abs() / flops as f64;
+        eprintln!(
+            "{name}: {} FLOPs vs {flops} ({:+.3}%)",
+            cost.flops,
+            (cost.flops as f64 / flops as f64 - 1.0) * 100.0
+        );
+        assert!(
+            rel < 0.01,
+            "{name}: {} FLOPs vs reference {flops} ({:.3}%)",
+            cost.flops,
+            rel * 100.0
+        );
+    }
+}
+
+#[test]
+fn names_outside_the_built_variants_are_refused_with_a_reason() {
+    for name in ["sk_mobilenet_v2", "sda_res2net86"] {
+        let err = BackboneArch::parse(name).unwrap_err().to_string();
+        assert!(err.contains(name) && err.contains("not built yet"), "{err}");
+    }
+}
