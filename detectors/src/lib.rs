@@ -1,6 +1,13 @@
 //! Detection building blocks, detectors, data pipeline and training engine on burn.
 #![warn(missing_docs)]
 
+pub mod anchors;
+pub mod assigners;
+pub mod coders;
 pub mod config;
 pub mod data;
 pub mod engine;
+pub mod losses;
+pub mod necks;
+pub mod ops;
+pub mod structures;
