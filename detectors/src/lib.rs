@@ -12,4 +12,5 @@ pub mod losses;
 pub mod models;
 pub mod necks;
 pub mod ops;
+pub mod samplers;
 pub mod structures;
