@@ -3,11 +3,14 @@
 //! One module per subcommand; this file only parses the command line, dispatches, and maps errors to exit
 //! codes (0 ok, 1 runtime failure, 2 bad usage or bad input).
 
+mod classify;
 mod config_cmd;
+mod convert;
 mod dataset;
 mod device;
 mod errors;
 mod eval;
+mod flops;
 
 use clap::{Parser, Subcommand};
 
@@ -57,6 +60,15 @@ enum Command {
     /// COCO datasets: `stats ANN.json`, `synth --out DIR`, `browse ANN.json --images DIR --out DIR`.
     #[command(subcommand)]
     Dataset(dataset::DatasetCommand),
+    /// ImageNet classification with a zoo model: `attndet classify --model NAME --checkpoint FILE [--no-resize]
+    /// [--topk K] [--json] IMAGE...`.
+    Classify(classify::ClassifyArgs),
+    /// Parameters and FLOPs (MACs, ptflops convention) of a zoo model: `attndet flops --model NAME
+    /// [--input-size H W] [--json]`.
+    Flops(flops::FlopsArgs),
+    /// Reference checkpoint to our safetensors, strictly checked: `attndet convert --model NAME --from FILE.pth
+    /// --out FILE.safetensors`.
+    Convert(convert::ConvertArgs),
 }
 
 fn main() {
@@ -66,6 +78,9 @@ fn main() {
         Command::Config(cmd) => config_cmd::run(&cmd),
         Command::Eval(args) => eval::run(&args),
         Command::Dataset(cmd) => dataset::run(&cmd),
+        Command::Classify(args) => classify::run(&args, &cli.device),
+        Command::Flops(args) => flops::run(&args),
+        Command::Convert(args) => convert::run(&args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");
