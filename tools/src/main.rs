@@ -5,9 +5,14 @@
 
 mod config_cmd;
 mod dataset;
+mod demo;
 mod device;
 mod errors;
 mod eval;
+mod infer;
+mod plot;
+mod test;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -57,6 +62,16 @@ enum Command {
     /// COCO datasets: `stats ANN.json`, `synth --out DIR`, `browse ANN.json --images DIR --out DIR`.
     #[command(subcommand)]
     Dataset(dataset::DatasetCommand),
+    /// Train a detector: `attndet train CONFIG [--work-dir DIR] [--resume [CKPT]] [--cfg-options ...] [--seed S]`.
+    Train(train::TrainArgs),
+    /// Evaluate a checkpoint on the val split: `attndet test CONFIG CKPT [--out results.json] [--json]`.
+    Test(test::TestArgs),
+    /// Detect objects in images: `attndet infer CONFIG CKPT IMAGE... [--out dets.json] [--show-dir DIR]`.
+    Infer(infer::InferArgs),
+    /// Generate the synthetic dataset, train a small RetinaNet on it from scratch, evaluate, show.
+    Demo(demo::DemoArgs),
+    /// Draw loss and AP curves of a work dir as PNG: `attndet plot WORK_DIR`.
+    Plot(plot::PlotArgs),
 }
 
 fn main() {
@@ -66,6 +81,11 @@ fn main() {
         Command::Config(cmd) => config_cmd::run(&cmd),
         Command::Eval(args) => eval::run(&args),
         Command::Dataset(cmd) => dataset::run(&cmd),
+        Command::Train(args) => train::run(&args, &cli.device),
+        Command::Test(args) => test::run(&args, &cli.device),
+        Command::Infer(args) => infer::run(&args, &cli.device),
+        Command::Demo(args) => demo::run(&args, &cli.device),
+        Command::Plot(args) => plot::run(&args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");
