@@ -4,8 +4,9 @@
 Generates COCO val2017-scale synthetic data (default: 5,000 images, 80 categories, ~35k GT, 500k bbox
 detections; segm: 1,000 images, ~7k polygon GT, 100k compressed-RLE detections), then runs each tool end to
 end as a user would (a fresh process: load GT + results, evaluate, accumulate, summarize), under
-`/usr/bin/time -v` for the peak resident memory, checks that all three give identical stats, and prints a
-markdown table.
+`/usr/bin/time -v` for the peak resident memory, checks that attndet's 12 stats are bit-identical to
+pycocotools' (faster-coco-eval's largest difference is reported; it omits pycocotools' +eps in precision, so
+it can differ by ~1e-16), and prints a markdown table (the README's performance section).
 
     cargo build --release -p attndet
     python3 bench/coco/bench_eval.py --attndet target/release/attndet [--workdir /tmp/attndet-bench]
