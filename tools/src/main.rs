@@ -7,10 +7,15 @@ mod classify;
 mod config_cmd;
 mod convert;
 mod dataset;
+mod demo;
 mod device;
 mod errors;
 mod eval;
 mod flops;
+mod infer;
+mod plot;
+mod test;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -69,6 +74,16 @@ enum Command {
     /// Reference checkpoint to our safetensors, strictly checked: `attndet convert --model NAME --from FILE.pth
     /// --out FILE.safetensors`.
     Convert(convert::ConvertArgs),
+    /// Train a detector: `attndet train CONFIG [--work-dir DIR] [--resume [CKPT]] [--cfg-options ...] [--seed S]`.
+    Train(train::TrainArgs),
+    /// Evaluate a checkpoint on the val split: `attndet test CONFIG CKPT [--out results.json] [--json]`.
+    Test(test::TestArgs),
+    /// Detect objects in images: `attndet infer CONFIG CKPT IMAGE... [--out dets.json] [--show-dir DIR]`.
+    Infer(infer::InferArgs),
+    /// Generate the synthetic dataset, train a small RetinaNet on it from scratch, evaluate, show.
+    Demo(demo::DemoArgs),
+    /// Draw loss and AP curves of a work dir as PNG: `attndet plot WORK_DIR`.
+    Plot(plot::PlotArgs),
 }
 
 fn main() {
@@ -81,6 +96,11 @@ fn main() {
         Command::Classify(args) => classify::run(&args, &cli.device),
         Command::Flops(args) => flops::run(&args),
         Command::Convert(args) => convert::run(&args),
+        Command::Train(args) => train::run(&args, &cli.device),
+        Command::Test(args) => test::run(&args, &cli.device),
+        Command::Infer(args) => infer::run(&args, &cli.device),
+        Command::Demo(args) => demo::run(&args, &cli.device),
+        Command::Plot(args) => plot::run(&args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");
