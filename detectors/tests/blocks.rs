@@ -732,3 +732,41 @@ fn batched_assignment_equals_per_image() {
         .unwrap();
     assert_eq!(r.gt_inds.dims(), [0, 80]);
 }
+
+#[test]
+fn flat_anchors_and_batch_valid_flags() {
+    use attndet_detectors::structures::ImageMeta;
+    let f = fixture("anchors");
+    let mut cfg = AnchorGeneratorConfig::retinanet();
+    cfg.strides = vec![8, 16];
+    let generator = cfg.init().unwrap();
+    let sizes = [[3, 5], [2, 3]];
+    let flat = generator.flat_anchors::<Cpu>(&sizes, &DEV).unwrap();
+    assert_eq!(flat.dims(), [(15 + 6) * 9, 4]);
+    let mut want = floats(&f["retina"][0]);
+    want.extend(floats(&f["retina"][1]));
+    assert_close(&vecf(flat), &want, 1e-6);
+    let metas = [
+        ImageMeta {
+            original_size: [40, 66],
+            image_size: [20, 33],
+            pad_size: [20, 33],
+        },
+        ImageMeta::unscaled([24, 40]),
+    ];
+    let v = generator.batch_valid_flags::<Cpu>(&sizes, &metas, &DEV).unwrap();
+    assert_eq!(v.dims(), [2, 189]);
+    let got = vecb(v);
+    let mut first: Vec<bool> = ints(&f["valid"][0]).into_iter().map(|x| x != 0).collect();
+    first.extend(ints(&f["valid"][1]).into_iter().map(|x| x != 0));
+    assert_eq!(&got[..189], first.as_slice());
+    // 24 x 40 covers every location of both levels (ceil(24/8)=3 >= 3, ceil(40/8)=5 >= 5, ...)
+    assert!(got[189..].iter().all(|&x| x));
+    assert_eq!(
+        generator
+            .batch_valid_flags::<Cpu>(&sizes, &[], &DEV)
+            .unwrap()
+            .dims(),
+        [0, 189]
+    );
+}
