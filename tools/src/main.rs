@@ -61,6 +61,7 @@ enum Command {
     Config(config_cmd::ConfigCommand),
     /// COCO evaluation of a results file (bbox or segm), identical to pycocotools: `attndet eval --ann GT.json
     /// --results DT.json --iou-type bbox|segm [--json] [--per-class]`.
+    #[command(long_about = eval::LONG_ABOUT)]
     Eval(eval::EvalArgs),
     /// COCO datasets: `stats ANN.json`, `synth --out DIR`, `browse ANN.json --images DIR --out DIR`.
     #[command(subcommand)]

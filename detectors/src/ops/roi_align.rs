@@ -135,8 +135,8 @@ fn bilinear(mut y: f32, mut x: f32, h: usize, w: usize) -> Option<[Tap; 4]> {
 
 /// Forward on host slices. `x`: `[N, C, H, W]`, `rois`: `[K, 5]`; returns `[K, C, out_h, out_w]`.
 ///
-/// The map is first transposed to channels-last, so that every bilinear tap reads one contiguous channel vector
-/// (vectorised multiply-adds instead of one scattered load per channel and tap).
+/// The map is first transposed to channels-last (a temporary copy of `x`), so that every bilinear tap reads one
+/// contiguous channel vector (vectorised multiply-adds instead of one scattered load per channel and tap).
 pub(crate) fn roi_align_forward_host(
     x: &[f32],
     [n, c, h, w]: [usize; 4],
