@@ -90,6 +90,31 @@ def image():
     return torch.tensor([math.sin(0.37 * i + 0.1) for i in range(n)], dtype=torch.float32).reshape(SHAPE)
 
 
+def classify_fixture(model, out):
+    """`attndet classify --no-resize` reference: an 8-bit RGB pattern image, ImageNet normalisation in float32."""
+    h, w = 40, 48
+    pixels = torch.tensor(
+        [[[(x * 7 + y * 13 + c * 50) % 256 for x in range(w)] for y in range(h)] for c in range(3)],
+        dtype=torch.float32,
+    )
+    mean = torch.tensor([0.485, 0.456, 0.406]).reshape(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).reshape(3, 1, 1)
+    x = ((pixels / 255.0 - mean) / std).unsqueeze(0)
+    model.eval()
+    fill(model)
+    logits = model(x).double()[0]
+    fixture = {
+        "model": "resnet18",
+        "image": {"height": h, "width": w, "pixel": "(x * 7 + y * 13 + c * 50) % 256"},
+        "first_logits": logits[:KEPT].tolist(),
+        "sum": logits.sum().item(),
+        "max_abs": logits.abs().max().item(),
+        "argmax": int(logits.argmax()),
+    }
+    with open(os.path.join(out, "classify_resnet18.json"), "w") as f:
+        json.dump(fixture, f)
+
+
 def import_models(root):
     """Import `models` of one checkout (both repositories call their package `models`)."""
     for name in [m for m in sys.modules if m == "models" or m.startswith("models.")]:
@@ -130,6 +155,7 @@ def main():
     built["torchvision/resnet50"] = torchvision.models.resnet50()
 
     os.makedirs(args.out, exist_ok=True)
+    classify_fixture(built["resnet18"], args.out)
     x = image()
     for name, model in built.items():
         model.eval()
