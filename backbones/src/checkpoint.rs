@@ -278,24 +278,52 @@ pub fn save_safetensors<B: Backend, M: ModuleSnapshot<B>>(
     })
 }
 
-/// Load weights from any supported file, by extension: `.safetensors` is our format, anything else a PyTorch file.
+/// Load weights from any supported file: a `.safetensors` file is our format when it carries our metadata
+/// (written by [`save_safetensors`]) and PyTorch-named otherwise; anything else is read as a PyTorch file.
 pub fn load_any<B: Backend, M: ModuleSnapshot<B>>(
     model: &mut M,
     path: &Path,
     key_map: KeyMap,
     model_name: &str,
 ) -> Result<LoadSummary, BackboneError> {
+    if !path.is_file() {
+        return Err(BackboneError::CheckpointRead {
+            path: path.to_path_buf(),
+            reason: "no such file".into(),
+        });
+    }
     if path.extension().is_some_and(|e| e == "safetensors") {
-        load_safetensors(model, path, model_name)
-    } else {
-        if !path.is_file() {
-            return Err(BackboneError::CheckpointRead {
-                path: path.to_path_buf(),
-                reason: "no such file".into(),
-            });
+        if is_our_safetensors(path)? {
+            load_safetensors(model, path, model_name)
+        } else {
+            load_torch_safetensors(model, path, key_map, model_name)
         }
+    } else {
         load_pytorch(model, path, key_map, model_name)
     }
+}
+
+/// Does this safetensors file carry the `format: attndet` metadata of [`save_safetensors`]?
+pub fn is_our_safetensors(path: &Path) -> Result<bool, BackboneError> {
+    use std::io::Read;
+    let read_err = |reason: String| BackboneError::CheckpointRead {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut file = std::fs::File::open(path).map_err(|e| read_err(e.to_string()))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)
+        .map_err(|e| read_err(format!("not a safetensors file: {e}")))?;
+    let len = u64::from_le_bytes(len);
+    if len > 100_000_000 {
+        return Err(read_err(format!("not a safetensors file: header length {len}")));
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header)
+        .map_err(|e| read_err(format!("truncated safetensors header: {e}")))?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| read_err(format!("bad safetensors header: {e}")))?;
+    Ok(header["__metadata__"]["format"] == "attndet")
 }
 
 /// Turn burn-store's lenient report into a strict verdict.

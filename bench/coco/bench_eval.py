@@ -4,8 +4,9 @@
 Generates COCO val2017-scale synthetic data (default: 5,000 images, 80 categories, ~35k GT, 500k bbox
 detections; segm: 1,000 images, ~7k polygon GT, 100k compressed-RLE detections), then runs each tool end to
 end as a user would (a fresh process: load GT + results, evaluate, accumulate, summarize), under
-`/usr/bin/time -v` for the peak resident memory, checks that all three give identical stats, and prints a
-markdown table.
+`/usr/bin/time -v` for the peak resident memory, checks that attndet's 12 stats are bit-identical to
+pycocotools' (faster-coco-eval's largest difference is reported; it omits pycocotools' +eps in precision, so
+it can differ by ~1e-16), and prints a markdown table (the README's performance section).
 
     cargo build --release -p attndet
     python3 bench/coco/bench_eval.py --attndet target/release/attndet [--workdir /tmp/attndet-bench]
@@ -202,17 +203,31 @@ def main():
     ap.add_argument("--segm-images", type=int, default=1000, help="0 skips the segm benchmark")
     ap.add_argument("--repeat", type=int, default=1, help="runs per tool; the fastest is reported")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reuse", action="store_true", help="reuse data generated earlier with the same settings")
+    ap.add_argument("--generate-only", action="store_true", help="write the data and stop")
     args = ap.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
     cpus = os.cpu_count()
+    if args.generate_only:
+        args.reuse = True
     report = []
     for iou_type, n_img in [("bbox", args.images), ("segm", args.segm_images)]:
         if n_img == 0:
             continue
         t0 = time.perf_counter()
-        gt_path, dt_path, ni, ng, nd = generate(args.workdir, n_img, args.dets_per_image, args.seed, iou_type == "segm")
+        meta_path = os.path.join(args.workdir, f"meta_{iou_type}.json")
+        key = [n_img, args.dets_per_image, args.seed]
+        meta = json.load(open(meta_path)) if args.reuse and os.path.exists(meta_path) else None
+        if meta and meta["key"] == key:
+            gt_path, dt_path, ni, ng, nd = meta["value"]
+        else:
+            gt_path, dt_path, ni, ng, nd = generate(args.workdir, n_img, args.dets_per_image, args.seed, iou_type == "segm")
+            with open(meta_path, "w") as f:
+                json.dump({"key": key, "value": [gt_path, dt_path, ni, ng, nd]}, f)
         print(f"{iou_type}: generated {ni} images, {ng} GT, {nd} detections in {time.perf_counter() - t0:.1f}s",
               file=sys.stderr)
+        if args.generate_only:
+            continue
         rows = bench(args, gt_path, dt_path, iou_type)
         # attndet must be bit-identical to pycocotools; faster-coco-eval is not (it omits pycocotools' +eps in
         # the precision denominator), so its largest difference is reported.

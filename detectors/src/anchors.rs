@@ -280,6 +280,59 @@ impl AnchorGenerator {
     }
 }
 
+impl AnchorGenerator {
+    /// Anchors of all levels concatenated (level-major, the order in which heads flatten their outputs).
+    ///
+    /// # Shapes
+    /// - output: `[sum_l H_l * W_l * A_l, 4]`
+    ///
+    /// # Errors
+    /// [`BlocksError::Shape`] when the number of levels differs from the generator's.
+    pub fn flat_anchors<B: Backend>(
+        &self,
+        featmap_sizes: &[[usize; 2]],
+        device: &B::Device,
+    ) -> Result<Tensor<B, 2>, BlocksError> {
+        Ok(Tensor::cat(self.grid_anchors::<B>(featmap_sizes, device)?, 0))
+    }
+
+    /// Valid flags of all levels concatenated, one row per image of a batch (for
+    /// [`crate::assigners::MaxIouAssigner::assign_batch`]).
+    ///
+    /// # Shapes
+    /// - metas: `B` images (their `pad_size` is used)
+    /// - output: `[B, sum_l H_l * W_l * A_l]`
+    ///
+    /// # Errors
+    /// [`BlocksError::Shape`] when the number of levels differs from the generator's.
+    pub fn batch_valid_flags<B: Backend>(
+        &self,
+        featmap_sizes: &[[usize; 2]],
+        metas: &[crate::structures::ImageMeta],
+        device: &B::Device,
+    ) -> Result<Tensor<B, 2, Bool>, BlocksError> {
+        let total: usize = featmap_sizes
+            .iter()
+            .zip(&self.base_anchors)
+            .map(|(&[h, w], a)| h * w * a.len())
+            .sum();
+        if metas.is_empty() || total == 0 {
+            self.check_levels(featmap_sizes)?;
+            return Ok(Tensor::<B, 2, Int>::zeros([metas.len(), total], device).equal_elem(1));
+        }
+        let rows = metas
+            .iter()
+            .map(|m| {
+                Ok(Tensor::cat(
+                    self.valid_flags::<B>(featmap_sizes, m.pad_size, device)?,
+                    0,
+                ))
+            })
+            .collect::<Result<Vec<_>, BlocksError>>()?;
+        Ok(Tensor::stack(rows, 0))
+    }
+}
+
 /// Anchors usable for training: valid and, when `allowed_border >= 0`, inside the image extended by
 /// `allowed_border` pixels (mmdetection `anchor_inside_flags`; RetinaNet uses `-1`, i.e. only the valid flags).
 ///

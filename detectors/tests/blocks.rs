@@ -629,3 +629,144 @@ fn fpn_errors_and_small_inputs() {
         vec![[0, 2, 2, 2], [0, 2, 1, 1], [0, 2, 1, 1]]
     );
 }
+
+#[test]
+fn batched_assignment_equals_per_image() {
+    use attndet_detectors::structures::Instances;
+    let mut rng = Lcg::new(21);
+    let anchors = tensor2::<Cpu>(&rng.boxes(80, 60.0), &DEV);
+    let images: Vec<(Vec<[f32; 4]>, Vec<i32>)> = vec![
+        (rng.boxes(4, 60.0), vec![3, 1, 4, 1]),
+        (vec![], vec![]),
+        (rng.boxes(2, 60.0), vec![7, 2]),
+    ];
+    let crowd: Vec<Tensor<Cpu, 2>> = vec![
+        tensor2(&rng.boxes(2, 60.0), &DEV),
+        Tensor::zeros([0, 4], &DEV),
+        tensor2(&rng.boxes(1, 60.0), &DEV),
+    ];
+    let valid_host: Vec<bool> = rng.uniform(3 * 80).into_iter().map(|u| u > 0.2).collect();
+    let valid = Tensor::<Cpu, 2, Bool>::from_data(TensorData::new(valid_host.clone(), [3, 80]), &DEV);
+    let gts: Vec<Instances<Cpu>> = images
+        .iter()
+        .map(|(b, l)| {
+            let boxes = Boxes::new(Tensor::from_data(
+                TensorData::new(b.iter().flatten().copied().collect::<Vec<_>>(), [b.len(), 4]),
+                &DEV,
+            ))
+            .unwrap();
+            Instances::new(
+                boxes,
+                Tensor::from_data(TensorData::new(l.clone(), [l.len()]), &DEV),
+            )
+        })
+        .collect();
+    let base = MaxIouAssignerConfig {
+        pos_iou_thr: 0.5,
+        neg_iou_thr: NegIouThr::Below(0.4),
+        min_pos_iou: 0.0,
+        gt_max_assign_all: true,
+        ignore_iof_thr: -1.0,
+        ignore_wrt_candidates: true,
+        match_low_quality: true,
+    };
+    for cfg in [
+        base.clone(),
+        MaxIouAssignerConfig {
+            min_pos_iou: 0.2,
+            gt_max_assign_all: false,
+            ..base.clone()
+        },
+        MaxIouAssignerConfig {
+            neg_iou_thr: NegIouThr::Range([0.1, 0.5]),
+            match_low_quality: false,
+            ..base.clone()
+        },
+        MaxIouAssignerConfig {
+            ignore_iof_thr: 0.3,
+            ..base.clone()
+        },
+    ] {
+        let a = cfg.init().unwrap();
+        let batch = a
+            .assign_batch(anchors.clone(), &gts, Some(&crowd), Some(valid.clone()))
+            .unwrap();
+        assert_eq!(batch.gt_inds.dims(), [3, 80]);
+        for (i, g) in gts.iter().enumerate() {
+            let v = Tensor::<Cpu, 2, Bool>::from_data(
+                TensorData::new(valid_host[i * 80..(i + 1) * 80].to_vec(), [1, 80]),
+                &DEV,
+            )
+            .reshape([80]);
+            let one = a
+                .assign(
+                    anchors.clone(),
+                    g.boxes.tensor().clone(),
+                    g.labels.clone(),
+                    Some(crowd[i].clone()),
+                    Some(v),
+                )
+                .unwrap();
+            let row = |t: Tensor<Cpu, 2, Int>| veci(t.slice(s![i..i + 1, ..]));
+            assert_eq!(row(batch.gt_inds.clone()), veci(one.gt_inds), "{cfg:?} image {i}");
+            assert_eq!(row(batch.labels.clone()), veci(one.labels), "{cfg:?} image {i}");
+            assert_close(
+                &vecf(batch.max_overlaps.clone().slice(s![i..i + 1, ..])),
+                &vecf(one.max_overlaps),
+                1e-6,
+            );
+        }
+    }
+    // all images without GT, and no image at all
+    let empty = vec![Instances::<Cpu>::empty(&DEV), Instances::empty(&DEV)];
+    let r = base
+        .init()
+        .unwrap()
+        .assign_batch(anchors.clone(), &empty, None, None)
+        .unwrap();
+    assert!(veci(r.gt_inds).iter().all(|&v| v == 0));
+    let r = base
+        .init()
+        .unwrap()
+        .assign_batch(anchors, &[], None, None)
+        .unwrap();
+    assert_eq!(r.gt_inds.dims(), [0, 80]);
+}
+
+#[test]
+fn flat_anchors_and_batch_valid_flags() {
+    use attndet_detectors::structures::ImageMeta;
+    let f = fixture("anchors");
+    let mut cfg = AnchorGeneratorConfig::retinanet();
+    cfg.strides = vec![8, 16];
+    let generator = cfg.init().unwrap();
+    let sizes = [[3, 5], [2, 3]];
+    let flat = generator.flat_anchors::<Cpu>(&sizes, &DEV).unwrap();
+    assert_eq!(flat.dims(), [(15 + 6) * 9, 4]);
+    let mut want = floats(&f["retina"][0]);
+    want.extend(floats(&f["retina"][1]));
+    assert_close(&vecf(flat), &want, 1e-6);
+    let metas = [
+        ImageMeta {
+            original_size: [40, 66],
+            image_size: [20, 33],
+            pad_size: [20, 33],
+        },
+        ImageMeta::unscaled([24, 40]),
+    ];
+    let v = generator.batch_valid_flags::<Cpu>(&sizes, &metas, &DEV).unwrap();
+    assert_eq!(v.dims(), [2, 189]);
+    let got = vecb(v);
+    let mut first: Vec<bool> = ints(&f["valid"][0]).into_iter().map(|x| x != 0).collect();
+    first.extend(ints(&f["valid"][1]).into_iter().map(|x| x != 0));
+    assert_eq!(&got[..189], first.as_slice());
+    // 24 x 40 covers every location of both levels (ceil(24/8)=3 >= 3, ceil(40/8)=5 >= 5, ...)
+    assert!(got[189..].iter().all(|&x| x));
+    assert_eq!(
+        generator
+            .batch_valid_flags::<Cpu>(&sizes, &[], &DEV)
+            .unwrap()
+            .dims(),
+        [0, 189]
+    );
+}

@@ -7,7 +7,7 @@ mod roi_align;
 mod roi_extractor;
 mod torch_sort;
 
-pub use iou::{OverlapMode, aligned_giou, aligned_iou, pairwise_giou, pairwise_overlaps};
+pub use iou::{OVERLAP_EPS, OverlapMode, aligned_giou, aligned_iou, pairwise_giou, pairwise_overlaps};
 pub use nms::{batched_nms, batched_nms_host, nms_host};
 pub use roi_align::{RoiAlignBackend, RoiAlignOptions, roi_align, roi_align_gather, roi_align_scatter};
 pub use roi_extractor::{LevelMapping, RoiExtractor, RoiExtractorConfig};

@@ -5,6 +5,8 @@
 //! never suppresses), and computes the IoU in f32 as `inter / (area_i + area_j - inter)`. `batched_nms` does it
 //! per class; for small inputs torchvision shifts each class by `class * (max_coordinate + 1)` before a
 //! single NMS (CPU: up to 1,000 boxes), so the IoUs come from the shifted coordinates, and we reproduce that rounding too.
+//! (We still run that case class by class: with non-negative coordinates the shifted classes cannot overlap, so
+//! the result is the same; with negative coordinates torchvision's shift could let classes interact, we do not.)
 
 use burn::prelude::*;
 

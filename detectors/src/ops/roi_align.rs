@@ -134,6 +134,9 @@ fn bilinear(mut y: f32, mut x: f32, h: usize, w: usize) -> Option<[Tap; 4]> {
 }
 
 /// Forward on host slices. `x`: `[N, C, H, W]`, `rois`: `[K, 5]`; returns `[K, C, out_h, out_w]`.
+///
+/// The map is first transposed to channels-last (a temporary copy of `x`), so that every bilinear tap reads one
+/// contiguous channel vector (vectorised multiply-adds instead of one scattered load per channel and tap).
 pub(crate) fn roi_align_forward_host(
     x: &[f32],
     [n, c, h, w]: [usize; 4],
@@ -144,30 +147,57 @@ pub(crate) fn roi_align_forward_host(
     let k = rois.len() / 5;
     let mut out = vec![0f32; k * c * cells];
     let plane = h * w;
-    if cells == 0 || c == 0 || plane == 0 {
+    if cells == 0 || c == 0 || plane == 0 || k == 0 {
         return out;
     }
+    let nhwc = to_channels_last(x, [n, c, h, w]);
     out.par_chunks_mut(c * cells)
         .zip(rois.par_chunks(5))
-        .for_each_init(Vec::new, |taps, (dst, roi)| {
-            let g = geometry(roi, o);
-            if g.batch >= n {
-                return; // a RoI of a missing image pools nothing
-            }
-            let per_cell = roi_taps(&g, o, h, w, taps);
-            if per_cell == 0 {
-                return;
-            }
-            for (ch, dst) in dst.chunks_mut(cells).enumerate() {
-                let src = &x[(g.batch * c + ch) * plane..][..plane];
-                for (cell, d) in dst.iter_mut().enumerate() {
-                    *d = taps[cell * per_cell..][..per_cell]
-                        .iter()
-                        .map(|&(i, wt)| wt * src[i as usize])
-                        .sum();
+        .for_each_init(
+            || (Vec::new(), vec![0f32; cells * c]),
+            |(taps, acc), (dst, roi)| {
+                let g = geometry(roi, o);
+                if g.batch >= n {
+                    return; // a RoI of a missing image pools nothing
                 }
+                let per_cell = roi_taps(&g, o, h, w, taps);
+                if per_cell == 0 {
+                    return;
+                }
+                let image = &nhwc[g.batch * plane * c..][..plane * c];
+                for (cell, a) in acc.chunks_mut(c).enumerate() {
+                    a.fill(0.0);
+                    for &(i, wt) in &taps[cell * per_cell..][..per_cell] {
+                        if wt != 0.0 {
+                            let src = &image[i as usize * c..][..c];
+                            for (av, &sv) in a.iter_mut().zip(src) {
+                                *av += wt * sv;
+                            }
+                        }
+                    }
+                }
+                for (ch, d) in dst.chunks_mut(cells).enumerate() {
+                    for (cell, dv) in d.iter_mut().enumerate() {
+                        *dv = acc[cell * c + ch];
+                    }
+                }
+            },
+        );
+    out
+}
+
+/// `[N, C, H, W]` to `[N, H, W, C]`, in parallel over image rows.
+fn to_channels_last(x: &[f32], [n, c, h, w]: [usize; 4]) -> Vec<f32> {
+    let mut out = vec![0f32; n * h * w * c];
+    out.par_chunks_mut(w * c).enumerate().for_each(|(row, dst)| {
+        let (b, y) = (row / h, row % h);
+        for ch in 0..c {
+            let src = &x[((b * c + ch) * h + y) * w..][..w];
+            for (xx, &v) in src.iter().enumerate() {
+                dst[xx * c + ch] = v;
             }
-        });
+        }
+    });
     out
 }
 
