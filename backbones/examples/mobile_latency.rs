@@ -20,8 +20,12 @@ fn main() {
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut number = |flag: &str| -> usize {
-            let value = args.next().unwrap_or_else(|| fail(&format!("{flag} needs a value")));
-            value.parse().unwrap_or_else(|_| fail(&format!("{flag}: not a number: {value}")))
+            let value = args
+                .next()
+                .unwrap_or_else(|| fail(&format!("{flag} needs a value")));
+            value
+                .parse()
+                .unwrap_or_else(|_| fail(&format!("{flag}: not a number: {value}")))
         };
         match arg.as_str() {
             "--size" => size = number("--size"),

@@ -42,6 +42,7 @@ pub mod checkpoint;
 pub mod cost;
 pub mod error;
 pub mod layers;
+pub mod mnasnet;
 pub mod mobile_layers;
 pub mod mobilenet_v2;
 pub mod norm;
