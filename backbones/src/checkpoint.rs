@@ -15,6 +15,7 @@
 
 use std::path::{Path, PathBuf};
 
+use burn::module::{ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::store::{ApplyResult, ModuleSnapshot, PyTorchToBurnAdapter, PytorchStore, SafetensorsStore};
 use burn_store::ApplyError;
@@ -25,6 +26,115 @@ use crate::error::{BackboneError, KeyMismatch};
 /// A family's rename rules from the reference code's key names to our module paths: `(regex, replacement)`
 /// pairs applied in order to every key (after the `module.` prefix is stripped).
 pub type KeyMap = &'static [(&'static str, &'static str)];
+
+/// Import rules (for a [`KeyMap`]) from literal `(reference, ours)` substring pairs.
+pub fn literal_rules(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(reference, ours)| (regex_literal(reference), ours.replace('$', "$$")))
+        .collect()
+}
+
+/// `s` as a regex matching itself.
+pub fn regex_literal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 2);
+    for ch in s.chars() {
+        if "\\.+*?()|[]{}^$#&-~".contains(ch) {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+/// One tensor of a module: burn path (enum variants skipped), the type of the module holding it, its shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorShape {
+    /// Dotted path, e.g. `layer1.0.bn1.gamma`.
+    pub path: String,
+    /// burn's container type of the holder, e.g. `Struct:BatchNorm`.
+    pub container: String,
+    /// Shape.
+    pub shape: Vec<usize>,
+}
+
+/// Walks a module without materialising lazily initialised parameters.
+#[derive(Default)]
+struct ShapeVisitor {
+    path: Vec<String>,
+    containers: Vec<String>,
+    out: Vec<TensorShape>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for ShapeVisitor {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.containers.push(container_type.to_string());
+        if !container_type.starts_with("Enum:") {
+            self.path.push(name.to_string());
+        }
+    }
+
+    fn exit_module(&mut self, _name: &str, container_type: &str) {
+        self.containers.pop();
+        if !container_type.starts_with("Enum:") {
+            self.path.pop();
+        }
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.out.push(TensorShape {
+            path: self.path.join("."),
+            container: self.containers.last().cloned().unwrap_or_default(),
+            shape: param.lazy_shape().iter().copied().collect(),
+        });
+    }
+}
+
+/// Every float tensor of `model` (parameters and BatchNorm statistics) with its shape, without initialising
+/// lazy parameters.
+pub fn tensor_shapes<B: Backend, M: Module<B>>(model: &M) -> Vec<TensorShape> {
+    let mut visitor = ShapeVisitor::default();
+    model.visit(&mut visitor);
+    visitor.out
+}
+
+/// The tensors `model` holds, named and shaped as the reference PyTorch `state_dict` would hold them
+/// (norm `weight`/`bias`, BatchNorm `num_batches_tracked`, Linear weights `[out, in]`), renamed by literal
+/// `(reference, ours)` pairs: per key, the first pair whose `ours` occurs is reversed.
+pub fn reference_keys<B: Backend, M: Module<B>>(
+    model: &M,
+    renames: &[(&str, &str)],
+) -> Vec<(String, Vec<usize>)> {
+    let mut out = Vec::new();
+    for t in tensor_shapes(model) {
+        let (stem, leaf) = t.path.rsplit_once('.').unwrap_or(("", t.path.as_str()));
+        let norm = matches!(t.container.as_str(), "Struct:BatchNorm" | "Struct:LayerNorm");
+        let leaf = match leaf {
+            "gamma" if norm => "weight",
+            "beta" if norm => "bias",
+            other => other,
+        };
+        let mut shape = t.shape.clone();
+        if t.container == "Struct:Linear" && leaf == "weight" {
+            shape.reverse();
+        }
+        let mut key = if stem.is_empty() {
+            leaf.to_string()
+        } else {
+            format!("{stem}.{leaf}")
+        };
+        // One rename per key, the first rule that applies (import applies at most one to a reference key).
+        if let Some((reference, ours)) = renames.iter().find(|(_, ours)| key.contains(ours)) {
+            key = key.replacen(ours, reference, 1);
+        }
+        let is_bn = t.container == "Struct:BatchNorm" && leaf == "running_var";
+        out.push((key.clone(), shape));
+        if is_bn {
+            out.push((key.replace(".running_var", ".num_batches_tracked"), vec![]));
+        }
+    }
+    out
+}
 
 /// What a successful load did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,24 +278,52 @@ pub fn save_safetensors<B: Backend, M: ModuleSnapshot<B>>(
     })
 }
 
-/// Load weights from any supported file, by extension: `.safetensors` is our format, anything else a PyTorch file.
+/// Load weights from any supported file: a `.safetensors` file is our format when it carries our metadata
+/// (written by [`save_safetensors`]) and PyTorch-named otherwise; anything else is read as a PyTorch file.
 pub fn load_any<B: Backend, M: ModuleSnapshot<B>>(
     model: &mut M,
     path: &Path,
     key_map: KeyMap,
     model_name: &str,
 ) -> Result<LoadSummary, BackboneError> {
+    if !path.is_file() {
+        return Err(BackboneError::CheckpointRead {
+            path: path.to_path_buf(),
+            reason: "no such file".into(),
+        });
+    }
     if path.extension().is_some_and(|e| e == "safetensors") {
-        load_safetensors(model, path, model_name)
-    } else {
-        if !path.is_file() {
-            return Err(BackboneError::CheckpointRead {
-                path: path.to_path_buf(),
-                reason: "no such file".into(),
-            });
+        if is_our_safetensors(path)? {
+            load_safetensors(model, path, model_name)
+        } else {
+            load_torch_safetensors(model, path, key_map, model_name)
         }
+    } else {
         load_pytorch(model, path, key_map, model_name)
     }
+}
+
+/// Does this safetensors file carry the `format: attndet` metadata of [`save_safetensors`]?
+pub fn is_our_safetensors(path: &Path) -> Result<bool, BackboneError> {
+    use std::io::Read;
+    let read_err = |reason: String| BackboneError::CheckpointRead {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut file = std::fs::File::open(path).map_err(|e| read_err(e.to_string()))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)
+        .map_err(|e| read_err(format!("not a safetensors file: {e}")))?;
+    let len = u64::from_le_bytes(len);
+    if len > 100_000_000 {
+        return Err(read_err(format!("not a safetensors file: header length {len}")));
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header)
+        .map_err(|e| read_err(format!("truncated safetensors header: {e}")))?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| read_err(format!("bad safetensors header: {e}")))?;
+    Ok(header["__metadata__"]["format"] == "attndet")
 }
 
 /// Turn burn-store's lenient report into a strict verdict.

@@ -19,10 +19,10 @@
 //! are not called (e.g. DCA's matching layers in a network's first block) are recorded with [`CostCounter::idle`],
 //! so the rows always add up to the model's parameter count.
 
+use burn::module::Module;
 use burn::nn::conv::{Conv1d, Conv2d};
 use burn::nn::{BatchNorm, Linear, PaddingConfig2d};
 use burn::prelude::*;
-use burn::store::ModuleSnapshot;
 use serde::Serialize;
 
 /// The shape of one image's activation: `[C, H, W]` (the batch is always 1 when counting).
@@ -45,16 +45,22 @@ pub struct CostRow {
 
 /// Parameters of `module` as PyTorch's `model.parameters()` counts them: every tensor but BatchNorm running
 /// statistics (burn keeps those in the module tree, PyTorch in buffers).
-pub fn parameter_count<B: Backend, M: ModuleSnapshot<B>>(module: &M) -> usize {
-    module
-        .collect(None, None, true)
+pub fn parameter_count<B: Backend, M: Module<B>>(module: &M) -> usize {
+    crate::checkpoint::tensor_shapes(module)
         .iter()
-        .filter(|s| {
-            let path = s.full_path();
-            !(path.ends_with("running_mean") || path.ends_with("running_var"))
-        })
-        .map(|s| s.shape.iter().product::<usize>())
+        .filter(|t| !(t.path.ends_with("running_mean") || t.path.ends_with("running_var")))
+        .map(|t| t.shape.iter().product::<usize>())
         .sum()
+}
+
+fn dims4<B: Backend>(p: &burn::module::Param<Tensor<B, 4>>) -> [usize; 4] {
+    let s = p.lazy_shape();
+    [s[0], s[1], s[2], s[3]]
+}
+
+fn dims2<B: Backend>(p: &burn::module::Param<Tensor<B, 2>>) -> [usize; 2] {
+    let s = p.lazy_shape();
+    [s[0], s[1]]
 }
 
 /// Collects [`CostRow`]s while a family walks its layers.
@@ -116,9 +122,15 @@ impl CostCounter {
         parts.join(".")
     }
 
-    /// Record a row by hand (for layers the helpers below do not cover).
+    /// Record a row by hand (for layers the helpers below do not cover). A layer called again (same path)
+    /// adds its FLOPs but not its parameters a second time.
     pub fn record(&mut self, name: &str, kind: &'static str, params: usize, flops: u64, output: Chw) {
         let name = self.path(name);
+        let params = if self.rows.iter().any(|r| r.name == name) {
+            0
+        } else {
+            params
+        };
         self.rows.push(CostRow {
             name,
             kind,
@@ -130,7 +142,7 @@ impl CostCounter {
 
     /// `nn.Conv2d` on an input `[C, H, W]`: returns the output shape.
     pub fn conv2d<B: Backend>(&mut self, name: &str, conv: &Conv2d<B>, x: Chw) -> Chw {
-        let [c_out, c_in_per_group, kh, kw] = conv.weight.dims();
+        let [c_out, c_in_per_group, kh, kw] = dims4(&conv.weight);
         debug_assert_eq!(c_in_per_group * conv.groups, x[0], "conv {name}: input channels");
         let (t, l, b, r) = explicit_padding(&conv.padding, conv.kernel_size, conv.dilation);
         let h = window_out(x[1], kh, conv.stride[0], t, b, conv.dilation[0]);
@@ -179,7 +191,7 @@ impl CostCounter {
 
     /// `nn.Linear` applied to `rows` vectors (usually 1): `rows * C_in * C_out`.
     pub fn linear<B: Backend>(&mut self, name: &str, linear: &Linear<B>, rows: usize) -> usize {
-        let [d_in, d_out] = linear.weight.dims();
+        let [d_in, d_out] = dims2(&linear.weight);
         self.record(
             name,
             "Linear",
@@ -191,7 +203,7 @@ impl CostCounter {
     }
 
     /// A layer the convention does not count (`LayerNorm`, `Conv1d`, bare parameters): parameters only.
-    pub fn free<M: ModuleSnapshot<B>, B: Backend>(
+    pub fn free<M: Module<B>, B: Backend>(
         &mut self,
         name: &str,
         kind: &'static str,
@@ -208,7 +220,7 @@ impl CostCounter {
     }
 
     /// A module that exists (its parameters are in the model and its checkpoints) but is not called.
-    pub fn idle<M: ModuleSnapshot<B>, B: Backend>(&mut self, name: &str, module: &M) {
+    pub fn idle<M: Module<B>, B: Backend>(&mut self, name: &str, module: &M) {
         self.record(name, "(not called)", parameter_count(module), 0, [0, 0, 0]);
     }
 

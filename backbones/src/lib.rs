@@ -41,6 +41,7 @@
 pub mod checkpoint;
 pub mod cost;
 pub mod error;
+pub mod formula;
 pub mod layers;
 pub mod mnasnet;
 pub mod mobile_layers;

@@ -12,7 +12,7 @@ use crate::error::BackboneError;
 use crate::mnasnet::{MnasNet, MnasNetConfig};
 use crate::mobilenet_v2::{MobileNetV2, MobileNetV2Config};
 use crate::norm::NormMode;
-use crate::resnet::{RESNET_KEY_MAP, ResNet, ResNetConfig};
+use crate::resnet::{ResNet, ResNetConfig};
 use crate::sda::{SdaConfig, SdaNet};
 use crate::{Backbone, Classifier, FeatureSpec};
 
@@ -93,21 +93,28 @@ impl BackboneArch {
     /// The family's rename rules from reference checkpoint keys to our module paths.
     pub fn key_map(&self) -> KeyMap {
         match self {
-            BackboneArch::ResNet(_) => RESNET_KEY_MAP,
+            BackboneArch::ResNet(c) => c.static_key_map(),
             BackboneArch::MobileNetV2(c) => c.static_key_map(),
             BackboneArch::Sda(c) => c.static_key_map(),
             BackboneArch::MnasNet(c) => c.static_key_map(),
         }
     }
 
-    /// Build it (freshly initialised weights).
-    pub fn build<B: Backend>(&self, device: &B::Device) -> Result<AnyBackbone<B>, BackboneError> {
-        let model = match self {
+    /// Build it with parameters created on first use (cheap when weights are loaded next: loading checks
+    /// shapes without creating them). Do not clone the result before its first use: clones of a lazily
+    /// initialised module draw different weights.
+    pub fn build_lazy<B: Backend>(&self, device: &B::Device) -> Result<AnyBackbone<B>, BackboneError> {
+        Ok(match self {
             BackboneArch::ResNet(c) => AnyBackbone::ResNet(ResNet::new(c, device)?),
             BackboneArch::MobileNetV2(c) => AnyBackbone::MobileNetV2(c.init(device)),
             BackboneArch::Sda(c) => AnyBackbone::Sda(c.init(device)),
             BackboneArch::MnasNet(c) => AnyBackbone::MnasNet(c.init(device)),
-        };
+        })
+    }
+
+    /// Build it (freshly initialised weights).
+    pub fn build<B: Backend>(&self, device: &B::Device) -> Result<AnyBackbone<B>, BackboneError> {
+        let model = self.build_lazy(device)?;
         // burn initialises parameters lazily: materialise now, or clones of the model would each draw their own
         // random weights.
         Ok(model.fork(device))

@@ -186,3 +186,34 @@ fn missing_file_is_a_read_error() {
     assert!(matches!(err, BackboneError::CheckpointRead { .. }), "{err}");
     assert!(err.to_string().contains("/nonexistent/x.pth"));
 }
+
+#[test]
+fn wrong_pytorch_checkpoint_lists_the_keys_at_fault() {
+    // fixtures/wrong_arch.pth.tar (scripts/make_wrong_checkpoint.py): {"state_dict": {"module.conv1.weight"
+    // [64, 3, 3, 3], "module.bn1.*", "module.attention.extra.weight"}, "epoch": 3}.
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/wrong_arch.pth.tar");
+    let arch = BackboneArch::parse("resnet18").unwrap();
+    let mut model = arch.build_lazy::<B>(&Default::default()).unwrap();
+    let err = model.load_weights(&arch, &path).unwrap_err();
+    let BackboneError::CheckpointMismatch { mismatch, .. } = &err else {
+        panic!("{err}")
+    };
+    // The nested state_dict was found and the `module.` prefix stripped: conv1 is a shape mismatch, not unknown.
+    assert_eq!(
+        mismatch.shape_mismatch,
+        [("conv1.weight".to_string(), vec![64, 3, 7, 7], vec![64, 3, 3, 3])]
+    );
+    assert_eq!(mismatch.unexpected, ["attention.extra.weight"]);
+    assert!(
+        mismatch.missing.iter().any(|k| k == "layer4.1.bn2.running_var"),
+        "{err}"
+    );
+    assert!(
+        !mismatch.missing.iter().any(|k| k.starts_with("bn1.")),
+        "bn1 was in the file: {err}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("wrong_arch.pth.tar") && text.contains("conv1.weight") && text.contains("resnet18")
+    );
+}

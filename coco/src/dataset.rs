@@ -20,6 +20,7 @@ pub struct CocoDataset {
     image_pos: HashMap<u64, usize>,
     category_pos: HashMap<u64, usize>,
     anns_by_image: Vec<Vec<usize>>,
+    anns_by_category: Vec<Vec<usize>>,
 }
 
 impl CocoDataset {
@@ -61,6 +62,7 @@ impl CocoDataset {
         }
         let mut ann_ids: HashMap<u64, usize> = HashMap::with_capacity(json.annotations.len());
         let mut anns_by_image = vec![Vec::new(); json.images.len()];
+        let mut anns_by_category = vec![Vec::new(); json.categories.len()];
         for (i, ann) in json.annotations.iter().enumerate() {
             let at = |field: &str| format!("annotations[{i}] (id {}){field}", ann.id);
             if let Some(prev) = ann_ids.insert(ann.id, i) {
@@ -75,12 +77,12 @@ impl CocoDataset {
                     format!("image {} is not in images", ann.image_id),
                 ));
             };
-            if !category_pos.contains_key(&ann.category_id) {
+            let Some(&cat) = category_pos.get(&ann.category_id) else {
                 return Err(err(
                     at(".category_id"),
                     format!("category {} is not in categories", ann.category_id),
                 ));
-            }
+            };
             validate_bbox(&ann.bbox).map_err(|p| err(at(".bbox"), p))?;
             if !ann.area.is_finite() || ann.area < 0.0 {
                 return Err(err(
@@ -92,6 +94,7 @@ impl CocoDataset {
                 validate_segmentation(seg).map_err(|p| err(at(".segmentation"), p))?;
             }
             anns_by_image[img].push(i);
+            anns_by_category[cat].push(i);
         }
         Ok(CocoDataset {
             source,
@@ -99,6 +102,7 @@ impl CocoDataset {
             image_pos,
             category_pos,
             anns_by_image,
+            anns_by_category,
         })
     }
 
@@ -153,6 +157,16 @@ impl CocoDataset {
             .image_pos
             .get(&image_id)
             .map(|&i| self.anns_by_image[i].as_slice())
+            .unwrap_or(&[]);
+        list.iter().map(|&a| &self.json.annotations[a])
+    }
+
+    /// Annotations of a category, in file order (empty for an unknown category).
+    pub fn annotations_of_category(&self, category_id: u64) -> impl Iterator<Item = &Annotation> + '_ {
+        let list = self
+            .category_pos
+            .get(&category_id)
+            .map(|&k| self.anns_by_category[k].as_slice())
             .unwrap_or(&[]);
         list.iter().map(|&a| &self.json.annotations[a])
     }
@@ -287,6 +301,11 @@ mod tests {
         assert_eq!(d.annotations_of(2).map(|a| a.id).collect::<Vec<_>>(), vec![5, 4]);
         assert_eq!(d.sorted_image_ids(), vec![1, 2]);
         assert_eq!(d.category(7).unwrap().name, "cat");
+        assert_eq!(
+            d.annotations_of_category(7).map(|a| a.id).collect::<Vec<_>>(),
+            vec![5, 3, 4]
+        );
+        assert_eq!(d.annotations_of_category(8).count(), 0);
     }
 
     #[test]

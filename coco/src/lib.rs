@@ -13,6 +13,7 @@
 
 pub mod annotations;
 pub mod dataset;
+pub mod draw;
 pub mod error;
 pub mod eval;
 pub mod mask;

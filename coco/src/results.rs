@@ -292,3 +292,70 @@ pub fn write_results(path: impl AsRef<Path>, dets: &[Detection]) -> Result<(), C
 pub fn compressed_segmentation(rle: &crate::mask::Rle) -> Segmentation {
     Segmentation::Rle(RleJson::compressed(rle))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::annotations::CocoJson;
+    use crate::mask::fr_bbox;
+
+    fn gt() -> CocoDataset {
+        let json: CocoJson = serde_json::from_str(
+            r#"{"images": [{"id": 5, "width": 10, "height": 8}], "categories": [{"id": 1, "name": "a"}]}"#,
+        )
+        .unwrap();
+        CocoDataset::from_json(json, "gt.json").unwrap()
+    }
+
+    #[test]
+    fn load_res_branches() {
+        let g = gt();
+        // A 3x2 box mask at (1, 1): area 6, toBbox [1, 1, 3, 2].
+        let s = crate::mask::rle_to_string(&fr_bbox(&[1.0, 1.0, 3.0, 2.0], 8, 10));
+        let seg = format!(r#"{{"size": [8, 10], "counts": "{s}"}}"#);
+        // Segmentation branch: area from the mask, bbox from toBbox.
+        let dets = parse_results(
+            &format!(r#"[{{"image_id": 5, "category_id": 1, "segmentation": {seg}, "score": 1}}]"#),
+            &g,
+            "r",
+        )
+        .unwrap();
+        assert_eq!((dets[0].area, dets[0].bbox), (6.0, [1.0, 1.0, 3.0, 2.0]));
+        // The first result carries a bbox: bbox branch for all, area = w * h even with a mask (quirk).
+        let dets = parse_results(
+            &format!(r#"[{{"image_id": 5, "category_id": 1, "bbox": [0, 0, 4, 4], "segmentation": {seg}, "score": 1}}]"#),
+            &g,
+            "r",
+        )
+        .unwrap();
+        assert_eq!(dets[0].area, 16.0);
+        // Empty results are accepted.
+        assert!(parse_results("[]", &g, "r").unwrap().is_empty());
+        // `bbox: []` does not pick the bbox branch (pycocotools' test), and there is no mask either.
+        let err = parse_results(
+            r#"[{"image_id": 5, "category_id": 1, "bbox": [], "score": 1}]"#,
+            &g,
+            "r",
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), "r: [0]: has neither a bbox nor a segmentation");
+    }
+
+    #[test]
+    fn write_then_read_round_trips() {
+        let g = gt();
+        let mask = fr_bbox(&[2.0, 2.0, 3.0, 3.0], 8, 10);
+        let dets = vec![
+            Detection::from_bbox(5, 1, [0.5, 1.25, 3.0, 4.0], 0.123456789),
+            Detection {
+                segmentation: Some(compressed_segmentation(&mask)),
+                ..Detection::from_bbox(5, 1, [2.0, 2.0, 3.0, 3.0], 0.5)
+            },
+        ];
+        let path = std::env::temp_dir().join(format!("attndet-results-{}.json", std::process::id()));
+        write_results(&path, &dets).unwrap();
+        let back = load_results(&path, &g).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(back, dets);
+    }
+}

@@ -40,3 +40,50 @@ fn bbox_stats_are_bit_identical() {
 fn segm_stats_are_bit_identical() {
     check(IouType::Segm, "instances_val2014_fakesegm100_results.json");
 }
+
+#[test]
+fn proposal_recall_matches_pycocotools() {
+    // `python3 coco/scripts/proposal_recall.py` (pycocotools 2.0.11, useCats=0, maxDets [100, 300, 1000]):
+    // AR@100 = AR@300 = AR@1000 = 0.6780722891566265 (no image has more than 100 results).
+    let gt = CocoDataset::load(format!("{FIXTURES}/instances_val2014_100.json")).unwrap();
+    let dets = load_results(
+        format!("{FIXTURES}/instances_val2014_fakebbox100_results.json"),
+        &gt,
+    )
+    .unwrap();
+    let ev = evaluate(&gt, &dets, &EvalParams::proposals()).unwrap();
+    assert_eq!(
+        ev.average_recall(),
+        vec![
+            (100, 0.6780722891566265),
+            (300, 0.6780722891566265),
+            (1000, 0.6780722891566265)
+        ]
+    );
+}
+
+#[test]
+fn subsets_of_images_and_categories() {
+    // Restricting to all GT images and categories explicitly changes nothing; restricting to one category
+    // gives that category's AP (the per-category table's entry).
+    let gt = CocoDataset::load(format!("{FIXTURES}/instances_val2014_100.json")).unwrap();
+    let dets = load_results(
+        format!("{FIXTURES}/instances_val2014_fakebbox100_results.json"),
+        &gt,
+    )
+    .unwrap();
+    let full = evaluate(&gt, &dets, &EvalParams::new(IouType::Bbox)).unwrap();
+    let explicit = EvalParams {
+        image_ids: Some(gt.sorted_image_ids()),
+        category_ids: Some(gt.sorted_category_ids()),
+        ..EvalParams::new(IouType::Bbox)
+    };
+    assert_eq!(evaluate(&gt, &dets, &explicit).unwrap().stats, full.stats);
+    let person = EvalParams {
+        category_ids: Some(vec![1]),
+        ..EvalParams::new(IouType::Bbox)
+    };
+    let ev = evaluate(&gt, &dets, &person).unwrap();
+    assert_eq!(ev.category_ids, vec![1]);
+    assert_eq!(ev.stats[0], full.per_category_ap()[0].2);
+}

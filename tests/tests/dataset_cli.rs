@@ -94,3 +94,52 @@ fn empty_dataset_stats_and_bad_inputs() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/ann.json: cannot read"));
 }
+
+#[test]
+fn browse_draws_annotated_copies() {
+    let dir = TempDir::new("dataset-browse");
+    let data = dir.path().join("data");
+    let o = run(&[
+        "dataset",
+        "synth",
+        "--out",
+        data.to_str().unwrap(),
+        "--train",
+        "3",
+        "--val",
+        "0",
+        "--size",
+        "64",
+    ]);
+    assert!(o.status.success());
+    let ann = data.join("annotations/instances_train.json");
+    let out = dir.path().join("drawn");
+    let images = data.join("train");
+    let (ann_s, images_s, out_s) = (
+        ann.to_str().unwrap(),
+        images.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    let o = run(&[
+        "dataset", "browse", ann_s, "--images", images_s, "--out", out_s, "--limit", "2",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let drawn: Vec<_> = std::fs::read_dir(&out).unwrap().collect();
+    assert_eq!(drawn.len(), 2);
+    let original = std::fs::read(data.join("train/000001.png")).unwrap();
+    let annotated = std::fs::read(out.join("000001.png")).unwrap();
+    assert_ne!(original, annotated, "boxes and masks were drawn");
+
+    // Images missing: exit 2 naming the file.
+    let o = run(&[
+        "dataset",
+        "browse",
+        ann.to_str().unwrap(),
+        "--images",
+        "/nonexistent",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/000001.png: cannot read image 1"));
+}

@@ -179,3 +179,56 @@ fn bad_ground_truth_and_arguments_exit_2() {
             .contains("gt.json: annotations[0] (id 3).bbox: expected 4 numbers")
     );
 }
+
+#[test]
+fn invalid_ground_truth_entries_exit_2_naming_them() {
+    let res = fixture("instances_val2014_fakebbox100_results.json");
+    let ann = |extra: &str| {
+        format!(
+            r#"{{"id": 7, "image_id": 1, "category_id": 1, "bbox": [0, 0, 2, 2], "area": 4, "iscrowd": 0{extra}}}"#
+        )
+    };
+    let dataset = |images: &str, anns: &str| {
+        format!(
+            r#"{{"images": [{images}], "categories": [{{"id": 1, "name": "a"}}], "annotations": [{anns}]}}"#
+        )
+    };
+    let img = r#"{"id": 1, "width": 4, "height": 4}"#;
+    let cases = [
+        (
+            dataset(&format!("{img}, {img}"), ""),
+            "gt.json: images[1]: duplicate image id 1 (also images[0])",
+        ),
+        (
+            dataset(img, &format!("{}, {}", ann(""), ann(""))),
+            "gt.json: annotations[1] (id 7): duplicate annotation id 7 (also annotations[0])",
+        ),
+        (
+            dataset(
+                img,
+                &ann("").replace(r#""category_id": 1"#, r#""category_id": 3"#),
+            ),
+            "gt.json: annotations[0] (id 7).category_id: category 3 is not in categories",
+        ),
+        (
+            dataset(img, &ann(r#", "segmentation": [[0, 0, 1, 1]]"#)),
+            "gt.json: annotations[0] (id 7).segmentation: polygon 0 has 4 coordinates",
+        ),
+        (
+            dataset(
+                img,
+                &ann(r#", "segmentation": {"size": [4, 4], "counts": [3, 4]}"#),
+            ),
+            "gt.json: annotations[0] (id 7).segmentation: RLE counts sum to 7 but the mask has h*w = 16 pixels",
+        ),
+    ];
+    let dir = TempDir::new("eval-gt-entries");
+    let gt = dir.path().join("gt.json");
+    for (content, needle) in cases {
+        std::fs::write(&gt, content).unwrap();
+        let out = run(&["eval", "--ann", gt.to_str().unwrap(), "--results", &res]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(needle), "expected `{needle}` in: {err}");
+    }
+}

@@ -1,8 +1,13 @@
 //! `attndet dataset`: look at COCO datasets (stats, browse) and generate the synthetic shapes dataset.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use attndet_coco::draw::{Instance, draw_instances, palette};
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+
+use crate::errors::bad_input;
 use attndet_coco::CocoDataset;
 use attndet_coco::synth::{self, SynthConfig};
 use clap::Subcommand;
@@ -43,12 +48,33 @@ pub enum DatasetCommand {
         #[arg(long, default_value_t = 4)]
         max_objects: usize,
     },
+    /// Draw the annotations (masks, boxes, category labels) on the images and write them as PNGs to look at.
+    Browse {
+        /// A COCO instances JSON file.
+        #[arg(value_name = "ANN.json")]
+        ann: PathBuf,
+        /// Directory holding the images (`file_name` is relative to it).
+        #[arg(long)]
+        images: PathBuf,
+        /// Output directory (created); one `<file stem>.png` per image.
+        #[arg(long)]
+        out: PathBuf,
+        /// Draw at most this many images (in file order).
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
 }
 
 /// Run `attndet dataset ...`.
 pub fn run(cmd: &DatasetCommand) -> anyhow::Result<()> {
     match cmd {
         DatasetCommand::Stats { ann, json } => stats(ann, *json),
+        DatasetCommand::Browse {
+            ann,
+            images,
+            out,
+            limit,
+        } => browse(ann, images, out, *limit),
         DatasetCommand::Synth {
             out,
             train,
@@ -169,5 +195,58 @@ fn stats(path: &PathBuf, as_json: bool) -> anyhow::Result<()> {
             r[4]
         );
     }
+    Ok(())
+}
+
+fn browse(ann: &Path, images: &Path, out: &Path, limit: usize) -> anyhow::Result<()> {
+    let ds = CocoDataset::load(ann)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let todo: Vec<_> = ds.images().iter().take(limit).collect();
+    let bar = ProgressBar::new(todo.len() as u64).with_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} images {msg}").expect("valid template"),
+    );
+    todo.par_iter().try_for_each(|img| -> anyhow::Result<()> {
+        let path = images.join(&img.file_name);
+        let mut canvas = image::open(&path)
+            .map_err(|e| {
+                bad_input(format!(
+                    "{}: cannot read image {} of {}: {e}",
+                    path.display(),
+                    img.id,
+                    ann.display()
+                ))
+            })?
+            .to_rgb8();
+        let mut instances = Vec::new();
+        for a in ds.annotations_of(img.id) {
+            let k = ds.category_index(a.category_id).unwrap_or(0);
+            let name = ds.category(a.category_id).map(|c| c.name.as_str()).unwrap_or("?");
+            let mask = if a.segmentation.is_some() {
+                Some(ds.ann_to_rle(a)?)
+            } else {
+                None
+            };
+            let crowd = if a.iscrowd != 0 { " (crowd)" } else { "" };
+            instances.push(Instance {
+                bbox: [a.bbox[0], a.bbox[1], a.bbox[2], a.bbox[3]],
+                mask,
+                label: format!("{name}{crowd}"),
+                colour: palette(k),
+            });
+        }
+        draw_instances(&mut canvas, &instances);
+        let stem = Path::new(&img.file_name)
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("image");
+        let target = out.join(format!("{stem}.png"));
+        canvas
+            .save(&target)
+            .with_context(|| format!("writing {}", target.display()))?;
+        bar.inc(1);
+        Ok(())
+    })?;
+    bar.finish_and_clear();
+    println!("drew {} images into {}", todo.len(), out.display());
     Ok(())
 }

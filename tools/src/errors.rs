@@ -24,6 +24,7 @@ pub fn bad_input(msg: impl Into<String>) -> anyhow::Error {
 pub fn exit_code(err: &anyhow::Error) -> i32 {
     let is_bad_input = err.chain().any(|e| {
         e.is::<BadInput>()
+            || e.is::<attndet_backbones::BackboneError>()
             || e.downcast_ref::<attndet_coco::CocoError>()
                 .is_some_and(|c| c.is_bad_input())
     });

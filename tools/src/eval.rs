@@ -18,10 +18,8 @@ pub enum IouTypeArg {
     Segm,
 }
 
-/// Arguments of `attndet eval`.
-#[derive(Args, Debug)]
-#[command(
-    long_about = "Evaluate detection results against COCO ground truth, exactly like pycocotools 2.0.11 \
+/// The long help of `attndet eval`.
+pub const LONG_ABOUT: &str = "Evaluate detection results against COCO ground truth, exactly like pycocotools 2.0.11 \
 (COCOeval: evaluate, accumulate, summarize), and much faster.\n\n\
 Prints the familiar 12-line summary (AP@[.50:.95], AP50, AP75, AP small/medium/large, AR@1/10/100, AR \
 small/medium/large). With --json, stdout is one JSON object: {\"iou_type\", \"stats\": [12 numbers in \
@@ -29,8 +27,10 @@ pycocotools' order], \"AP\", \"AP50\", ..., \"ARl\"} plus \"per_class\" with --p
 The results file is a JSON list of {image_id, category_id, bbox: [x, y, w, h], score} (and \"segmentation\" as \
 compressed RLE for segm), read with pycocotools' loadRes rules: every image must be in the ground truth; \
 detections of unknown categories are dropped; an empty list gives AP 0.\n\n\
-Example:\n  attndet eval --ann instances_val2017.json --results dets.json --iou-type bbox --per-class"
-)]
+Example:\n  attndet eval --ann instances_val2017.json --results dets.json --iou-type bbox --per-class";
+
+/// Arguments of `attndet eval`.
+#[derive(Args, Debug)]
 pub struct EvalArgs {
     /// Ground truth: a COCO instances JSON file.
     #[arg(long, value_name = "GT.json")]

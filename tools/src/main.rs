@@ -3,11 +3,19 @@
 //! One module per subcommand; this file only parses the command line, dispatches, and maps errors to exit
 //! codes (0 ok, 1 runtime failure, 2 bad usage or bad input).
 
+mod classify;
 mod config_cmd;
+mod convert;
 mod dataset;
+mod demo;
 mod device;
 mod errors;
 mod eval;
+mod flops;
+mod infer;
+mod plot;
+mod test;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -53,10 +61,30 @@ enum Command {
     Config(config_cmd::ConfigCommand),
     /// COCO evaluation of a results file (bbox or segm), identical to pycocotools: `attndet eval --ann GT.json
     /// --results DT.json --iou-type bbox|segm [--json] [--per-class]`.
+    #[command(long_about = eval::LONG_ABOUT)]
     Eval(eval::EvalArgs),
     /// COCO datasets: `stats ANN.json`, `synth --out DIR`, `browse ANN.json --images DIR --out DIR`.
     #[command(subcommand)]
     Dataset(dataset::DatasetCommand),
+    /// ImageNet classification with a zoo model: `attndet classify --model NAME --checkpoint FILE [--no-resize]
+    /// [--topk K] [--json] IMAGE...`.
+    Classify(classify::ClassifyArgs),
+    /// Parameters and FLOPs (MACs, ptflops convention) of a zoo model: `attndet flops --model NAME
+    /// [--input-size H W] [--json]`.
+    Flops(flops::FlopsArgs),
+    /// Reference checkpoint to our safetensors, strictly checked: `attndet convert --model NAME --from FILE.pth
+    /// --out FILE.safetensors`.
+    Convert(convert::ConvertArgs),
+    /// Train a detector: `attndet train CONFIG [--work-dir DIR] [--resume [CKPT]] [--cfg-options ...] [--seed S]`.
+    Train(train::TrainArgs),
+    /// Evaluate a checkpoint on the val split: `attndet test CONFIG CKPT [--out results.json] [--json]`.
+    Test(test::TestArgs),
+    /// Detect objects in images: `attndet infer CONFIG CKPT IMAGE... [--out dets.json] [--show-dir DIR]`.
+    Infer(infer::InferArgs),
+    /// Generate the synthetic dataset, train a small RetinaNet on it from scratch, evaluate, show.
+    Demo(demo::DemoArgs),
+    /// Draw loss and AP curves of a work dir as PNG: `attndet plot WORK_DIR`.
+    Plot(plot::PlotArgs),
 }
 
 fn main() {
@@ -66,6 +94,14 @@ fn main() {
         Command::Config(cmd) => config_cmd::run(&cmd),
         Command::Eval(args) => eval::run(&args),
         Command::Dataset(cmd) => dataset::run(&cmd),
+        Command::Classify(args) => classify::run(&args, &cli.device),
+        Command::Flops(args) => flops::run(&args),
+        Command::Convert(args) => convert::run(&args),
+        Command::Train(args) => train::run(&args, &cli.device),
+        Command::Test(args) => test::run(&args, &cli.device),
+        Command::Infer(args) => infer::run(&args, &cli.device),
+        Command::Demo(args) => demo::run(&args, &cli.device),
+        Command::Plot(args) => plot::run(&args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

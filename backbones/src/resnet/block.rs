@@ -6,6 +6,7 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 
 use super::attention::{Attention, Carry};
+use super::sk::SkBottleneck;
 use crate::cost::{Chw, CostCounter};
 use crate::layers::{batch_norm, conv_nobias};
 use crate::norm::{NormMode, batch_norm as bn};
@@ -34,7 +35,7 @@ impl<B: Backend> Downsample<B> {
         bn(&self.bn, self.conv.forward(x), mode)
     }
 
-    fn count(&self, c: &mut CostCounter, x: Chw) -> Chw {
+    pub(crate) fn count(&self, c: &mut CostCounter, x: Chw) -> Chw {
         c.scoped("downsample", |c| {
             let y = c.conv2d("0", &self.conv, x);
             c.batch_norm("1", &self.bn, y)
@@ -122,14 +123,14 @@ impl<B: Backend> BasicBlock<B> {
         (relu(out + identity), carry)
     }
 
-    fn count(&self, c: &mut CostCounter, x: Chw, first: bool) -> Chw {
+    fn count(&self, c: &mut CostCounter, x: Chw, prev: Option<Chw>) -> Chw {
         let y = c.conv2d("conv1", &self.conv1, x);
         c.batch_norm("bn1", &self.bn1, y);
         c.relu("relu", y);
         let y = c.conv2d("conv2", &self.conv2, y);
         c.batch_norm("bn2", &self.bn2, y);
         if let Some(a) = &self.attn {
-            a.count(c, y, first);
+            a.count(c, y, prev);
         }
         if let Some(d) = &self.downsample {
             d.count(c, x);
@@ -173,7 +174,7 @@ impl<B: Backend> Bottleneck<B> {
         (relu(out + identity), carry)
     }
 
-    fn count(&self, c: &mut CostCounter, x: Chw, first: bool) -> Chw {
+    fn count(&self, c: &mut CostCounter, x: Chw, prev: Option<Chw>) -> Chw {
         let y = c.conv2d("conv1", &self.conv1, x);
         c.batch_norm("bn1", &self.bn1, y);
         c.relu("relu", y);
@@ -183,7 +184,7 @@ impl<B: Backend> Bottleneck<B> {
         let y = c.conv2d("conv3", &self.conv3, y);
         c.batch_norm("bn3", &self.bn3, y);
         if let Some(a) = &self.attn {
-            a.count(c, y, first);
+            a.count(c, y, prev);
         }
         if let Some(d) = &self.downsample {
             d.count(c, x);
@@ -201,6 +202,8 @@ pub enum Block<B: Backend> {
     Basic(BasicBlock<B>),
     /// ResNet-50/101/152 block.
     Bottleneck(Bottleneck<B>),
+    /// Selective-kernel bottleneck.
+    Sk(SkBottleneck<B>),
 }
 
 impl<B: Backend> Block<B> {
@@ -210,14 +213,17 @@ impl<B: Backend> Block<B> {
         match self {
             Block::Basic(b) => b.forward(x, carry, mode),
             Block::Bottleneck(b) => b.forward(x, carry, mode),
+            Block::Sk(b) => b.forward(x, carry, mode),
         }
     }
 
-    /// Record the block's cost (`first`: the network's first block, which no previous attention reaches).
-    pub fn count(&self, c: &mut CostCounter, x: Chw, first: bool) -> Chw {
+    /// Record the block's cost; `prev` is the previous block's output shape (`None` for the network's first
+    /// block, which no previous attention reaches).
+    pub fn count(&self, c: &mut CostCounter, x: Chw, prev: Option<Chw>) -> Chw {
         match self {
-            Block::Basic(b) => b.count(c, x, first),
-            Block::Bottleneck(b) => b.count(c, x, first),
+            Block::Basic(b) => b.count(c, x, prev),
+            Block::Bottleneck(b) => b.count(c, x, prev),
+            Block::Sk(b) => b.count(c, x, prev),
         }
     }
 }

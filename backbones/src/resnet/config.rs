@@ -41,7 +41,7 @@ pub enum AttentionKind {
     /// Global context block (attention pooling, `channel_add` fusion, ratio 1/16).
     Gc,
     /// Selective kernel (the DCANet repository's `sk2`): a 3x3 and a dilated 3x3 branch mixed by softmax
-    /// attention. Bottleneck depths only.
+    /// attention, in bottleneck blocks. As in the reference code, basic blocks (depths 18, 34) stay plain.
     Sk,
     /// Gather-excite theta-minus: `x * sigmoid(global average of x)`; no parameters.
     Ge,
@@ -193,11 +193,34 @@ impl ResNetConfig {
         {
             return Err(self.invalid("attention.k_sizes", format!("kernel size {k} is not odd")));
         }
-        if self.attention == AttentionKind::Sk && kind == BlockKind::Basic {
-            return Err(self.invalid(
-                "attention",
-                "selective kernel needs a bottleneck depth (50, 101, 152)".into(),
-            ));
+        if self.attention == AttentionKind::Sk && kind == BlockKind::Basic && self.dca.is_some() {
+            return Err(self.invalid("dca", "DCA-SK needs a bottleneck depth (50, 101, 152)".into()));
+        }
+        if let Some(d) = &self.dca {
+            let vector = matches!(self.attention, AttentionKind::Se | AttentionKind::Ge);
+            if !vector
+                && (d.connection != DcaConnection::Weighted || d.channel_match != DcaChannelMatch::OneFc)
+            {
+                return Err(self.invalid(
+                    "dca",
+                    "connection and channel_match options apply to DCA-SE and DCA-GE".into(),
+                ));
+            }
+            if let DcaChannelMatch::TwoFc { reduction } = d.channel_match
+                && (reduction == 0 || 256 % reduction != 0)
+            {
+                return Err(self.invalid(
+                    "dca.channel_match.reduction",
+                    format!("{reduction} does not divide 256"),
+                ));
+            }
+            let cbam = self.attention == AttentionKind::Cbam;
+            if !cbam && (d.spatial_match != DcaSpatialMatch::Avg || d.cbam_gates != DcaCbamGates::Both) {
+                return Err(self.invalid(
+                    "dca",
+                    "spatial_match and cbam_gates options apply to DCA-CBAM".into(),
+                ));
+            }
         }
         if self.dca.is_some() {
             match self.attention {
@@ -369,7 +392,7 @@ mod tests {
             "resnetx",
             "eca_resnet50_k3456",
             "se_resnet50_k3557",
-            "sk_resnet18",
+            "dca_sk_resnet18",
             "dca_resnet50",
         ] {
             let err = ResNetConfig::parse(bad).unwrap().unwrap_err().to_string();

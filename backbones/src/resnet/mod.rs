@@ -2,20 +2,24 @@
 //! the reference code builds them (see `config` for the names).
 //!
 //! Module paths follow the reference keys (`conv1`, `bn1`, `layer{1..4}.{i}.conv1`, `fc`) so that checkpoints
-//! load through a short explicit [`KeyMap`](crate::checkpoint::KeyMap), [`RESNET_KEY_MAP`].
+//! load through a short explicit key map ([`renames`]).
 
 pub mod attention;
 pub mod block;
 pub mod config;
+pub mod dca;
+pub mod sk;
 
 use burn::nn::conv::Conv2d;
 use burn::nn::{BatchNorm, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
-use self::attention::{Attention, Carry, Se};
+use self::attention::{Attention, Carry, Cbam, ChannelGate, Eca, Gc, Ge, Se, SpatialGate};
 use self::block::{BasicBlock, Block, BlockShape, Bottleneck};
 pub use self::config::{AttentionKind, BlockKind, DcaConfig, ResNetConfig};
+use self::dca::{DcaCbam, DcaGc, DcaVector, VectorKind};
+use self::sk::SkBottleneck;
 use crate::checkpoint::KeyMap;
 use crate::cost::{Chw, CostCounter, CountFlops};
 use crate::error::BackboneError;
@@ -23,13 +27,80 @@ use crate::layers::{batch_norm, conv2d, gap, stem_max_pool};
 use crate::norm::{NormMode, batch_norm as bn};
 use crate::{Backbone, FeatureSpec};
 
-/// Reference key names -> our module paths, for every network of the family.
-pub const RESNET_KEY_MAP: KeyMap = &[
-    (r"\.downsample\.0\.", ".downsample.conv."),
-    (r"\.downsample\.1\.", ".downsample.bn."),
-    (r"\.se\.fc\.0\.", ".attn.fc1."),
-    (r"\.se\.fc\.2\.", ".attn.fc2."),
-];
+/// Reference key names -> our module paths, as literal `(reference, ours)` substrings, for a network of the
+/// family (each key is renamed by at most one pair; [`ResNetConfig::static_key_map`] turns them into import
+/// rules, [`crate::checkpoint::reference_keys`] reverses them).
+pub fn renames(cfg: &ResNetConfig) -> Vec<(&'static str, &'static str)> {
+    let mut map = vec![
+        (".downsample.0.", ".downsample.conv."),
+        (".downsample.1.", ".downsample.bn."),
+    ];
+    let dca = cfg.dca.is_some();
+    map.extend_from_slice(match (&cfg.attention, dca) {
+        (AttentionKind::None | AttentionKind::Ge, false) => &[],
+        (AttentionKind::Se, false) => &[(".se.fc.0.", ".attn.fc1."), (".se.fc.2.", ".attn.fc2.")],
+        (AttentionKind::Eca { .. }, _) => &[(".eca.conv.", ".attn.conv.")],
+        (AttentionKind::Cbam, false) => &[
+            (".cbam.ChannelGate.mlp.1.", ".attn.channel.fc1."),
+            (".cbam.ChannelGate.mlp.3.", ".attn.channel.fc2."),
+            (".cbam.SpatialGate.spatial.", ".attn.spatial."),
+        ],
+        (AttentionKind::Gc, false) => &[
+            (".gc.conv_mask.", ".attn.conv_mask."),
+            (".gc.channel_add_conv.0.", ".attn.add_conv1."),
+            (".gc.channel_add_conv.1.", ".attn.add_norm."),
+            (".gc.channel_add_conv.3.", ".attn.add_conv2."),
+        ],
+        (AttentionKind::Sk, _) => &[
+            (".att_fc_1.0.", ".link1.fc."),
+            (".att_fc_1.1.", ".link1.fc_norm."),
+            (".att_conv1.0.", ".link1.conv."),
+            (".att_conv1.1.", ".link1.conv_norm."),
+            (".att_fc_2.0.", ".link2.fc."),
+            (".att_fc_2.1.", ".link2.fc_norm."),
+            (".att_conv2.0.", ".link2.conv."),
+            (".att_conv2.1.", ".link2.conv_norm."),
+        ],
+        (AttentionKind::Se, true) => &[
+            (".se.fc.0.", ".attn.fc1."),
+            (".se.fc.2.", ".attn.fc2."),
+            (".se.att_fc.0.", ".attn.matcher.fc."),
+            (".se.att_fc.1.", ".attn.matcher.norm."),
+            (".se.conv.0.", ".attn.mix.conv."),
+            (".se.conv.1.", ".attn.mix.norm."),
+        ],
+        (AttentionKind::Ge, true) => &[
+            (".ge.att_fc.0.", ".attn.matcher.fc."),
+            (".ge.att_fc.1.", ".attn.matcher.norm."),
+            (".ge.conv.0.", ".attn.mix.conv."),
+            (".ge.conv.1.", ".attn.mix.norm."),
+        ],
+        (AttentionKind::Gc, true) => &[
+            (".rgc.conv_mask.", ".attn.gc.conv_mask."),
+            (".rgc.channel_add_conv.0.", ".attn.gc.add_conv1."),
+            (".rgc.channel_add_conv.1.", ".attn.gc.add_norm."),
+            (".rgc.channel_add_conv.3.", ".attn.gc.add_conv2."),
+            (".rgc.att_fc.0.", ".attn.match_conv1."),
+            (".rgc.att_fc.1.", ".attn.match_norm."),
+            (".rgc.att_fc.3.", ".attn.match_conv2."),
+            (".rgc.weight", ".attn.weight"),
+        ],
+        (AttentionKind::Cbam, true) => &[
+            (".cbam.ChannelGate.mlp.1.", ".attn.channel.fc1."),
+            (".cbam.ChannelGate.mlp.3.", ".attn.channel.fc2."),
+            (".cbam.ChannelGate.att_fc.0.", ".attn.match_conv."),
+            (".cbam.ChannelGate.att_fc.1.", ".attn.match_bn."),
+            (".cbam.ChannelGate.alpha.0.", ".attn.alpha."),
+            (".cbam.ChannelGate.alpha.1.", ".attn.alpha_norm."),
+            (".cbam.SpatialGate.spatial.", ".attn.spatial."),
+            (".cbam.SpatialGate.p1", ".attn.p1"),
+            (".cbam.SpatialGate.p2", ".attn.p2"),
+            (".cbam.SpatialGate.bnrelu.0.", ".attn.mix_bn."),
+        ],
+        (AttentionKind::None, true) => &[],
+    });
+    map
+}
 
 /// A ResNet of the family with its classification head.
 #[derive(Module, Debug)]
@@ -56,11 +127,40 @@ pub struct ResNet<B: Backend> {
     stage_channels: [usize; 4],
 }
 
-fn attention<B: Backend>(cfg: &ResNetConfig, channels: usize, device: &B::Device) -> Option<Attention<B>> {
-    match &cfg.attention {
-        AttentionKind::None => None,
-        AttentionKind::Se => Some(Attention::Se(Se::new(channels, 16, device))),
-        _ => None,
+/// The attention of a block of `stage` (0..4) with input width `c_in` and output width `c`.
+fn attention<B: Backend>(
+    cfg: &ResNetConfig,
+    stage: usize,
+    c_in: usize,
+    c: usize,
+    device: &B::Device,
+) -> Option<Attention<B>> {
+    Some(match (&cfg.attention, &cfg.dca) {
+        (AttentionKind::None | AttentionKind::Sk, _) => return None,
+        (AttentionKind::Se, None) => Attention::Se(Se::new(c, 16, device)),
+        (AttentionKind::Eca { k_sizes }, _) => Attention::Eca(Eca::new(k_sizes[stage], device)),
+        (AttentionKind::Cbam, None) => Attention::Cbam(Cbam {
+            channel: ChannelGate::new(c, 16, device),
+            spatial: SpatialGate::new(device),
+        }),
+        (AttentionKind::Gc, None) => Attention::Gc(Gc::new(c, c / 16, device)),
+        (AttentionKind::Ge, None) => Attention::Ge(Ge::new()),
+        (AttentionKind::Se, Some(d)) => {
+            Attention::DcaVector(DcaVector::new(VectorKind::Se, c_in, c, d, device))
+        }
+        (AttentionKind::Ge, Some(d)) => {
+            Attention::DcaVector(DcaVector::new(VectorKind::Ge, c_in, c, d, device))
+        }
+        (AttentionKind::Gc, Some(_)) => Attention::DcaGc(DcaGc::new(c_in, c, c / 16, device)),
+        (AttentionKind::Cbam, Some(d)) => Attention::DcaCbam(DcaCbam::new(c_in, c, d, device)),
+    })
+}
+
+impl ResNetConfig {
+    /// The import key map of this network (see [`crate::checkpoint::KeyMap`]).
+    pub fn static_key_map(&self) -> KeyMap {
+        let id = format!("resnet/{:?}/{:?}", self.attention, self.dca.is_some());
+        crate::mobile_layers::leak_key_map(&id, || crate::checkpoint::literal_rules(&renames(self)))
     }
 }
 
@@ -68,13 +168,6 @@ impl<B: Backend> ResNet<B> {
     /// Build the network `cfg` describes (freshly initialised).
     pub fn new(cfg: &ResNetConfig, device: &B::Device) -> Result<Self, BackboneError> {
         cfg.validate()?;
-        if !matches!(cfg.attention, AttentionKind::None | AttentionKind::Se) || cfg.dca.is_some() {
-            return Err(BackboneError::InvalidConfig {
-                model: cfg.name(),
-                field: "attention".into(),
-                reason: "not built yet".into(),
-            });
-        }
         let (blocks, kind) = cfg.layout()?;
         let expansion = kind.expansion();
         let mut inplanes = 64;
@@ -88,9 +181,12 @@ impl<B: Backend> ResNet<B> {
                     planes,
                     stride: if i > 0 && j == 0 { 2 } else { 1 },
                 };
-                let attn = attention(cfg, planes * expansion, device);
+                let attn = attention(cfg, i, inplanes, planes * expansion, device);
                 stage.push(match kind {
                     BlockKind::Basic => Block::Basic(BasicBlock::new(shape, attn, device)),
+                    BlockKind::Bottleneck if cfg.attention == AttentionKind::Sk => {
+                        Block::Sk(SkBottleneck::new(shape, cfg.dca.is_some(), device))
+                    }
                     BlockKind::Bottleneck => Block::Bottleneck(Bottleneck::new(shape, attn, device)),
                 });
                 inplanes = planes * expansion;
@@ -186,7 +282,7 @@ impl<B: Backend> ResNet<B> {
 
     /// Number of classes of the head.
     pub fn num_classes(&self) -> usize {
-        self.fc.weight.dims()[1]
+        self.fc.weight.lazy_shape()[1]
     }
 }
 
@@ -218,13 +314,14 @@ impl<B: Backend> CountFlops for ResNet<B> {
         c.batch_norm("bn1", &self.bn1, y);
         c.relu("relu", y);
         let mut y = c.pool("maxpool", "MaxPool2d", y, stem_pool_shape(y));
-        let mut first = true;
+        let mut prev = None;
         for (i, stage) in self.stages().into_iter().enumerate() {
             for (j, block) in stage.iter().enumerate() {
-                y = c.scoped(format!("layer{}", i + 1), |c| {
-                    c.scoped(j.to_string(), |c| block.count(c, y, first))
+                let out = c.scoped(format!("layer{}", i + 1), |c| {
+                    c.scoped(j.to_string(), |c| block.count(c, y, prev))
                 });
-                first = false;
+                prev = Some(out);
+                y = out;
             }
         }
         let pooled = c.global_avg_pool("avgpool", y);

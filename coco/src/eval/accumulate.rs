@@ -42,8 +42,19 @@ pub(super) fn accumulate(
             if evals.is_empty() {
                 return (prec, rec);
             }
-            let mut entries: Vec<(f64, u32, u32)> = Vec::new();
-            let (mut rc, mut pr) = (Vec::new(), Vec::new());
+            // Every kept detection of the category, sorted once by a stable descending sort (ties keep image
+            // order, then within-image order). The stable order of the first-m-per-image subset is this order
+            // filtered, so one sort serves every maxDets and area range.
+            let mut all: Vec<(f64, u32, u32)> = Vec::new();
+            for (pi, e) in evals.iter().enumerate() {
+                for (d, &score) in e.scores.iter().enumerate() {
+                    all.push((score, pi as u32, d as u32));
+                }
+            }
+            all.sort_by(|x, y| y.0.partial_cmp(&x.0).unwrap_or(Ordering::Equal));
+            let mut entries: Vec<(f64, u32, u32)> = Vec::with_capacity(all.len());
+            let (mut rc, mut pr): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
+            let (mut tp, mut fp): (Vec<u64>, Vec<u64>) = (Vec::new(), Vec::new());
             for a in 0..na {
                 let npig: u64 = evals.iter().map(|e| e.npig[a] as u64).sum();
                 if npig == 0 {
@@ -51,32 +62,35 @@ pub(super) fn accumulate(
                 }
                 for (m, &max_det) in p.max_dets.iter().enumerate() {
                     entries.clear();
-                    for (pi, e) in evals.iter().enumerate() {
-                        for d in 0..e.scores.len().min(max_det) {
-                            entries.push((e.scores[d], pi as u32, d as u32));
+                    entries.extend(all.iter().filter(|x| (x.2 as usize) < max_det));
+                    let nd = entries.len();
+                    // One pass over the detections for all thresholds (flags of a detection are contiguous
+                    // in t): cumulative tp/fp, then recall and precision per threshold, row t of rc/pr.
+                    rc.clear();
+                    rc.resize(nt * nd, 0.0);
+                    pr.clear();
+                    pr.resize(nt * nd, 0.0);
+                    tp.clear();
+                    tp.resize(nt, 0u64);
+                    fp.clear();
+                    fp.resize(nt, 0u64);
+                    for (j, &(_, pi, d)) in entries.iter().enumerate() {
+                        let e = &evals[pi as usize];
+                        let flags = &e.flags[(a * e.scores.len() + d as usize) * nt..][..nt];
+                        for (t, &f) in flags.iter().enumerate() {
+                            if f == TRUE_POSITIVE {
+                                tp[t] += 1;
+                            } else if f != IGNORED {
+                                fp[t] += 1;
+                            }
+                            let (tpf, fpf) = (tp[t] as f64, fp[t] as f64);
+                            rc[t * nd + j] = tpf / npig as f64;
+                            pr[t * nd + j] = tpf / ((fpf + tpf) + EPS);
                         }
                     }
-                    // Stable descending sort: ties keep image order, then within-image order.
-                    entries.sort_by(|x, y| y.0.partial_cmp(&x.0).unwrap_or(Ordering::Equal));
-                    let nd = entries.len();
                     for t in 0..nt {
-                        rc.clear();
-                        pr.clear();
-                        let (mut tp, mut fp) = (0u64, 0u64);
-                        for &(_, pi, d) in &entries {
-                            let e = &evals[pi as usize];
-                            let f = e.flags[(a * e.scores.len() + d as usize) * nt + t];
-                            if f != IGNORED {
-                                if f == TRUE_POSITIVE {
-                                    tp += 1;
-                                } else {
-                                    fp += 1;
-                                }
-                            }
-                            let (tpf, fpf) = (tp as f64, fp as f64);
-                            rc.push(tpf / npig as f64);
-                            pr.push(tpf / ((fpf + tpf) + EPS));
-                        }
+                        let rc = &rc[t * nd..][..nd];
+                        let pr = &mut pr[t * nd..][..nd];
                         rec[(a * nm + m) * nt + t] = if nd > 0 { rc[nd - 1] } else { 0.0 };
                         for i in (1..nd).rev() {
                             if pr[i] > pr[i - 1] {

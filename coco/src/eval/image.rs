@@ -19,14 +19,11 @@ pub(super) struct Context<'a> {
     pub gt: &'a CocoDataset,
     pub dets: &'a [Detection],
     pub params: &'a EvalParams,
-    pub image_ids: &'a [u64],
 }
 
-/// One (category, image) pair: ranges into the grouped ground truth and detections.
+/// One (category, image) pair: its category and ranges into the grouped ground truth and detections.
 pub(super) struct Pair {
     pub k: usize,
-    #[allow(dead_code)]
-    pub i: usize,
     pub gts: Range<usize>,
     pub dts: Range<usize>,
 }
@@ -40,12 +37,7 @@ pub(super) struct PairEval {
     pub npig: Vec<u32>,
 }
 
-pub(super) fn evaluate_pair(
-    ctx: &Context,
-    pair: &Pair,
-    gt_idx: &[u32],
-    dt_idx: &[u32],
-) -> Result<PairEval, CocoError> {
+pub(super) fn evaluate_pair(ctx: &Context, gt_idx: &[u32], dt_idx: &[u32]) -> Result<PairEval, CocoError> {
     let p = ctx.params;
     let anns = ctx.gt.annotations();
     let max_det = *p.max_dets.last().unwrap_or(&0);
@@ -163,7 +155,6 @@ pub(super) fn evaluate_pair(
         }
     }
     let scores = dts.iter().map(|&d| ctx.dets[d as usize].score).collect();
-    let _ = (ctx.image_ids, pair.k);
     Ok(PairEval { scores, flags, npig })
 }
 

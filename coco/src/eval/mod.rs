@@ -78,8 +78,18 @@ pub fn evaluate(gt: &CocoDataset, dets: &[Detection], params: &EvalParams) -> Re
             "thresholds, max_dets and area ranges must not be empty".into(),
         ));
     }
-    let image_ids = gt.sorted_image_ids();
-    let all_cat_ids = gt.sorted_category_ids();
+    // Like pycocotools: sorted, duplicates removed; ids missing from the GT simply have nothing to evaluate.
+    let sorted_unique = |ids: &Option<Vec<u64>>, all: Vec<u64>| match ids {
+        Some(ids) => {
+            let mut v = ids.clone();
+            v.sort_unstable();
+            v.dedup();
+            v
+        }
+        None => all,
+    };
+    let image_ids = sorted_unique(&params.image_ids, gt.sorted_image_ids());
+    let all_cat_ids = sorted_unique(&params.category_ids, gt.sorted_category_ids());
     let (ni, nk) = (image_ids.len(), all_cat_ids.len());
     let img_pos: std::collections::HashMap<u64, usize> =
         image_ids.iter().enumerate().map(|(i, &id)| (id, i)).collect();
@@ -111,7 +121,7 @@ pub fn evaluate(gt: &CocoDataset, dets: &[Detection], params: &EvalParams) -> Re
                 let g = gt_groups.range(key, key + 1);
                 let d = dt_groups.range(key, key + 1);
                 if !g.is_empty() || !d.is_empty() {
-                    pairs.push(image::Pair { k, i, gts: g, dts: d });
+                    pairs.push(image::Pair { k, gts: g, dts: d });
                 }
             }
         }
@@ -122,12 +132,7 @@ pub fn evaluate(gt: &CocoDataset, dets: &[Detection], params: &EvalParams) -> Re
             let g = gt_groups.range(i * nk, (i + 1) * nk);
             let d = dt_groups.range(i * nk, (i + 1) * nk);
             if !g.is_empty() || !d.is_empty() {
-                pairs.push(image::Pair {
-                    k: 0,
-                    i,
-                    gts: g,
-                    dts: d,
-                });
+                pairs.push(image::Pair { k: 0, gts: g, dts: d });
             }
         }
         (usize::from(nk > 0), pairs)
@@ -137,14 +142,12 @@ pub fn evaluate(gt: &CocoDataset, dets: &[Detection], params: &EvalParams) -> Re
         gt,
         dets,
         params: &params,
-        image_ids: &image_ids,
     };
     let evaluated: Vec<image::PairEval> = pairs
         .par_iter()
         .map(|p| {
             image::evaluate_pair(
                 &ctx,
-                p,
                 &gt_groups.order[p.gts.clone()],
                 &dt_groups.order[p.dts.clone()],
             )

@@ -55,6 +55,10 @@ pub struct EvalParams {
     pub area_ranges: Vec<AreaRange>,
     /// Evaluate per category (true) or pool all categories (false, class-agnostic, as for proposals).
     pub use_cats: bool,
+    /// Evaluate only these images (pycocotools `params.imgIds`); `None`: every GT image.
+    pub image_ids: Option<Vec<u64>>,
+    /// Evaluate only these categories (pycocotools `params.catIds`); `None`: every GT category.
+    pub category_ids: Option<Vec<u64>>,
 }
 
 /// `np.linspace(start, stop, num)` as numpy computes it: `i * step + start`, the last value forced to `stop`.
@@ -91,6 +95,8 @@ impl EvalParams {
                 range("large", 9216.0, 1e10),
             ],
             use_cats: true,
+            image_ids: None,
+            category_ids: None,
         }
     }
 

@@ -327,6 +327,16 @@ mod tests {
     }
 
     #[test]
+    fn row_major_conversions() {
+        // Image rows [1, 0, 0] and [1, 1, 0] (h = 2, w = 3): column-major [1, 1, 0, 1, 0, 0] -> runs 0, 2, 1, 1, 2.
+        let img = [1, 0, 0, 1, 1, 0];
+        let r = Rle::encode_row_major(&img, 2, 3).unwrap();
+        assert_eq!(r.counts, vec![0, 2, 1, 1, 2]);
+        assert_eq!(r.decode_row_major().unwrap(), img.to_vec());
+        assert!(Rle::encode_row_major(&img, 2, 2).is_err());
+    }
+
+    #[test]
     fn empty_inputs() {
         assert_eq!(Rle::encode(&[], 0, 0).unwrap().counts, vec![0]);
         assert_eq!(Rle::default().to_bbox(), [0.0; 4]);

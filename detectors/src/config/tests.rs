@@ -152,7 +152,7 @@ fn shipped_configs_resolve_and_type_check() {
             load_typed(&path, &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
         let ModelConfig::RetinaNet(m) = &cfg.model;
         assert_eq!(m.bbox_head.num_classes, 80);
-        assert_eq!(m.neck.add_extra_convs, Some(ExtraConvsOn::OnInput));
+        assert_eq!(m.neck.add_extra_convs, crate::necks::ExtraConvs::OnInput);
         let OptimizerConfig::Sgd(sgd) = &cfg.optimizer;
         // RetinaNet's own lr (0.01 for 16 images) and clipping at 35, as in mmdetection.
         assert_eq!(sgd.lr, 0.01);

@@ -43,7 +43,7 @@ pub struct RetinaNetConfig {
     /// The backbone (from the zoo).
     pub backbone: BackboneConfig,
     /// The FPN neck.
-    pub neck: FpnConfig,
+    pub neck: crate::necks::FpnConfig,
     /// The dense head.
     pub bbox_head: RetinaHeadConfig,
     /// Training-only settings (target assignment).
@@ -62,45 +62,9 @@ pub struct BackboneConfig {
     pub frozen_stages: i32,
     /// Keep BatchNorm statistics frozen while training (mmdetection's `norm_eval`).
     pub norm_eval: bool,
-    /// Channel width multiplier (1.0 = the published network); < 1 makes small networks for tests and demos.
-    #[serde(default = "one")]
-    pub width_mult: f64,
     /// Initial weights: a PyTorch (`.pth`, `.pth.tar`, `.pt`) or safetensors checkpoint. `null`: random init.
     #[serde(default)]
     pub init_checkpoint: Option<String>,
-}
-
-fn one() -> f64 {
-    1.0
-}
-
-/// Which input the extra FPN levels (P6, P7) are computed from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ExtraConvsOn {
-    /// The last backbone feature (C5): RetinaNet's choice.
-    OnInput,
-    /// The last lateral (before the 3x3 output conv).
-    OnLateral,
-    /// The last FPN output (P5).
-    OnOutput,
-}
-
-/// FPN neck.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FpnConfig {
-    /// Channels of every output level.
-    pub out_channels: usize,
-    /// First backbone level used (1 = C3 for RetinaNet).
-    pub start_level: usize,
-    /// Number of output levels (5 = P3..P7).
-    pub num_outs: usize,
-    /// Source of the extra levels; `null` = max-pool extra levels.
-    pub add_extra_convs: Option<ExtraConvsOn>,
-    /// ReLU before each extra conv after the first.
-    #[serde(default)]
-    pub relu_before_extra_convs: bool,
 }
 
 /// RetinaNet's head: shared towers, anchors, coder and losses.
@@ -116,57 +80,13 @@ pub struct RetinaHeadConfig {
     /// Initial foreground probability of the classifier (bias = -log((1 - p) / p)).
     pub prior_prob: f64,
     /// Anchors.
-    pub anchor_generator: AnchorGeneratorConfig,
+    pub anchor_generator: crate::anchors::AnchorGeneratorConfig,
     /// Box coder.
-    pub bbox_coder: DeltaXywhCoderConfig,
+    pub bbox_coder: crate::coders::DeltaXywhCoderConfig,
     /// Classification loss.
-    pub loss_cls: FocalLossConfig,
+    pub loss_cls: crate::losses::FocalLossConfig,
     /// Box regression loss.
-    pub loss_bbox: L1LossConfig,
-}
-
-/// Anchors per level: `octave_base_scale * 2^(i / scales_per_octave) * stride` for each ratio.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AnchorGeneratorConfig {
-    /// Base scale in units of the stride.
-    pub octave_base_scale: f64,
-    /// Scales per octave.
-    pub scales_per_octave: usize,
-    /// Height / width ratios.
-    pub ratios: Vec<f64>,
-    /// Stride of each level.
-    pub strides: Vec<usize>,
-}
-
-/// DeltaXYWH box coder.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeltaXywhCoderConfig {
-    /// Means subtracted from the deltas.
-    pub target_means: [f64; 4],
-    /// Stds dividing the deltas.
-    pub target_stds: [f64; 4],
-}
-
-/// Sigmoid focal loss.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FocalLossConfig {
-    /// Focusing parameter.
-    pub gamma: f64,
-    /// Balance of positives.
-    pub alpha: f64,
-    /// Weight in the total loss.
-    pub loss_weight: f64,
-}
-
-/// L1 loss.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct L1LossConfig {
-    /// Weight in the total loss.
-    pub loss_weight: f64,
+    pub loss_bbox: crate::losses::L1LossConfig,
 }
 
 /// Training-only settings of RetinaNet.
@@ -174,19 +94,7 @@ pub struct L1LossConfig {
 #[serde(deny_unknown_fields)]
 pub struct RetinaTrainConfig {
     /// Anchor to ground-truth assignment.
-    pub assigner: MaxIouAssignerConfig,
-}
-
-/// Max-IoU assignment.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MaxIouAssignerConfig {
-    /// IoU at or above which an anchor is positive.
-    pub pos_iou_thr: f64,
-    /// IoU below which an anchor is negative (in between: ignored).
-    pub neg_iou_thr: f64,
-    /// Minimum IoU for the "best anchor of each box" rule.
-    pub min_pos_iou: f64,
+    pub assigner: crate::assigners::MaxIouAssignerConfig,
 }
 
 /// Inference of a dense head.

@@ -153,6 +153,7 @@ pub fn load_sample(r: &DetRecord, pipeline: &PipelineConfig, flip: bool) -> Resu
             img_size: size,
             scale: (1.0, 1.0),
             flipped: false,
+            pad_size: size,
         },
     };
     let s = transforms::resize(s, pipeline.img_scale, pipeline.keep_ratio);
@@ -178,7 +179,13 @@ pub fn collate(samples: Vec<Sample>, pipeline: &PipelineConfig) -> Batch {
     let per = 3 * ph * pw;
     let mut images = vec![0.0f32; samples.len() * per];
     let mut items = Vec::with_capacity(samples.len());
-    for (i, s) in samples.into_iter().enumerate() {
+    for (i, mut s) in samples.into_iter().enumerate() {
+        let (w, h) = s.meta.img_size;
+        let d = pipeline.pad_size_divisor;
+        s.meta.pad_size = (
+            transforms::round_up(w as usize, d) as u32,
+            transforms::round_up(h as usize, d) as u32,
+        );
         transforms::normalize_into(
             &s.image,
             pipeline.mean,

@@ -1,5 +1,6 @@
 //! The input pipeline: COCO records, transforms, batching and the threaded loader.
 
+pub mod coco;
 pub mod loader;
 pub mod transforms;
 

@@ -36,6 +36,9 @@ pub struct ImageMeta {
     pub scale: (f32, f32),
     /// Whether the image was flipped horizontally.
     pub flipped: bool,
+    /// `(width, height)` of this image padded to the size divisor (mmdetection `pad_shape`): anchors beyond
+    /// it are invalid. Set when batching.
+    pub pad_size: (u32, u32),
 }
 
 /// The size an image of `(w, h)` gets under mmdetection's keep-ratio rescale to `scale = [long, short]`:
@@ -173,6 +176,7 @@ mod tests {
                 img_size: (w, h),
                 scale: (1.0, 1.0),
                 flipped: false,
+                pad_size: (w, h),
             },
         }
     }

@@ -1,5 +1,8 @@
 //! The training engine's parts: learning-rate schedule, gradient processing, checkpoints, logs and the loop.
 
 pub mod checkpoint;
+pub mod evaluate;
 pub mod grads;
+pub mod log;
 pub mod schedule;
+pub mod trainer;

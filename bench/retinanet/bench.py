@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""RetinaNet R50-FPN speed, attndet against torchvision, side by side on the same machine.
+
+    python3 bench/retinanet/bench.py [--attndet target/release/attndet] [--threads 2] [--device cpu|cuda]
+
+Measures (median over the timed iterations, after warm-up):
+  train: one SGD iteration (forward, losses, backward, step) on a batch of 2 x 3 x 512 x 512 images with
+         3 boxes each, mmdetection's RetinaNet settings (frozen stem + stage 1, norm_eval, 80 classes);
+  infer: one forward + post-processing of a 3 x 800 x 1216 image (score_thr 0.05, NMS 0.5, 100 dets).
+attndet runs through its CLI (`attndet train` logs the time of every iteration in log.jsonl; `attndet test`
+reports its wall time), on a COCO-format dataset this script writes to a temp dir. torchvision builds the same
+architecture (ResNet-50 with FrozenBatchNorm, layers 2-4 trainable, FPN P3-P7 from C5, 9 anchors, 4-conv heads).
+Prints a table and one JSON line with the ratios (attndet time / torchvision time).
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIG = os.path.join(ROOT, "configs/retinanet/retinanet_r50_fpn_1x_coco.json")
+
+
+def write_dataset(root, name, n, w, h, rng):
+    """n random images of w x h with 3 boxes each, as COCO JSON + PNGs under root/name."""
+    os.makedirs(os.path.join(root, name), exist_ok=True)
+    images, anns = [], []
+    for i in range(n):
+        arr = rng.integers(0, 255, size=(h, w, 3), dtype=np.uint8)
+        fname = f"{i}.png"
+        Image.fromarray(arr).save(os.path.join(root, name, fname))
+        images.append({"id": i + 1, "width": w, "height": h, "file_name": fname})
+        for j in range(3):
+            x, y = float(rng.integers(0, w // 2)), float(rng.integers(0, h // 2))
+            bw, bh = float(rng.integers(32, w // 3)), float(rng.integers(32, h // 3))
+            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": j + 1, "bbox": [x, y, bw, bh],
+                         "area": bw * bh, "iscrowd": 0})
+    cats = [{"id": k + 1, "name": f"c{k + 1}"} for k in range(80)]
+    path = os.path.join(root, f"{name}.json")
+    with open(path, "w") as f:
+        json.dump({"images": images, "annotations": anns, "categories": cats}, f)
+    return path
+
+
+def attndet_overrides(root, train_name, val_name, side):
+    return [
+        f'data.data_root="{root}"',
+        f"data.train.ann_file={train_name}.json", f"data.train.img_dir={train_name}",
+        f"data.val.ann_file={val_name}.json", f"data.val.img_dir={val_name}",
+        "data.batch_size=2", "data.num_workers=1", "data.pipeline.flip_prob=0",
+        f"data.pipeline.img_scale={side}",
+        "evaluation.interval=0", "log_config.interval=1", "runner.max_epochs=1",
+    ]
+
+
+def bench_attndet(binary, root, device, train_iters):
+    # train: train_iters iterations of batch 2 at 512 x 512 (one epoch), times from log.jsonl
+    work = os.path.join(root, "work")
+    args = [binary, "--device", device, "train", CONFIG, "--work-dir", work, "--quiet", "--cfg-options",
+            *attndet_overrides(root, "train512", "val1216", "[512,512]")]
+    subprocess.run(args, check=True)
+    times = []
+    with open(os.path.join(work, "log.jsonl")) as f:
+        for line in f:
+            rec = json.loads(line)
+            if rec["mode"] == "train":
+                times.append(rec["time"] - rec["data_time"])
+    train_s = statistics.median(times[1:]) if len(times) > 1 else times[0]
+    # infer: `attndet test` over the val images (800 x 1216, kept as is by the (1333, 800) rescale), batch 1
+    args = [binary, "--device", device, "test", CONFIG, os.path.join(work, "epoch_1"), "--json", "--cfg-options",
+            *attndet_overrides(root, "train512", "val1216", "[1333,800]"), "data.batch_size=1"]
+    out = subprocess.run(args, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    res = json.loads(out)
+    infer_s = res["seconds"] / res["images"]
+    return train_s, infer_s, times
+
+
+def bench_torchvision(threads, device, train_iters, infer_iters):
+    import torch
+    import torchvision
+    from torchvision.models.detection import RetinaNet
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    backbone = torchvision.models.resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
+    backbone = _resnet_fpn_extractor(backbone, 3, returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(2048, 256))
+    # images are given at their final size: no resize inside the model (min_size/max_size keep 512 and 800x1216)
+    model = RetinaNet(backbone, num_classes=80, min_size=512, max_size=1333).to(device)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9,
+                          weight_decay=1e-4)
+    g = torch.Generator().manual_seed(0)
+    imgs = [torch.rand(3, 512, 512, generator=g).to(device) for _ in range(2)]
+    targets = [{"boxes": torch.tensor([[10., 20., 200., 220.], [100., 50., 300., 400.], [300., 300., 500., 480.]],
+                                      device=device), "labels": torch.tensor([1, 2, 3], device=device)} for _ in range(2)]
+    model.train()
+    times = []
+    for _ in range(train_iters):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        losses = model(imgs, targets)
+        loss = sum(losses.values())
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 35)
+        opt.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    train_s = statistics.median(times[1:])
+    model.eval()
+    model.transform.min_size = (800,)
+    img = torch.rand(3, 800, 1216, generator=g).to(device)
+    itimes = []
+    with torch.no_grad():
+        for _ in range(infer_iters):
+            t = time.perf_counter()
+            model([img])
+            if device == "cuda":
+                torch.cuda.synchronize()
+            itimes.append(time.perf_counter() - t)
+    infer_s = statistics.median(itimes[1:])
+    return train_s, infer_s
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--attndet", default=os.path.join(ROOT, "target/release/attndet"))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--train-iters", type=int, default=4)
+    ap.add_argument("--infer-images", type=int, default=3)
+    a = ap.parse_args()
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as root:
+        write_dataset(root, "train512", 2 * a.train_iters, 512, 512, rng)
+        write_dataset(root, "val1216", a.infer_images, 1216, 800, rng)
+        env_threads = str(a.threads)
+        os.environ["RAYON_NUM_THREADS"] = env_threads
+        ours_train, ours_infer, ours_times = bench_attndet(a.attndet, root, "cuda:0" if a.device == "cuda" else "cpu",
+                                                           a.train_iters)
+    tv_train, tv_infer = bench_torchvision(a.threads, a.device, a.train_iters, a.infer_images + 1)
+    print(f"{'':28}{'attndet':>12}{'torchvision':>14}{'ratio':>8}")
+    print(f"{'train iter 2x512x512 (s)':28}{ours_train:12.3f}{tv_train:14.3f}{ours_train / tv_train:8.2f}")
+    print(f"{'inference 800x1216 (s)':28}{ours_infer:12.3f}{tv_infer:14.3f}{ours_infer / tv_infer:8.2f}")
+    print(json.dumps({"device": a.device, "threads": a.threads,
+                      "train_s": {"attndet": ours_train, "torchvision": tv_train, "ratio": ours_train / tv_train},
+                      "infer_s": {"attndet": ours_infer, "torchvision": tv_infer, "ratio": ours_infer / tv_infer},
+                      "attndet_train_iter_times": ours_times}))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,350 @@
+//! The training loop: SGD (PyTorch semantics), warmup + step schedule, optional no-decay-on-norm/bias and
+//! global-norm clipping, a checkpoint per epoch, evaluation every N epochs with the best checkpoint kept,
+//! a JSON-lines log, and an exact resume (same batches, same flips, same weights and momentum).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{GradientsParams, Optimizer, SgdConfig};
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+
+use super::checkpoint::{self, CheckpointError, TrainState};
+use super::grads;
+use super::log::{EvalRecord, IterRecord, JsonLog, LogLine, resident_memory_mb};
+use super::schedule::{LrSchedule, auto_scaled_lr};
+use crate::config::{ExperimentConfig, OptimizerConfig};
+use crate::data::{Batch, DetRecord, EpochLoader, ImageError, LoaderOptions};
+use crate::models::{Detector, ModelError};
+
+/// Why training stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// An image could not be read.
+    #[error(transparent)]
+    Data(#[from] ImageError),
+    /// The model rejected its input.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// A loss became NaN or infinite.
+    #[error(
+        "loss is not finite at epoch {epoch}, iteration {iter} ({terms}); training stopped. {}",
+        match checkpoint { Some(c) => format!("The last good checkpoint is {}", c.display()), None => "No checkpoint was written yet".into() }
+    )]
+    NonFiniteLoss {
+        /// Epoch (1-based).
+        epoch: usize,
+        /// Iteration in the epoch (1-based).
+        iter: usize,
+        /// The loss terms, formatted.
+        terms: String,
+        /// The last checkpoint written, left untouched.
+        checkpoint: Option<PathBuf>,
+    },
+    /// A checkpoint could not be written or read.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// The work dir or the log could not be written.
+    #[error("work dir {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The evaluation hook failed.
+    #[error("evaluation failed: {0}")]
+    Eval(String),
+    /// The resume checkpoint belongs to a different setup.
+    #[error("cannot resume from {path}: {message}")]
+    Resume {
+        /// The checkpoint.
+        path: PathBuf,
+        /// What does not match.
+        message: String,
+    },
+}
+
+/// Everything a run needs besides the model.
+#[derive(Debug, Clone)]
+pub struct TrainSetup {
+    /// The typed config.
+    pub cfg: ExperimentConfig,
+    /// The resolved config (saved with every checkpoint and as `config.json`).
+    pub resolved: serde_json::Value,
+    /// Where checkpoints and logs go.
+    pub work_dir: PathBuf,
+    /// Training images.
+    pub train_records: Arc<Vec<DetRecord>>,
+    /// Resume from this checkpoint directory.
+    pub resume_from: Option<PathBuf>,
+    /// Scale the learning rate by `batch_size / auto_scale_lr.base_batch_size`.
+    pub auto_scale_lr: bool,
+    /// Stop after this many iterations in total (tests and smoke runs); `None`: the full schedule.
+    pub max_iters: Option<usize>,
+}
+
+/// Callbacks of the loop: progress display and evaluation live with the caller.
+pub trait TrainHooks<M> {
+    /// An epoch starts with `iters` iterations (`first_iter` > 0 when resuming inside it).
+    fn on_epoch_start(&mut self, _epoch: usize, _iters: usize) {}
+    /// An iteration finished.
+    fn on_iter(&mut self, _rec: &IterRecord) {}
+    /// Evaluate `model` after `epoch`; returns the 12 COCO bbox stats (or `None` to skip).
+    fn evaluate(&mut self, _model: &M, _epoch: usize) -> Result<Option<Vec<f64>>, String> {
+        Ok(None)
+    }
+    /// A checkpoint was written.
+    fn on_checkpoint(&mut self, _dir: &Path) {}
+    /// A message for the user (resume, skipped images, best checkpoint).
+    fn on_message(&mut self, _msg: &str) {}
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    /// Epochs completed.
+    pub epochs: usize,
+    /// Iterations completed.
+    pub iters: usize,
+    /// Last checkpoint.
+    pub last_checkpoint: Option<PathBuf>,
+    /// Best bbox AP and its epoch.
+    pub best: Option<(f64, usize)>,
+    /// Loss of every iteration run in this process (for tests of exact resume).
+    pub losses: Vec<f64>,
+    /// The last evaluation's stats.
+    pub last_eval: Option<Vec<f64>>,
+}
+
+/// Loader options of the training split.
+pub fn train_loader_options(cfg: &ExperimentConfig) -> LoaderOptions {
+    LoaderOptions {
+        batch_size: cfg.data.batch_size,
+        num_workers: cfg.data.num_workers,
+        prefetch: cfg.data.prefetch,
+        shuffle: true,
+        group_by_aspect_ratio: cfg.data.group_by_aspect_ratio,
+        skip_bad_images: cfg.data.skip_bad_images,
+        flip_prob: cfg.data.pipeline.flip_prob,
+        pipeline: cfg.data.pipeline.clone(),
+        seed: cfg.seed,
+    }
+}
+
+/// Upload a batch's pixels.
+pub fn batch_tensor<B: Backend>(batch: &Batch, device: &B::Device) -> Tensor<B, 4> {
+    Tensor::from_data(TensorData::new(batch.images.clone(), batch.shape), device)
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Train `model` (already built, with its backbone initialised and frozen as configured).
+pub fn train<B, M, H>(
+    mut model: M,
+    setup: &TrainSetup,
+    device: &B::Device,
+    hooks: &mut H,
+) -> Result<(M, TrainSummary), TrainError>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B> + Detector<B>,
+    H: TrainHooks<M::InnerModule>,
+{
+    let cfg = &setup.cfg;
+    let OptimizerConfig::Sgd(sgd) = &cfg.optimizer;
+    std::fs::create_dir_all(&setup.work_dir).map_err(io_err(&setup.work_dir))?;
+    let config_path = setup.work_dir.join("config.json");
+    write_atomic(
+        &config_path,
+        &serde_json::to_string_pretty(&setup.resolved).expect("JSON value"),
+    )?;
+    let log = JsonLog::new(&setup.work_dir);
+
+    let builtin_decay = (!sgd.no_decay_on_norm_and_bias && sgd.weight_decay > 0.0)
+        .then(|| burn::optim::decay::WeightDecayConfig::new(sgd.weight_decay as f32));
+    let mut optim = SgdConfig::new()
+        // torch's SGD has no dampening; burn's default is 0.1
+        .with_momentum(Some(
+            MomentumConfig::new()
+                .with_momentum(sgd.momentum)
+                .with_dampening(0.0),
+        ))
+        .with_weight_decay(builtin_decay)
+        .init::<B, M>();
+
+    let base_lr = if setup.auto_scale_lr || cfg.auto_scale_lr.enable {
+        auto_scaled_lr(sgd.lr, cfg.data.batch_size, cfg.auto_scale_lr.base_batch_size)
+    } else {
+        sgd.lr
+    };
+    let mut state = TrainState {
+        epoch: 0,
+        global_iter: 0,
+        seed: cfg.seed,
+        base_lr,
+        best: None,
+        config: setup.resolved.clone(),
+    };
+    let mut last_checkpoint = None;
+    if let Some(dir) = &setup.resume_from {
+        let saved = checkpoint::load_state(dir)?;
+        if saved.seed != cfg.seed {
+            return Err(TrainError::Resume {
+                path: dir.clone(),
+                message: format!(
+                    "it was trained with seed {}, this run has seed {}",
+                    saved.seed, cfg.seed
+                ),
+            });
+        }
+        model = checkpoint::load_model(dir, model, device)?;
+        optim = checkpoint::load_optimizer::<B, M, _>(dir, optim, device)?;
+        hooks.on_message(&format!(
+            "resumed from {} (epoch {}, iteration {})",
+            dir.display(),
+            saved.epoch,
+            saved.global_iter
+        ));
+        state = TrainState {
+            config: setup.resolved.clone(),
+            ..saved
+        };
+        last_checkpoint = Some(dir.clone());
+    }
+    let schedule = LrSchedule::new(state.base_lr, &cfg.lr_config);
+    let opts = train_loader_options(cfg);
+    let mut losses = Vec::new();
+    let mut last_eval = None;
+    let max_iters = setup.max_iters.unwrap_or(usize::MAX);
+
+    'epochs: while state.epoch < cfg.runner.max_epochs {
+        let epoch = state.epoch; // 0-based
+        let loader = EpochLoader::start(setup.train_records.clone(), &opts, epoch, 0);
+        let iters = loader.len();
+        hooks.on_epoch_start(epoch + 1, iters);
+        let mut t_prev = Instant::now();
+        for (i, batch) in loader.enumerate() {
+            if state.global_iter >= max_iters {
+                break 'epochs;
+            }
+            let batch = batch?;
+            let data_time = t_prev.elapsed().as_secs_f64();
+            let images = batch_tensor::<B>(&batch, device);
+            let parts = model.losses(images, &batch.samples)?;
+            let values: Vec<(String, f64)> = parts
+                .terms
+                .iter()
+                .map(|(n, t)| (n.to_string(), t.clone().into_scalar().elem::<f64>()))
+                .collect();
+            let total: f64 = values.iter().map(|(_, v)| v).sum();
+            if !total.is_finite() {
+                let terms = values
+                    .iter()
+                    .map(|(n, v)| format!("{n} = {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Err(TrainError::NonFiniteLoss {
+                    epoch: epoch + 1,
+                    iter: i + 1,
+                    terms,
+                    checkpoint: last_checkpoint,
+                });
+            }
+            let mut g = GradientsParams::from_grads(parts.total().backward(), &model);
+            if sgd.no_decay_on_norm_and_bias && sgd.weight_decay > 0.0 {
+                grads::add_weight_decay_to_weights::<B, M>(&model, &mut g, sgd.weight_decay);
+            }
+            let grad_norm = sgd
+                .grad_clip
+                .as_ref()
+                .map(|c| grads::clip_grad_norm::<B, M>(&model, &mut g, c.max_norm) as f64);
+            let lr = schedule.lr(epoch, state.global_iter);
+            model = optim.step(lr, model, g);
+            state.global_iter += 1;
+            losses.push(total);
+            let rec = IterRecord {
+                epoch: epoch + 1,
+                iter: i + 1,
+                iters_per_epoch: iters,
+                global_iter: state.global_iter,
+                lr,
+                loss: total,
+                terms: values,
+                grad_norm,
+                time: t_prev.elapsed().as_secs_f64(),
+                data_time,
+                memory_mb: resident_memory_mb(),
+            };
+            hooks.on_iter(&rec);
+            if (i + 1) % cfg.log_config.interval.max(1) == 0 || i + 1 == iters {
+                log.append(&LogLine::Train(rec)).map_err(io_err(log.path()))?;
+            }
+            t_prev = Instant::now();
+        }
+        state.epoch += 1;
+        let done = state.epoch;
+        let checkpoint_due =
+            done.is_multiple_of(cfg.checkpoint_config.interval.max(1)) || done == cfg.runner.max_epochs;
+        let eval_due = cfg.evaluation.interval > 0
+            && (done.is_multiple_of(cfg.evaluation.interval) || done == cfg.runner.max_epochs);
+        let mut improved = false;
+        if eval_due {
+            let inner = model.valid();
+            if let Some(stats) = hooks.evaluate(&inner, done).map_err(TrainError::Eval)? {
+                log.append(&LogLine::Val(EvalRecord {
+                    epoch: done,
+                    bbox_stats: stats.clone(),
+                }))
+                .map_err(io_err(log.path()))?;
+                let ap = stats.first().copied().unwrap_or(0.0);
+                if state.best.is_none_or(|(best, _)| ap > best) {
+                    state.best = Some((ap, done));
+                    improved = true;
+                }
+                last_eval = Some(stats);
+            }
+        }
+        if checkpoint_due {
+            let dir = setup.work_dir.join(format!("epoch_{done}"));
+            checkpoint::save::<B, M, _>(&dir, &model, &optim, &state)?;
+            checkpoint::mark_latest(&setup.work_dir, &dir)?;
+            hooks.on_checkpoint(&dir);
+            last_checkpoint = Some(dir);
+        }
+        if improved && cfg.evaluation.save_best {
+            let dir = setup.work_dir.join("best");
+            checkpoint::save::<B, M, _>(&dir, &model, &optim, &state)?;
+            if let Some((ap, e)) = state.best {
+                hooks.on_message(&format!(
+                    "best bbox AP {ap:.4} at epoch {e}: saved {}",
+                    dir.display()
+                ));
+            }
+        }
+    }
+    let summary = TrainSummary {
+        epochs: state.epoch,
+        iters: state.global_iter,
+        last_checkpoint,
+        best: state.best,
+        losses,
+        last_eval,
+    };
+    Ok((model, summary))
+}
+
+/// Write a text file through a temporary file and a rename.
+pub fn write_atomic(path: &Path, text: &str) -> Result<(), TrainError> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&tmp, text).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}

@@ -1,0 +1,3 @@
+//! Dense and RoI heads.
+
+pub mod retina;

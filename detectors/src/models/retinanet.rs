@@ -1,0 +1,516 @@
+//! RetinaNet (Lin et al. 2017) with mmdetection's defaults: a zoo backbone, FPN P3-P7 (extra convs on the
+//! input), a shared 4-conv head with 9 anchors per location, sigmoid focal loss + L1 on deltas, MaxIoU
+//! assignment (0.5 / 0.4), and inference with per-level top-k, a score threshold, class-aware NMS and a
+//! per-image cap, mapped back to the original image.
+
+use std::path::Path;
+
+use attndet_backbones::{AnyBackbone, Backbone, BackboneArch, NormMode};
+use burn::prelude::*;
+use burn::tensor::activation::sigmoid;
+
+use super::{Detections, Detector, Losses, ModelError, to_original};
+use crate::anchors::AnchorGenerator;
+use crate::assigners::MaxIouAssigner;
+use crate::coders::DeltaXywhCoder;
+use crate::config::{DenseTestConfig, RetinaNetConfig};
+use crate::data::BatchItem;
+use crate::heads::retina::{RetinaHead, RetinaHeadSizes};
+use crate::losses::{FocalLoss, L1Loss};
+use crate::necks::Fpn;
+use crate::ops::batched_nms_host;
+
+/// The non-trainable parts: anchors, coder, assigner, losses and test settings (constants of the module).
+#[derive(Debug, Clone)]
+pub struct RetinaParts {
+    anchors: AnchorGenerator,
+    coder: DeltaXywhCoder,
+    assigner: MaxIouAssigner,
+    loss_cls: FocalLoss,
+    loss_bbox: L1Loss,
+    test: DenseTestConfig,
+}
+
+/// RetinaNet.
+#[derive(Module, Debug)]
+pub struct RetinaNet<B: Backend> {
+    /// Backbone from the zoo.
+    pub backbone: AnyBackbone<B>,
+    /// FPN.
+    pub neck: Fpn<B>,
+    /// Dense head.
+    pub bbox_head: RetinaHead<B>,
+    parts: RetinaParts,
+}
+
+fn model_err(e: impl std::fmt::Display) -> ModelError {
+    ModelError(e.to_string())
+}
+
+impl<B: Backend> RetinaNet<B> {
+    /// Build from a config: backbone from the zoo (weights from `init_checkpoint` when given), frozen stages
+    /// and norm_eval applied, neck and head sized from the backbone's feature specs.
+    pub fn from_config(cfg: &RetinaNetConfig, device: &B::Device) -> Result<Self, ModelError> {
+        let arch = BackboneArch::parse(&cfg.backbone.name)
+            .map_err(|e| ModelError(format!("model.backbone.name: {e}")))?;
+        let mut backbone = arch.build::<B>(device).map_err(model_err)?;
+        if let Some(path) = &cfg.backbone.init_checkpoint {
+            backbone
+                .load_weights(&arch, Path::new(path))
+                .map_err(|e| ModelError(format!("model.backbone.init_checkpoint {path}: {e}")))?;
+        }
+        let backbone = backbone.with_norm_mode(if cfg.backbone.norm_eval {
+            NormMode::Frozen
+        } else {
+            NormMode::Auto
+        });
+        let backbone = if cfg.backbone.frozen_stages >= 0 {
+            backbone.with_frozen_stages(cfg.backbone.frozen_stages as usize)
+        } else {
+            backbone
+        };
+        let neck = cfg
+            .neck
+            .init::<B>(&backbone.feature_specs(), device)
+            .map_err(|e| ModelError(format!("model.neck: {e}")))?;
+        let head_cfg = &cfg.bbox_head;
+        let anchors = head_cfg
+            .anchor_generator
+            .init()
+            .map_err(|e| ModelError(format!("model.bbox_head.anchor_generator: {e}")))?;
+        let levels = neck.output_specs();
+        if levels.len() != anchors.num_levels() {
+            return Err(ModelError(format!(
+                "model.bbox_head.anchor_generator: {} strides for {} FPN levels",
+                anchors.num_levels(),
+                levels.len()
+            )));
+        }
+        for (spec, &stride) in levels.iter().zip(anchors.strides()) {
+            if spec.stride != stride {
+                return Err(ModelError(format!(
+                    "model.bbox_head.anchor_generator.strides: {stride} for an FPN level of stride {}",
+                    spec.stride
+                )));
+            }
+        }
+        let num_anchors = anchors.num_base_anchors()[0];
+        let bbox_head = RetinaHeadSizes {
+            in_channels: cfg.neck.out_channels,
+            feat_channels: head_cfg.feat_channels,
+            stacked_convs: head_cfg.stacked_convs,
+            num_classes: head_cfg.num_classes,
+            num_anchors,
+            prior_prob: head_cfg.prior_prob,
+        }
+        .init(device);
+        let parts = RetinaParts {
+            anchors,
+            coder: head_cfg
+                .bbox_coder
+                .init()
+                .map_err(|e| ModelError(format!("model.bbox_head.bbox_coder: {e}")))?,
+            assigner: cfg
+                .train_cfg
+                .assigner
+                .init()
+                .map_err(|e| ModelError(format!("model.train_cfg.assigner: {e}")))?,
+            loss_cls: head_cfg
+                .loss_cls
+                .init()
+                .map_err(|e| ModelError(format!("model.bbox_head.loss_cls: {e}")))?,
+            loss_bbox: head_cfg.loss_bbox.init(),
+            test: cfg.test_cfg.clone(),
+        };
+        Ok(Self {
+            backbone,
+            neck,
+            bbox_head,
+            parts,
+        }
+        .fork(device))
+    }
+
+    /// Head outputs of every level.
+    ///
+    /// # Shapes
+    /// - images: `[N, 3, H, W]`
+    /// - output: per level `([N, A_l, K], [N, A_l, 4])` and the level's `[H_l, W_l]`
+    pub fn forward_head(&self, images: Tensor<B, 4>) -> Result<HeadOutputs<B>, ModelError> {
+        let feats = self.backbone.forward_features(images);
+        let pyramid = self.neck.forward(feats).map_err(model_err)?;
+        let sizes = pyramid.iter().map(|p| [p.dims()[2], p.dims()[3]]).collect();
+        Ok((self.bbox_head.forward(&pyramid), sizes))
+    }
+
+    /// Classification and box targets of one image.
+    ///
+    /// # Shapes
+    /// - anchors: `[T, 4]`, valid: `[T]`
+    /// - output: labels `[T]` (class, or K for background), label weights `[T]` (0 for ignored anchors),
+    ///   box targets `[T, 4]` (encoded deltas, 0 for non-positives), positive mask as floats `[T, 1]`
+    fn targets(
+        &self,
+        anchors: Tensor<B, 2>,
+        valid: Tensor<B, 1, Bool>,
+        item: &BatchItem,
+    ) -> Result<ImageTargets<B>, ModelError> {
+        let device = anchors.device();
+        let t = anchors.dims()[0];
+        let k = self.bbox_head.num_classes() as i64;
+        let gt = rows_tensor::<B>(&item.boxes, &device);
+        let labels: Vec<i64> = item.labels.iter().map(|&l| l as i64).collect();
+        if let Some(&bad) = labels.iter().find(|&&l| l >= k) {
+            return Err(ModelError(format!(
+                "{}: label {bad} but the head has {k} classes",
+                item.meta.file.display()
+            )));
+        }
+        let m = labels.len();
+        let gt_labels =
+            Tensor::<B, 1, Int>::from_data(TensorData::new(labels, [m]).convert::<B::IntElem>(), &device);
+        let ignore = (!item.ignore.is_empty()).then(|| rows_tensor::<B>(&item.ignore, &device));
+        let assign = self
+            .parts
+            .assigner
+            .assign(anchors.clone(), gt.clone(), gt_labels, ignore, Some(valid))
+            .map_err(model_err)?;
+        let pos = assign.positive();
+        let neg = assign.negative();
+        let cls_labels = assign
+            .labels
+            .clone()
+            .mask_where(pos.clone().bool_not(), Tensor::full([t], k, &device));
+        let weights = pos.clone().bool_or(neg).float();
+        let pos_f = pos.clone().float().reshape([t, 1]);
+        let box_targets = if m == 0 {
+            Tensor::zeros([t, 4], &device)
+        } else {
+            let matched = gt.select(0, assign.gt_index_or_zero());
+            let enc = self.parts.coder.encode(anchors, matched).map_err(model_err)?;
+            // non-positives may pair an anchor with an unrelated box: zero them (weight 0 would not cancel NaN)
+            enc.mask_where(
+                pos.bool_not().reshape([t, 1]).expand([t, 4]),
+                Tensor::zeros([t, 4], &device),
+            )
+        };
+        Ok(ImageTargets {
+            labels: cls_labels,
+            weights,
+            box_targets,
+            positive: pos_f,
+        })
+    }
+}
+
+/// Head outputs per level (`([N, A_l, K], [N, A_l, 4])`) and the levels' `[H_l, W_l]`.
+pub type HeadOutputs<B> = (Vec<(Tensor<B, 3>, Tensor<B, 3>)>, Vec<[usize; 2]>);
+
+/// Training targets of one image over all `T` anchors.
+struct ImageTargets<B: Backend> {
+    /// `[T]`: class, or K for background.
+    labels: Tensor<B, 1, Int>,
+    /// `[T]`: 1 for positives and negatives, 0 for ignored anchors.
+    weights: Tensor<B, 1>,
+    /// `[T, 4]`: encoded deltas of positives, 0 elsewhere.
+    box_targets: Tensor<B, 2>,
+    /// `[T, 1]`: 1 for positives.
+    positive: Tensor<B, 2>,
+}
+
+/// One level's outputs of a whole batch, read back to the host for post-processing.
+struct LevelOnHost {
+    /// Sigmoid scores `[N, T_l, K]`, row-major.
+    scores: Vec<f32>,
+    /// Deltas `[N, T_l, 4]`.
+    deltas: Vec<f32>,
+    /// Anchors `[T_l, 4]`.
+    anchors: Vec<f32>,
+    /// Anchors of the level.
+    t: usize,
+}
+
+fn rows_tensor<B: Backend>(rows: &[[f32; 4]], device: &B::Device) -> Tensor<B, 2> {
+    let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+    Tensor::from_data(TensorData::new(flat, [rows.len(), 4]), device)
+}
+
+impl<B: Backend> Detector<B> for RetinaNet<B> {
+    fn losses(&self, images: Tensor<B, 4>, items: &[BatchItem]) -> Result<Losses<B>, ModelError> {
+        let device = images.device();
+        let [n, _, h, w] = images.dims();
+        if n != items.len() {
+            return Err(ModelError(format!(
+                "images: batch of {n} with {} annotation sets",
+                items.len()
+            )));
+        }
+        let (outs, sizes) = self.forward_head(images)?;
+        let anchors = Tensor::cat(
+            self.parts
+                .anchors
+                .grid_anchors::<B>(&sizes, &device)
+                .map_err(model_err)?,
+            0,
+        );
+        let t = anchors.dims()[0];
+        let k = self.bbox_head.num_classes();
+        let cls = Tensor::cat(outs.iter().map(|(c, _)| c.clone()).collect(), 1); // [N, T, K]
+        let reg = Tensor::cat(outs.into_iter().map(|(_, r)| r).collect(), 1); // [N, T, 4]
+        let (mut labels, mut weights, mut box_t, mut pos) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for item in items {
+            let pad = [
+                h.min(item.meta.pad_size.1 as usize),
+                w.min(item.meta.pad_size.0 as usize),
+            ];
+            let valid = Tensor::cat(
+                self.parts
+                    .anchors
+                    .valid_flags::<B>(&sizes, pad, &device)
+                    .map_err(model_err)?,
+                0,
+            );
+            let t = self.targets(anchors.clone(), valid, item)?;
+            labels.push(t.labels);
+            weights.push(t.weights);
+            box_t.push(t.box_targets);
+            pos.push(t.positive);
+        }
+        let labels = Tensor::cat(labels, 0);
+        let weights = Tensor::cat(weights, 0);
+        let box_t = Tensor::cat(box_t, 0);
+        let pos = Tensor::cat(pos, 0);
+        // average over positives (at least 1), as mmdetection's avg_factor
+        let avg = pos.clone().sum().clamp_min(1.0);
+        let loss_cls = self
+            .parts
+            .loss_cls
+            .forward(cls.reshape([n * t, k]), labels, Some(weights), Some(avg.clone()))
+            .map_err(model_err)?;
+        let loss_bbox = self
+            .parts
+            .loss_bbox
+            .forward(reg.reshape([n * t, 4]), box_t, Some(pos), Some(avg))
+            .map_err(model_err)?;
+        Ok(Losses {
+            terms: vec![("loss_cls", loss_cls), ("loss_bbox", loss_bbox)],
+        })
+    }
+
+    fn predict(&self, images: Tensor<B, 4>, items: &[BatchItem]) -> Result<Vec<Detections>, ModelError> {
+        let device = images.device();
+        let (outs, sizes) = self.forward_head(images)?;
+        let anchors = self
+            .parts
+            .anchors
+            .grid_anchors::<B>(&sizes, &device)
+            .map_err(model_err)?;
+        let k = self.bbox_head.num_classes();
+        let test = &self.parts.test;
+        // one host read per level of the whole batch's scores and deltas
+        let host: Vec<LevelOnHost> = outs
+            .into_iter()
+            .zip(&anchors)
+            .map(|((c, r), a)| {
+                let t = a.dims()[0];
+                let scores: Vec<f32> = sigmoid(c)
+                    .into_data()
+                    .convert::<f32>()
+                    .to_vec()
+                    .unwrap_or_default();
+                let deltas: Vec<f32> = r.into_data().convert::<f32>().to_vec().unwrap_or_default();
+                let anchors: Vec<f32> = a
+                    .clone()
+                    .into_data()
+                    .convert::<f32>()
+                    .to_vec()
+                    .unwrap_or_default();
+                LevelOnHost {
+                    scores,
+                    deltas,
+                    anchors,
+                    t,
+                }
+            })
+            .collect();
+        let mut results = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let (mut boxes, mut scores, mut labels) = (Vec::new(), Vec::new(), Vec::new());
+            for LevelOnHost {
+                scores: level_scores,
+                deltas: level_deltas,
+                anchors: level_anchors,
+                t,
+            } in &host
+            {
+                let s = &level_scores[i * t * k..(i + 1) * t * k];
+                // candidates above the threshold, the top nms_pre of them (mmdetection filter_scores_and_topk)
+                let mut cand: Vec<usize> = (0..t * k).filter(|&j| s[j] > test.score_thr as f32).collect();
+                cand.sort_by(|&a, &b| s[b].total_cmp(&s[a]).then(a.cmp(&b)));
+                cand.truncate(test.nms_pre);
+                if cand.is_empty() {
+                    continue;
+                }
+                let anchor_rows: Vec<f32> = cand
+                    .iter()
+                    .flat_map(|&j| level_anchors[(j / k) * 4..(j / k) * 4 + 4].to_vec())
+                    .collect();
+                let delta_rows: Vec<f32> = cand
+                    .iter()
+                    .flat_map(|&j| level_deltas[(i * t + j / k) * 4..(i * t + j / k) * 4 + 4].to_vec())
+                    .collect();
+                let c = cand.len();
+                let a = Tensor::<B, 2>::from_data(TensorData::new(anchor_rows, [c, 4]), &device);
+                let d = Tensor::<B, 2>::from_data(TensorData::new(delta_rows, [c, 4]), &device);
+                let (iw, ih) = item.meta.img_size;
+                let decoded = self
+                    .parts
+                    .coder
+                    .decode(a, d, Some([ih as usize, iw as usize]))
+                    .map_err(model_err)?;
+                let decoded: Vec<f32> = decoded.into_data().convert::<f32>().to_vec().unwrap_or_default();
+                for (n, &j) in cand.iter().enumerate() {
+                    boxes.push([
+                        decoded[n * 4],
+                        decoded[n * 4 + 1],
+                        decoded[n * 4 + 2],
+                        decoded[n * 4 + 3],
+                    ]);
+                    scores.push(s[j]);
+                    labels.push((j % k) as i64);
+                }
+            }
+            let keep = batched_nms_host(&boxes, &scores, &labels, test.nms_iou_thr as f32);
+            let mut det = Detections::default();
+            for &j in keep.iter().take(test.max_per_img) {
+                det.boxes.push(to_original(boxes[j], &item.meta));
+                det.scores.push(scores[j]);
+                det.labels.push(labels[j] as usize);
+            }
+            results.push(det);
+        }
+        Ok(results)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ModelConfig, apply_override, from_value_with_path, load_resolved};
+    use crate::data::transforms::ImageMeta;
+    use burn::backend::{Autodiff, Flex};
+
+    type A = Autodiff<Flex>;
+
+    /// The shipped RetinaNet model config, shrunk: ResNet-18, 3 classes, 16-channel neck and head.
+    pub(crate) fn tiny_config() -> RetinaNetConfig {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../configs/_base_/models/retinanet_r50_fpn.json");
+        let mut v = load_resolved(&path).unwrap();
+        for o in [
+            "model.backbone.name=resnet18",
+            "model.backbone.frozen_stages=-1",
+            "model.backbone.norm_eval=false",
+            "model.neck.out_channels=16",
+            "model.bbox_head.num_classes=3",
+            "model.bbox_head.feat_channels=16",
+            "model.bbox_head.stacked_convs=1",
+        ] {
+            apply_override(&mut v, o).unwrap();
+        }
+        let ModelConfig::RetinaNet(cfg) = from_value_with_path(&v["model"], "tiny").unwrap();
+        cfg
+    }
+
+    fn item(boxes: Vec<[f32; 4]>, labels: Vec<usize>) -> BatchItem {
+        BatchItem {
+            meta: ImageMeta {
+                image_id: 1,
+                file: "synthetic".into(),
+                ori_size: (64, 64),
+                img_size: (64, 64),
+                scale: (1.0, 1.0),
+                flipped: false,
+                pad_size: (64, 64),
+            },
+            boxes,
+            labels,
+            ignore: vec![],
+        }
+    }
+
+    fn losses(model: &RetinaNet<A>, it: BatchItem) -> (f32, f32) {
+        let device = Default::default();
+        let images = Tensor::<A, 4>::random(
+            [1, 3, 64, 64],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let l = model.losses(images, &[it]).unwrap();
+        let v = |i: usize| l.terms[i].1.clone().into_scalar();
+        (v(0), v(1))
+    }
+
+    /// mmdetection's head test: empty ground truth gives a positive classification loss (every anchor is a
+    /// negative) and a zero box loss (no positive); one box makes both positive.
+    #[test]
+    fn empty_gt_gives_cls_loss_only_and_one_box_gives_both() {
+        let device = Default::default();
+        A::seed(&device, 0);
+        let model = RetinaNet::<A>::from_config(&tiny_config(), &device).unwrap();
+        let (cls, bbox) = losses(&model, item(vec![], vec![]));
+        assert!(cls > 0.0, "cls {cls}");
+        assert_eq!(bbox, 0.0);
+        let (cls, bbox) = losses(&model, item(vec![[10.0, 12.0, 40.0, 50.0]], vec![1]));
+        assert!(cls > 0.0 && bbox > 0.0, "cls {cls} bbox {bbox}");
+    }
+
+    #[test]
+    fn a_label_beyond_the_classes_is_an_error_naming_the_image() {
+        let device = Default::default();
+        let model = RetinaNet::<A>::from_config(&tiny_config(), &device).unwrap();
+        let images = Tensor::<A, 4>::zeros([1, 3, 64, 64], &device);
+        let err = model
+            .losses(images, &[item(vec![[0.0, 0.0, 8.0, 8.0]], vec![7])])
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("synthetic") && err.to_string().contains("label 7"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn predictions_respect_the_caps_and_lie_in_the_original_image() {
+        let device = Default::default();
+        let mut cfg = tiny_config();
+        cfg.test_cfg.max_per_img = 5;
+        cfg.test_cfg.score_thr = 0.0; // the prior gives every anchor 0.01
+        let model = RetinaNet::<Flex>::from_config(&cfg, &device).unwrap();
+        let images = Tensor::<Flex, 4>::zeros([2, 3, 64, 64], &device);
+        let mut it = item(vec![], vec![]);
+        it.meta.ori_size = (32, 32);
+        it.meta.scale = (2.0, 2.0);
+        let dets = model.predict(images, &[it.clone(), it]).unwrap();
+        assert_eq!(dets.len(), 2);
+        assert_eq!(dets[0].boxes.len(), 5);
+        assert!(dets[0].boxes.iter().flatten().all(|&c| (0.0..=32.0).contains(&c)));
+        assert!(dets[0].scores.windows(2).all(|w| w[0] >= w[1]));
+        // default threshold 0.05 > prior 0.01: nothing survives
+        let model = RetinaNet::<Flex>::from_config(&tiny_config(), &device).unwrap();
+        let dets = model
+            .predict(
+                Tensor::<Flex, 4>::zeros([1, 3, 64, 64], &device),
+                &[item(vec![], vec![])],
+            )
+            .unwrap();
+        assert!(dets[0].boxes.is_empty());
+    }
+
+    #[test]
+    fn unknown_backbone_is_an_error_naming_the_field() {
+        let mut cfg = tiny_config();
+        cfg.backbone.name = "resnet7".into();
+        let err = RetinaNet::<Flex>::from_config(&cfg, &Default::default()).unwrap_err();
+        assert!(err.to_string().contains("model.backbone.name"), "{err}");
+    }
+}

@@ -1,0 +1,273 @@
+//! Feature Pyramid Network (Lin et al.) with mmdetection's options.
+//!
+//! torchvision's variants are settings of the same module:
+//! - `LastLevelMaxPool` (Faster/Mask R-CNN): `add_extra_convs: "none"`, `num_outs = levels + 1`.
+//! - `LastLevelP6P7(in, out)` (RetinaNet): `add_extra_convs: "on_input"` (or `"on_output"` when torchvision's
+//!   `use_P5`, i.e. `in == out`), `relu_before_extra_convs: true`, `num_outs = levels + 2`.
+
+use attndet_backbones::FeatureSpec;
+use burn::module::Param;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{Initializer, PaddingConfig2d};
+use burn::prelude::*;
+use burn::tensor::activation::relu;
+use burn::tensor::module::{interpolate, max_pool2d};
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+use serde::{Deserialize, Serialize};
+
+use crate::structures::BlocksError;
+
+/// Where the extra (stride-2 conv) levels above the backbone's last used level take their input from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExtraConvs {
+    /// No convs: extra levels are `max_pool2d(kernel 1, stride 2)` of the previous output.
+    #[default]
+    None,
+    /// From the last used backbone feature (mmdetection RetinaNet, `add_extra_convs=True`).
+    OnInput,
+    /// From the last lateral (1x1) output.
+    OnLateral,
+    /// From the last FPN output.
+    OnOutput,
+}
+
+fn default_relu() -> bool {
+    false
+}
+
+/// Configuration of an [`Fpn`] (mmdetection `FPN` fields); input channels come from the backbone's
+/// [`FeatureSpec`]s.
+///
+/// RetinaNet: `{"out_channels": 256, "start_level": 1, "add_extra_convs": "on_input", "num_outs": 5}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FpnConfig {
+    /// Channels of every output level.
+    pub out_channels: usize,
+    /// Number of output levels (used backbone levels plus extra levels).
+    pub num_outs: usize,
+    /// First backbone level used (RetinaNet skips C2: 1).
+    #[serde(default)]
+    pub start_level: usize,
+    /// Last backbone level used, inclusive; `None` = the last one.
+    #[serde(default)]
+    pub end_level: Option<usize>,
+    /// Source of the extra levels.
+    #[serde(default)]
+    pub add_extra_convs: ExtraConvs,
+    /// Apply ReLU before every extra conv after the first.
+    #[serde(default = "default_relu")]
+    pub relu_before_extra_convs: bool,
+}
+
+impl FpnConfig {
+    /// Builds the FPN for a backbone with the given output levels (finest first).
+    ///
+    /// # Errors
+    /// [`BlocksError::Config`] when the levels or `num_outs` are inconsistent.
+    pub fn init<B: Backend>(
+        &self,
+        inputs: &[FeatureSpec],
+        device: &B::Device,
+    ) -> Result<Fpn<B>, BlocksError> {
+        let num_ins = inputs.len();
+        if num_ins == 0 {
+            return Err(BlocksError::config(
+                "in_channels",
+                "the backbone reports no feature level",
+            ));
+        }
+        let end = match self.end_level {
+            None => num_ins,
+            Some(e) if e < num_ins => e + 1,
+            Some(e) => {
+                return Err(BlocksError::config(
+                    "end_level",
+                    format!("{e} is past the last level ({})", num_ins - 1),
+                ));
+            }
+        };
+        if self.start_level >= end {
+            return Err(BlocksError::config(
+                "start_level",
+                format!("{} must be below the end level", self.start_level),
+            ));
+        }
+        let used = end - self.start_level;
+        if self.num_outs < used {
+            return Err(BlocksError::config(
+                "num_outs",
+                format!("{} is fewer than the {used} used levels", self.num_outs),
+            ));
+        }
+        if self.end_level.is_some() && self.num_outs != used && self.add_extra_convs == ExtraConvs::None {
+            // mmdetection: with an explicit end level, extra levels come only from convs.
+            return Err(BlocksError::config(
+                "num_outs",
+                "must equal the used levels when end_level is set",
+            ));
+        }
+        if self.out_channels == 0 {
+            return Err(BlocksError::config("out_channels", "must be positive"));
+        }
+        let out = self.out_channels;
+        let conv = |cin: usize, k: usize, stride: usize| {
+            let pad = k / 2;
+            let mut c: Conv2d<B> = Conv2dConfig::new([cin, out], [k, k])
+                .with_stride([stride, stride])
+                .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+                .with_initializer(Initializer::XavierUniform { gain: 1.0 })
+                .init(device);
+            c.bias = Some(Param::from_tensor(Tensor::zeros([out], device)));
+            c
+        };
+        let lateral_convs = inputs[self.start_level..end]
+            .iter()
+            .map(|s| conv(s.channels, 1, 1))
+            .collect();
+        let mut fpn_convs: Vec<Conv2d<B>> = (0..used).map(|_| conv(out, 3, 1)).collect();
+        let extra = self.num_outs - used;
+        if self.add_extra_convs != ExtraConvs::None {
+            for i in 0..extra {
+                let cin = if i == 0 && self.add_extra_convs == ExtraConvs::OnInput {
+                    inputs[end - 1].channels
+                } else {
+                    out
+                };
+                fpn_convs.push(conv(cin, 3, 2));
+            }
+        }
+        let last_stride = inputs[end - 1].stride;
+        let mut out_specs: Vec<FeatureSpec> = inputs[self.start_level..end]
+            .iter()
+            .map(|s| pyramid_spec(out, s.stride))
+            .collect();
+        out_specs.extend((1..=extra).map(|i| pyramid_spec(out, last_stride << i)));
+        Ok(Fpn {
+            lateral_convs,
+            fpn_convs,
+            layout: FpnLayout {
+                cfg: self.clone(),
+                inputs: inputs.to_vec(),
+                end,
+                out_specs,
+            },
+        })
+    }
+}
+
+fn pyramid_spec(channels: usize, stride: usize) -> FeatureSpec {
+    FeatureSpec {
+        name: format!("p{}", stride.trailing_zeros()),
+        channels,
+        stride,
+    }
+}
+
+/// Constant description of an FPN (not saved with the weights).
+#[derive(Debug, Clone)]
+pub struct FpnLayout {
+    cfg: FpnConfig,
+    inputs: Vec<FeatureSpec>,
+    end: usize,
+    out_specs: Vec<FeatureSpec>,
+}
+
+/// A feature pyramid: 1x1 lateral convs, nearest-neighbour top-down sums, 3x3 output convs, then extra levels.
+///
+/// Parameter names follow mmdetection (`lateral_convs.{i}`, `fpn_convs.{i}`, extra convs after the used levels).
+#[derive(Module, Debug)]
+pub struct Fpn<B: Backend> {
+    /// 1x1 convs, one per used backbone level.
+    pub lateral_convs: Vec<Conv2d<B>>,
+    /// 3x3 output convs, one per used level, then the stride-2 extra convs.
+    pub fpn_convs: Vec<Conv2d<B>>,
+    layout: FpnLayout,
+}
+
+impl<B: Backend> Fpn<B> {
+    /// The output levels (`p{log2 stride}`, `out_channels` each), finest first.
+    pub fn output_specs(&self) -> Vec<FeatureSpec> {
+        self.layout.out_specs.clone()
+    }
+
+    /// Fuses the backbone features.
+    ///
+    /// # Shapes
+    /// - inputs: one `[N, C_i, H_i, W_i]` per backbone level (all of them, finest first)
+    /// - output: `num_outs` tensors `[N, out_channels, H_l, W_l]`, finest first
+    ///
+    /// # Errors
+    /// [`BlocksError::Shape`] when the number of inputs or their channels do not match the specs.
+    pub fn forward(&self, inputs: Vec<Tensor<B, 4>>) -> Result<Vec<Tensor<B, 4>>, BlocksError> {
+        let l = &self.layout;
+        if inputs.len() != l.inputs.len() {
+            return Err(BlocksError::shape(
+                "features",
+                &[inputs.len()],
+                &format!("{} levels (the backbone's feature specs)", l.inputs.len()),
+            ));
+        }
+        for (i, (x, spec)) in inputs.iter().zip(&l.inputs).enumerate() {
+            if x.dims()[1] != spec.channels {
+                return Err(BlocksError::shape(
+                    &format!("features[{i}] ({})", spec.name),
+                    &x.dims(),
+                    &format!("[N, {}, H, W]", spec.channels),
+                ));
+            }
+        }
+        let start = l.cfg.start_level;
+        let used = l.end - start;
+        let mut laterals: Vec<Tensor<B, 4>> = self
+            .lateral_convs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| c.forward(inputs[start + i].clone()))
+            .collect();
+        for i in (1..used).rev() {
+            let [_, _, h, w] = laterals[i - 1].dims();
+            let up = interpolate(
+                laterals[i].clone(),
+                [h, w],
+                InterpolateOptions::new(InterpolateMode::Nearest),
+            );
+            laterals[i - 1] = laterals[i - 1].clone() + up;
+        }
+        let mut outs: Vec<Tensor<B, 4>> = laterals
+            .iter()
+            .zip(&self.fpn_convs)
+            .map(|(x, c)| c.forward(x.clone()))
+            .collect();
+        let num_outs = l.cfg.num_outs;
+        if num_outs > used {
+            match l.cfg.add_extra_convs {
+                ExtraConvs::None => {
+                    while outs.len() < num_outs {
+                        let last = outs[outs.len() - 1].clone();
+                        outs.push(max_pool2d(last, [1, 1], [2, 2], [0, 0], [1, 1], false));
+                    }
+                }
+                source => {
+                    let x = match source {
+                        ExtraConvs::OnInput => inputs[l.end - 1].clone(),
+                        ExtraConvs::OnLateral => laterals[used - 1].clone(),
+                        _ => outs[used - 1].clone(),
+                    };
+                    outs.push(self.fpn_convs[used].forward(x));
+                    for i in used + 1..num_outs {
+                        let prev = outs[outs.len() - 1].clone();
+                        let prev = if l.cfg.relu_before_extra_convs {
+                            relu(prev)
+                        } else {
+                            prev
+                        };
+                        outs.push(self.fpn_convs[i].forward(prev));
+                    }
+                }
+            }
+        }
+        Ok(outs)
+    }
+}

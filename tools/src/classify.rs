@@ -1,0 +1,193 @@
+//! `attndet classify`: ImageNet classification of images with a backbone's head.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use attndet_backbones::{BackboneArch, Classifier};
+use burn::prelude::*;
+use burn::tensor::activation::softmax;
+use clap::Args;
+use image::imageops::FilterType;
+use serde_json::{Value, json};
+
+use crate::device::DeviceArg;
+
+/// ImageNet channel means (RGB, on [0, 1] values).
+const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// ImageNet channel standard deviations.
+const STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// Arguments of `attndet classify`.
+#[derive(Args, Debug)]
+#[command(long_about = "Classify images with an ImageNet model of the zoo.\n\n\
+Preprocessing as torchvision's evaluation transform: RGB; the shorter side resized to 256 (bilinear, \
+antialiased) and the centre 224x224 cropped, unless --no-resize (the image is used as it is); values scaled to \
+[0, 1] and normalised with mean 0.485/0.456/0.406 and std 0.229/0.224/0.225.\n\n\
+Prints the top-k classes (softmax probability and logit) of each image. Class names come from --labels (one per \
+line, in class-index order); without it classes are named by index (class_0 .. class_999). With --json, \
+stdout is one JSON document: for one image an object {\"image\", \"logits\" (all), \"top\": [{\"index\", \
+\"label\", \"prob\", \"logit\"}]}, for several images a list of such objects.\n\n\
+Example:\n  attndet classify --model resnet50 --checkpoint resnet50.pth --topk 5 cat.jpg dog.png")]
+pub struct ClassifyArgs {
+    /// Zoo name of the model, e.g. resnet50, dca_se_resnet50.
+    #[arg(long)]
+    pub model: String,
+    /// Weights: a PyTorch checkpoint (.pth, .pth.tar) or a safetensors file.
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: PathBuf,
+    /// Feed the image at its own size (no resize, no crop).
+    #[arg(long)]
+    pub no_resize: bool,
+    /// Number of classes shown per image.
+    #[arg(long, default_value_t = 5)]
+    pub topk: usize,
+    /// Class names, one per line, in class-index order.
+    #[arg(long, value_name = "FILE")]
+    pub labels: Option<PathBuf>,
+    /// Print one JSON document on stdout instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    /// Images (PNG or JPEG).
+    #[arg(required = true, value_name = "IMAGE")]
+    pub images: Vec<PathBuf>,
+}
+
+/// Decode and preprocess one image into a normalised `[3, H, W]` buffer (channel-major).
+pub fn preprocess(path: &Path, resize: bool) -> anyhow::Result<(Vec<f32>, [usize; 2])> {
+    let img = image::open(path)
+        .map_err(|e| crate::errors::bad_input(format!("cannot read image {}: {e}", path.display())))?
+        .to_rgb8();
+    let img = if resize {
+        let (w, h) = img.dimensions();
+        if w == 0 || h == 0 {
+            return Err(crate::errors::bad_input(format!(
+                "image {} is empty",
+                path.display()
+            )));
+        }
+        // torchvision Resize(256): the shorter side becomes 256, the longer one int(256 * long / short).
+        let (nw, nh) = if w <= h {
+            (256, (256.0 * h as f64 / w as f64) as u32)
+        } else {
+            ((256.0 * w as f64 / h as f64) as u32, 256)
+        };
+        let resized = image::imageops::resize(&img, nw, nh, FilterType::Triangle);
+        // CenterCrop(224): offsets int(round((size - 224) / 2)).
+        let left = ((nw as f64 - 224.0) / 2.0).round() as u32;
+        let top = ((nh as f64 - 224.0) / 2.0).round() as u32;
+        image::imageops::crop_imm(&resized, left, top, 224, 224).to_image()
+    } else {
+        img
+    };
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    if w == 0 || h == 0 {
+        return Err(crate::errors::bad_input(format!(
+            "image {} is empty",
+            path.display()
+        )));
+    }
+    let mut data = vec![0f32; 3 * h * w];
+    for (x, y, p) in img.enumerate_pixels() {
+        for c in 0..3 {
+            let v = f32::from(p[c]) / 255.0;
+            data[c * h * w + y as usize * w + x as usize] = (v - MEAN[c]) / STD[c];
+        }
+    }
+    Ok((data, [h, w]))
+}
+
+fn labels(path: Option<&Path>, classes: usize) -> anyhow::Result<Vec<String>> {
+    let Some(path) = path else {
+        return Ok((0..classes).map(|i| format!("class_{i}")).collect());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| crate::errors::bad_input(format!("cannot read labels {}: {e}", path.display())))?;
+    let names: Vec<String> = text
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    if names.len() != classes {
+        return Err(crate::errors::bad_input(format!(
+            "labels {}: {} names for a {classes}-class model",
+            path.display(),
+            names.len()
+        )));
+    }
+    Ok(names)
+}
+
+/// Run `attndet classify` on `device`.
+pub fn run(args: &ClassifyArgs, device: &DeviceArg) -> anyhow::Result<()> {
+    device.check_usable()?;
+    match device {
+        DeviceArg::Cpu => run_on::<burn::backend::Flex>(args, &Default::default()),
+        #[cfg(feature = "cuda")]
+        DeviceArg::Cuda(i) => run_on::<burn::backend::Cuda>(args, &burn::backend::cuda::CudaDevice::new(*i)),
+        #[cfg(not(feature = "cuda"))]
+        DeviceArg::Cuda(_) => unreachable!("check_usable rejects CUDA in a CPU-only build"),
+    }
+}
+
+fn run_on<B: Backend>(args: &ClassifyArgs, device: &B::Device) -> anyhow::Result<()> {
+    if args.topk == 0 {
+        return Err(crate::errors::bad_input("--topk must be at least 1"));
+    }
+    let arch = BackboneArch::parse(&args.model)?;
+    let mut model = arch.build_lazy::<B>(device)?;
+    model
+        .load_weights(&arch, &args.checkpoint)
+        .with_context(|| format!("loading {} weights", arch.name()))?;
+    let classes = model.num_classes();
+    let names = labels(args.labels.as_deref(), classes)?;
+    let k = args.topk.min(classes);
+    let progress = indicatif::ProgressBar::new(args.images.len() as u64);
+    if args.json || args.images.len() < 2 {
+        progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut docs = Vec::new();
+    for path in &args.images {
+        let (data, [h, w]) = preprocess(path, !args.no_resize)?;
+        let x = Tensor::<B, 4>::from_data(TensorData::new(data, [1, 3, h, w]), device);
+        let logits = model.forward_logits(x);
+        let probs: Vec<f32> = softmax(logits.clone(), 1).into_data().to_vec()?;
+        let logits: Vec<f32> = logits.into_data().to_vec()?;
+        let mut order: Vec<usize> = (0..classes).collect();
+        order.sort_by(|a, b| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b)));
+        let top: Vec<Value> = order[..k]
+            .iter()
+            .map(|&i| json!({"index": i, "label": names[i], "prob": probs[i], "logit": logits[i]}))
+            .collect();
+        if !args.json {
+            progress.suspend(|| {
+                println!("{}", path.display());
+                println!(
+                    "  {:>4}  {:>5}  {:<24}  {:>8}  {:>9}",
+                    "rank", "class", "label", "prob", "logit"
+                );
+                for (rank, &i) in order[..k].iter().enumerate() {
+                    println!(
+                        "  {:>4}  {:>5}  {:<24}  {:>8.4}  {:>9.4}",
+                        rank + 1,
+                        i,
+                        names[i],
+                        probs[i],
+                        logits[i]
+                    );
+                }
+            });
+        }
+        docs.push(json!({"image": path.display().to_string(), "logits": logits, "top": top}));
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    if args.json {
+        let doc = if docs.len() == 1 {
+            docs.remove(0)
+        } else {
+            Value::Array(docs)
+        };
+        println!("{}", serde_json::to_string(&doc)?);
+    }
+    Ok(())
+}

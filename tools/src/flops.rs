@@ -1,0 +1,100 @@
+//! `attndet flops`: exact parameter count and FLOPs of a backbone, in the seed papers' convention.
+
+use attndet_backbones::BackboneArch;
+use attndet_backbones::cost::parameter_count;
+use burn::backend::Flex;
+use clap::Args;
+use serde_json::json;
+
+/// Arguments of `attndet flops`.
+#[derive(Args, Debug)]
+#[command(
+    long_about = "Count the parameters (exact, as PyTorch's model.parameters()) and the FLOPs of a \
+backbone with its 1000-class head, in the convention of the DCANet repository's flops_counter.py that the seed \
+papers report (ptflops): multiply-accumulates of Conv2d (plus bias) and Linear, 2 per element for BatchNorm, 1 \
+per element for ReLU and for pooling inputs; sigmoid, softmax, LayerNorm, Conv1d and element-wise products are \
+free. FLOPs are in MACs (1 GMac = 1e9).\n\n\
+The table lists each stem layer, block and head with its parameters, MACs and share. With --json, stdout is \
+one JSON object: {\"model\", \"input\": [3, H, W], \"params\", \"flops\" (MACs), \"layers\": [{\"name\", \
+\"params\", \"flops\"}]}.\n\n\
+Examples:\n  attndet flops --model resnet50\n  attndet flops --model dca_se_resnet50 --input-size 800 1216 --json"
+)]
+pub struct FlopsArgs {
+    /// Zoo name, e.g. resnet50, se_resnet50, eca_resnet50_k3557, dca_cbam_resnet50, mobilenet_v2.
+    #[arg(long)]
+    pub model: String,
+    /// Input height and width.
+    #[arg(long, num_args = 2, value_names = ["H", "W"], default_values_t = [224, 224])]
+    pub input_size: Vec<usize>,
+    /// Rows of the table: name components kept (1: stem layers and stages, 2: blocks, 3: layers).
+    #[arg(long, default_value_t = 2)]
+    pub depth: usize,
+    /// Print one JSON object on stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn giga(v: f64) -> String {
+    if v >= 1e9 {
+        format!("{:.3} G", v / 1e9)
+    } else if v >= 1e6 {
+        format!("{:.3} M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.3} K", v / 1e3)
+    } else {
+        format!("{v}")
+    }
+}
+
+/// Run `attndet flops`.
+pub fn run(args: &FlopsArgs) -> anyhow::Result<()> {
+    let arch = BackboneArch::parse(&args.model)?;
+    let (h, w) = (args.input_size[0], args.input_size[1]);
+    if h == 0 || w == 0 {
+        return Err(crate::errors::bad_input(format!(
+            "--input-size {h} {w}: sizes must be positive"
+        )));
+    }
+    // Counting needs shapes only: the model is built lazily and its weights are never created.
+    let model = arch.build_lazy::<Flex>(&Default::default())?;
+    let cost = model.cost(h, w);
+    let params = parameter_count(&model);
+    let layers = cost.grouped(args.depth.max(1));
+    if args.json {
+        let layers: Vec<_> = layers
+            .iter()
+            .map(|(name, p, f)| json!({"name": name, "params": p, "flops": f}))
+            .collect();
+        let doc = json!({
+            "model": arch.name(),
+            "input": [3, h, w],
+            "params": params,
+            "flops": cost.flops,
+            "layers": layers,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    let width = layers.iter().map(|(n, _, _)| n.len()).max().unwrap_or(5).max(5);
+    println!("{} at 3x{h}x{w} (MACs, DCANet/ptflops convention)", arch.name());
+    println!(
+        "{:<width$}  {:>12}  {:>14}  {:>7}",
+        "layer", "params", "MACs", "share"
+    );
+    for (name, p, f) in &layers {
+        let share = if cost.flops > 0 {
+            100.0 * *f as f64 / cost.flops as f64
+        } else {
+            0.0
+        };
+        println!("{name:<width$}  {p:>12}  {f:>14}  {share:>6.2}%");
+    }
+    println!("{:<width$}  {:>12}  {:>14}", "total", params, cost.flops);
+    println!(
+        "params {} ({}), FLOPs {}Mac",
+        params,
+        giga(params as f64),
+        giga(cost.flops as f64)
+    );
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! `attndet test CONFIG CKPT`: run a trained detector over the val split, write COCO results, print the COCO
+//! table (or `--json`).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::device::DeviceArg;
+use crate::errors::bad_input;
+use crate::train::{evaluate_val, load_checkpoint_model, load_split, prepare};
+
+/// Arguments of `attndet test`.
+#[derive(Args, Debug)]
+pub struct TestArgs {
+    /// The config the model was trained with (JSON).
+    pub config: PathBuf,
+    /// A checkpoint directory (WORK_DIR/epoch_N, WORK_DIR/best) or a work dir (its newest checkpoint).
+    pub checkpoint: PathBuf,
+    /// Write the detections as a COCO results file (JSON list of {image_id, category_id, bbox, score}).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Metric to compute; only `bbox` for RetinaNet.
+    #[arg(long, default_value = "bbox", value_parser = ["bbox"])]
+    pub eval: String,
+    /// Print one JSON object `{"bbox": {"stats": [12 numbers]}, ...}` instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Draw the detections (score >= --show-score-thr) on the val images into this directory.
+    #[arg(long)]
+    pub show_dir: Option<PathBuf>,
+    /// Minimum score of a drawn detection.
+    #[arg(long, default_value_t = 0.3)]
+    pub show_score_thr: f32,
+    /// Config overrides `a.b.c=VALUE` (e.g. data.val.ann_file=...).
+    #[arg(long = "cfg-options", value_name = "KEY=VALUE", num_args = 1..)]
+    pub cfg_options: Vec<String>,
+}
+
+/// Run `attndet test`.
+pub fn run(args: &TestArgs, device: &DeviceArg) -> anyhow::Result<()> {
+    device.check_usable()?;
+    let p = prepare(&args.config, &args.cfg_options, None)?;
+    match device {
+        DeviceArg::Cpu => run_on::<burn::backend::Flex>(args, &p, &Default::default()),
+        #[cfg(feature = "cuda")]
+        DeviceArg::Cuda(i) => {
+            run_on::<burn::backend::Cuda>(args, &p, &burn::backend::cuda::CudaDevice::new(*i))
+        }
+        #[cfg(not(feature = "cuda"))]
+        DeviceArg::Cuda(_) => unreachable!("check_usable rejects CUDA without the feature"),
+    }
+}
+
+fn run_on<B: burn::prelude::Backend>(
+    args: &TestArgs,
+    p: &crate::train::Prepared,
+    device: &B::Device,
+) -> anyhow::Result<()> {
+    let model = load_checkpoint_model::<B>(&p.cfg, &args.checkpoint, device)?;
+    let val = load_split(&p.cfg, false)?;
+    if val.1.records.is_empty() {
+        return Err(bad_input(format!(
+            "data.val: {} has no image",
+            p.cfg.data.val.ann_file
+        )));
+    }
+    let started = std::time::Instant::now();
+    let (eval, dets, preds) = evaluate_val(&model, &p.cfg, &val, device, args.json)?;
+    if let Some(dir) = &args.show_dir {
+        let files: std::collections::HashMap<u64, &std::path::Path> = val
+            .1
+            .records
+            .iter()
+            .map(|r| (r.image_id, r.file.as_path()))
+            .collect();
+        for (id, d) in &preds {
+            save_drawn(files[id], d, &val.1.category_names, args.show_score_thr, dir)?;
+        }
+    }
+    if let Some(out) = &args.out {
+        attndet_coco::write_results(out, &dets).with_context(|| format!("writing {}", out.display()))?;
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "bbox": {"stats": eval.stats},
+                "images": val.1.records.len(),
+                "detections": dets.len(),
+                "seconds": started.elapsed().as_secs_f64(),
+            })
+        );
+    } else {
+        println!(
+            "bbox evaluation of {} on {} images ({} detections)",
+            args.checkpoint.display(),
+            val.1.records.len(),
+            dets.len()
+        );
+        print!("{}", eval.summary());
+    }
+    Ok(())
+}
+
+/// Draw `dets` (boxes at least `score_thr`) on the image `file` and save it under `out_dir` with the same file
+/// name. Returns the written path.
+pub fn save_drawn(
+    file: &std::path::Path,
+    dets: &attndet_detectors::models::Detections,
+    names: &[String],
+    score_thr: f32,
+    out_dir: &std::path::Path,
+) -> anyhow::Result<PathBuf> {
+    use attndet_coco::draw::{Instance, draw_instances, palette};
+    let mut img = image::open(file)
+        .with_context(|| format!("reading {}", file.display()))?
+        .to_rgb8();
+    let instances: Vec<Instance> = dets
+        .boxes
+        .iter()
+        .zip(&dets.scores)
+        .zip(&dets.labels)
+        .filter(|((_, s), _)| **s >= score_thr)
+        .map(|((b, s), &l)| Instance {
+            bbox: [
+                b[0] as f64,
+                b[1] as f64,
+                (b[2] - b[0]) as f64,
+                (b[3] - b[1]) as f64,
+            ],
+            mask: None,
+            label: format!(
+                "{} {s:.2}",
+                names.get(l).cloned().unwrap_or_else(|| l.to_string())
+            ),
+            colour: palette(l),
+        })
+        .collect();
+    draw_instances(&mut img, &instances);
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let name = file
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| "image.png".into());
+    let out = out_dir.join(name);
+    img.save(&out)
+        .with_context(|| format!("writing {}", out.display()))?;
+    Ok(out)
+}

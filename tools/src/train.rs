@@ -1,0 +1,362 @@
+//! `attndet train CONFIG`: train a detector from a config, with checkpoints, resume, evaluation, a progress
+//! bar, a JSON-lines log and loss/AP plots in the work dir.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use attndet_coco::CocoDataset;
+use attndet_detectors::config::{ExperimentConfig, ModelConfig};
+use attndet_detectors::data::coco::{DetDataset, records_from_coco};
+use attndet_detectors::engine::checkpoint;
+use attndet_detectors::engine::evaluate::{
+    evaluate_bbox, predict_records, test_loader_options, to_coco_detections,
+};
+use attndet_detectors::engine::log::IterRecord;
+use attndet_detectors::engine::trainer::{TrainError, TrainHooks, TrainSetup, train};
+use attndet_detectors::models::{Detector, RetinaNet};
+use burn::module::AutodiffModule;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::config_cmd::load_config;
+use crate::device::DeviceArg;
+use crate::errors::bad_input;
+
+/// Arguments of `attndet train`.
+#[derive(Args, Debug, Clone)]
+pub struct TrainArgs {
+    /// The config (JSON), e.g. configs/retinanet/retinanet_r50_fpn_1x_coco.json.
+    pub config: PathBuf,
+    /// Where checkpoints, `log.jsonl`, `config.json` and plots go [default: work_dirs/<config name>].
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Continue a run exactly: from CKPT (a checkpoint directory such as WORK_DIR/epoch_3), or without a value
+    /// from the newest checkpoint of the work dir.
+    #[arg(long, value_name = "CKPT", num_args = 0..=1)]
+    pub resume: Option<Option<PathBuf>>,
+    /// Config overrides `a.b.c=VALUE` (e.g. optimizer.lr=0.005 lr_config.step=8,11).
+    #[arg(long = "cfg-options", value_name = "KEY=VALUE", num_args = 1..)]
+    pub cfg_options: Vec<String>,
+    /// Seed of initialisation, data order and flips (overrides the config's `seed`).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Scale the learning rate linearly with the batch size (base batch from `auto_scale_lr.base_batch_size`).
+    #[arg(long)]
+    pub auto_scale_lr: bool,
+    /// Stop after this many iterations (smoke tests); the schedule is still the config's.
+    #[arg(long, hide = true)]
+    pub max_iters: Option<usize>,
+    /// No progress bar (logs still go to the work dir).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// A config with `--seed` applied, its resolved JSON, and the data it names.
+pub struct Prepared {
+    /// Typed config.
+    pub cfg: ExperimentConfig,
+    /// Resolved JSON.
+    pub resolved: serde_json::Value,
+}
+
+/// Load a config and apply `--seed`.
+pub fn prepare(config: &Path, overrides: &[String], seed: Option<u64>) -> anyhow::Result<Prepared> {
+    let (mut cfg, mut resolved) = load_config(config, overrides)?;
+    if let Some(s) = seed {
+        cfg.seed = s;
+        resolved["seed"] = serde_json::json!(s);
+    }
+    Ok(Prepared { cfg, resolved })
+}
+
+/// Load a split of the config's dataset.
+pub fn load_split(cfg: &ExperimentConfig, train: bool) -> anyhow::Result<(CocoDataset, DetDataset)> {
+    let root = Path::new(&cfg.data.data_root);
+    let split = if train { &cfg.data.train } else { &cfg.data.val };
+    let ann = root.join(&split.ann_file);
+    let coco = CocoDataset::load(&ann).map_err(|e| {
+        bad_input(format!(
+            "data.{}.ann_file: {e}",
+            if train { "train" } else { "val" }
+        ))
+    })?;
+    let det = records_from_coco(&coco, &root.join(&split.img_dir), train);
+    Ok((coco, det))
+}
+
+/// Build the configured model on backend `B`.
+pub fn build_model<B: Backend>(cfg: &ExperimentConfig, device: &B::Device) -> anyhow::Result<RetinaNet<B>> {
+    match &cfg.model {
+        ModelConfig::RetinaNet(m) => RetinaNet::from_config(m, device).map_err(|e| bad_input(e.to_string())),
+    }
+}
+
+/// Progress bar style shared by training and evaluation.
+pub fn bar(len: u64, template: &str, quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb
+}
+
+/// An evaluation, its COCO results and the per-image detections.
+pub type EvalOutput = (
+    attndet_coco::Evaluation,
+    Vec<attndet_coco::Detection>,
+    Vec<(u64, attndet_detectors::models::Detections)>,
+);
+
+/// Run inference over the val split and evaluate; prints the COCO table unless quiet.
+pub fn evaluate_val<B: Backend, M: Detector<B>>(
+    model: &M,
+    cfg: &ExperimentConfig,
+    val: &(CocoDataset, DetDataset),
+    device: &B::Device,
+    quiet: bool,
+) -> anyhow::Result<EvalOutput> {
+    let records = Arc::new(val.1.records.clone());
+    let pb = bar(
+        records.len() as u64,
+        "  eval  [{bar:30}] {pos}/{len} images, {elapsed} < {eta}",
+        quiet,
+    );
+    let preds = predict_records(
+        model,
+        records,
+        &test_loader_options(cfg),
+        device,
+        &mut |done, _| pb.set_position(done as u64),
+    )?;
+    pb.finish_and_clear();
+    let dets = to_coco_detections(&preds, &val.1.category_ids);
+    let eval = evaluate_bbox(&val.0, &dets)?;
+    Ok((eval, dets, preds))
+}
+
+struct CliHooks<'a, B: Backend> {
+    cfg: &'a ExperimentConfig,
+    val: Option<&'a (CocoDataset, DetDataset)>,
+    quiet: bool,
+    bar: ProgressBar,
+    device: &'a B::Device,
+}
+
+impl<'a, B: Backend, M: Detector<B>> TrainHooks<M> for CliHooks<'a, B> {
+    fn on_epoch_start(&mut self, epoch: usize, iters: usize) {
+        let h = self;
+        h.bar.finish_and_clear();
+        h.bar = bar(
+            iters as u64,
+            &format!(
+                "epoch {epoch}/{} [{{bar:25}}] {{pos}}/{{len}} {{elapsed}} < {{eta}} {{msg}}",
+                h.cfg.runner.max_epochs
+            ),
+            h.quiet,
+        );
+    }
+
+    fn on_iter(&mut self, r: &IterRecord) {
+        let terms: Vec<String> = r
+            .terms
+            .iter()
+            .map(|(n, v)| format!("{}={v:.4}", n.trim_start_matches("loss_")))
+            .collect();
+        self.bar.set_message(format!(
+            "loss={:.4} ({}) lr={:.2e} {:.2}s/it data={:.3}s mem={:.0}MiB",
+            r.loss,
+            terms.join(" "),
+            r.lr,
+            r.time,
+            r.data_time,
+            r.memory_mb
+        ));
+        self.bar.set_position(r.iter as u64);
+    }
+
+    fn evaluate(&mut self, model: &M, epoch: usize) -> Result<Option<Vec<f64>>, String> {
+        let Some(val) = self.val else { return Ok(None) };
+        self.bar.finish_and_clear();
+        let (eval, _, _) =
+            evaluate_val(model, self.cfg, val, self.device, self.quiet).map_err(|e| format!("{e:#}"))?;
+        if !self.quiet {
+            eprintln!(
+                "epoch {epoch}: bbox evaluation on {} val images\n{}",
+                val.1.records.len(),
+                eval.summary()
+            );
+        }
+        Ok(Some(eval.stats))
+    }
+
+    fn on_checkpoint(&mut self, dir: &Path) {
+        if !self.quiet {
+            self.bar.println(format!("saved {}", dir.display()));
+        }
+    }
+
+    fn on_message(&mut self, msg: &str) {
+        if !self.quiet {
+            self.bar.println(msg);
+        }
+    }
+}
+
+/// The outcome of a training run for callers (demo).
+pub struct TrainOutcome {
+    /// Work dir.
+    pub work_dir: PathBuf,
+    /// Last checkpoint.
+    pub last_checkpoint: Option<PathBuf>,
+    /// Losses of the iterations run.
+    pub losses: Vec<f64>,
+}
+
+/// Train on backend `B`.
+pub fn run_on<B: AutodiffBackend>(
+    args: &TrainArgs,
+    p: &Prepared,
+    device: &B::Device,
+) -> anyhow::Result<TrainOutcome>
+where
+    RetinaNet<B>: AutodiffModule<B, InnerModule = RetinaNet<B::InnerBackend>>,
+{
+    let cfg = &p.cfg;
+    let work_dir = args.work_dir.clone().unwrap_or_else(|| {
+        PathBuf::from("work_dirs").join(
+            args.config
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_default(),
+        )
+    });
+    let resume_from = match &args.resume {
+        None => None,
+        Some(None) => Some(checkpoint::latest(&work_dir).ok_or_else(|| {
+            bad_input(format!(
+                "--resume: no checkpoint in {} (no `latest` file)",
+                work_dir.display()
+            ))
+        })?),
+        Some(Some(p)) => {
+            if !p.join("state.json").exists() {
+                return Err(bad_input(format!(
+                    "--resume {}: not a checkpoint directory (no state.json)",
+                    p.display()
+                )));
+            }
+            Some(p.clone())
+        }
+    };
+    let train_set = load_split(cfg, true)?;
+    if train_set.1.records.is_empty() {
+        return Err(bad_input(format!(
+            "data.train: {} has no image with a usable box",
+            cfg.data.train.ann_file
+        )));
+    }
+    let val = if cfg.evaluation.interval > 0 {
+        Some(load_split(cfg, false)?)
+    } else {
+        None
+    };
+    B::seed(device, cfg.seed);
+    let model = build_model::<B>(cfg, device)?;
+    let setup = TrainSetup {
+        cfg: cfg.clone(),
+        resolved: p.resolved.clone(),
+        work_dir: work_dir.clone(),
+        train_records: Arc::new(train_set.1.records.clone()),
+        resume_from,
+        auto_scale_lr: args.auto_scale_lr,
+        max_iters: args.max_iters,
+    };
+    if !args.quiet {
+        eprintln!(
+            "training {} on {} images ({} without boxes skipped), work dir {}",
+            args.config.display(),
+            setup.train_records.len(),
+            train_set.1.images_without_boxes,
+            work_dir.display()
+        );
+    }
+    let mut hooks = CliHooks::<B::InnerBackend> {
+        cfg,
+        val: val.as_ref(),
+        quiet: args.quiet,
+        bar: ProgressBar::hidden(),
+        device,
+    };
+    let result = train::<B, RetinaNet<B>, _>(model, &setup, device, &mut hooks);
+    hooks.bar.finish_and_clear();
+    let (_, summary) = result.map_err(|e| match e {
+        TrainError::Resume { .. } => bad_input(e.to_string()),
+        TrainError::Model(m) => bad_input(m.to_string()),
+        other => anyhow::Error::new(other),
+    })?;
+    if let Err(e) = crate::plot::plot_work_dir(&work_dir) {
+        eprintln!("warning: could not draw the curves: {e:#}");
+    }
+    Ok(TrainOutcome {
+        work_dir,
+        last_checkpoint: summary.last_checkpoint,
+        losses: summary.losses,
+    })
+}
+
+/// Run `attndet train`.
+pub fn run(args: &TrainArgs, device: &DeviceArg) -> anyhow::Result<()> {
+    device.check_usable()?;
+    let p = prepare(&args.config, &args.cfg_options, args.seed)?;
+    let out = match device {
+        DeviceArg::Cpu => {
+            run_on::<burn::backend::Autodiff<burn::backend::Flex>>(args, &p, &Default::default())?
+        }
+        #[cfg(feature = "cuda")]
+        DeviceArg::Cuda(i) => run_on::<burn::backend::Autodiff<burn::backend::Cuda>>(
+            args,
+            &p,
+            &burn::backend::cuda::CudaDevice::new(*i),
+        )?,
+        #[cfg(not(feature = "cuda"))]
+        DeviceArg::Cuda(_) => unreachable!("check_usable rejects CUDA without the feature"),
+    };
+    println!(
+        "done: {} iterations; last checkpoint {}",
+        out.losses.len(),
+        out.last_checkpoint
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "none".into())
+    );
+    Ok(())
+}
+
+/// Load a checkpoint's model into a freshly built model on `B` (inference).
+pub fn load_checkpoint_model<B: Backend>(
+    cfg: &ExperimentConfig,
+    ckpt: &Path,
+    device: &B::Device,
+) -> anyhow::Result<RetinaNet<B>> {
+    let dir = if ckpt.join("state.json").exists() {
+        ckpt.to_path_buf()
+    } else if let Some(latest) = checkpoint::latest(ckpt) {
+        latest
+    } else {
+        return Err(bad_input(format!(
+            "{}: not a checkpoint directory (no state.json) nor a work dir with one",
+            ckpt.display()
+        )));
+    };
+    let model = build_model::<B>(cfg, device)?;
+    checkpoint::load_model(&dir, model, device)
+        .with_context(|| format!("loading {}", dir.display()))
+        .map_err(|e| bad_input(format!("{e:#}")))
+}
