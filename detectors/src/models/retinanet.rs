@@ -506,6 +506,76 @@ mod tests {
         assert!(dets[0].boxes.is_empty());
     }
 
+    /// A bright square of class `label` on a dark background, normalised as the pipeline would (about
+    /// -1 outside, +2 inside on the label's channel), and its box.
+    fn square_image(x0: usize, y0: usize, side: usize, label: usize) -> (Vec<f32>, [f32; 4]) {
+        let mut px = vec![-1.0f32; 3 * 64 * 64];
+        for y in y0..y0 + side {
+            for x in x0..x0 + side {
+                px[label * 64 * 64 + y * 64 + x] = 2.0;
+            }
+        }
+        (px, [x0 as f32, y0 as f32, (x0 + side) as f32, (y0 + side) as f32])
+    }
+
+    fn iou_xyxy(a: [f32; 4], b: [f32; 4]) -> f32 {
+        let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+        let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+        let area = |r: [f32; 4]| (r[2] - r[0]) * (r[3] - r[1]);
+        iw * ih / (area(a) + area(b) - iw * ih)
+    }
+
+    /// Overfitting two images must work end to end: the losses fall far, and inference (the inner backend,
+    /// BatchNorm on running statistics) finds each square at its place with its class. A model whose output
+    /// ignores the image (a broken inference path, or a network collapsed to the background prior) fails it.
+    #[test]
+    fn overfits_two_images_and_predicts_them_in_eval_mode() {
+        use burn::module::AutodiffModule;
+        use burn::optim::{GradientsParams, Optimizer, SgdConfig, momentum::MomentumConfig};
+        let device = Default::default();
+        A::seed(&device, 0);
+        let mut model = RetinaNet::<A>::from_config(&tiny_config(), &device).unwrap();
+        let (a, box_a) = square_image(8, 12, 32, 0);
+        let (b, box_b) = square_image(24, 20, 36, 2);
+        let pixels: Vec<f32> = a.into_iter().chain(b).collect();
+        let images = Tensor::<A, 4>::from_data(TensorData::new(pixels, [2, 3, 64, 64]), &device);
+        let items = [item(vec![box_a], vec![0]), item(vec![box_b], vec![2])];
+        let mut optim = SgdConfig::new()
+            .with_momentum(Some(
+                MomentumConfig::new().with_momentum(0.9).with_dampening(0.0),
+            ))
+            .init::<A, RetinaNet<A>>();
+        let mut first = None;
+        let mut last = (0.0, 0.0);
+        for _ in 0..50 {
+            let l = model.losses(images.clone(), &items).unwrap();
+            let v = |i: usize| l.terms[i].1.clone().into_scalar();
+            last = (v(0), v(1));
+            first.get_or_insert(last);
+            let g = GradientsParams::from_grads(l.total().backward(), &model);
+            model = optim.step(0.01, model, g);
+        }
+        let first = first.unwrap();
+        // the prior alone gives a classification loss of about 1.13 here; a model that learnt nothing of the
+        // images cannot go much below the best constant output
+        assert!(
+            last.0 < 0.1 * first.0 && last.1 < 0.5 * first.1,
+            "losses first {first:?} last {last:?}"
+        );
+        let dets = model.valid().predict(images.inner(), &items).unwrap();
+        for (d, (gt, label)) in dets.iter().zip([(box_a, 0), (box_b, 2)]) {
+            assert!(!d.boxes.is_empty(), "no detection for {gt:?}");
+            let iou = iou_xyxy(d.boxes[0], gt);
+            assert!(
+                d.labels[0] == label && d.scores[0] > 0.5 && iou > 0.7,
+                "gt {gt:?} label {label}: top {:?} label {} score {} iou {iou}",
+                d.boxes[0],
+                d.labels[0],
+                d.scores[0]
+            );
+        }
+    }
+
     #[test]
     fn unknown_backbone_is_an_error_naming_the_field() {
         let mut cfg = tiny_config();
