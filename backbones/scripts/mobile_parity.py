@@ -133,6 +133,18 @@ def main():
     for name, module, fn, levels in mobile:
         model = getattr(dca(module), fn)(num_classes=NUM_CLASSES)
         record(name, model, [1, 3, 64, 64], levels, args.out)
+    mnas = load_package("dcanet_mnas", os.path.join(args.dcanet, "models", "mnas"))
+    mnas_levels = ["layers.8", "layers.9", "layers.11", "layers.16"]
+    dca_mnas_levels = ["layers2.0", "layers2.1", "layers2.3", "layers3"]
+    for name, module, fn, levels in [
+        ("mnasnet1_0", "mnasnet_old", "old_mnasnet1_0", mnas_levels),
+        ("se_mnasnet1_0", "mnasnet_se", "se_mnasnet1_0", mnas_levels),
+        ("dca_se_mnasnet1_0", "mnasnet_se_dca", "dca_se_mnasnet1_0", dca_mnas_levels),
+        ("ge_mnasnet1_0", "mnasnet_getheta", "getheta_mnasnet1_0", mnas_levels),
+        ("dca_ge_mnasnet0_5", "mnasnet_getheta_dca", "dca_getheta_mnasnet0_5", dca_mnas_levels),
+    ]:
+        model = getattr(mnas(module), fn)(num_classes=NUM_CLASSES)
+        record(name, model, [1, 3, 64, 64], levels, args.out)
     if args.ecanet:
         eca = load_package("ecanet_models", os.path.join(args.ecanet, "models"))
         model = eca("eca_mobilenetv2").eca_mobilenet_v2(num_classes=NUM_CLASSES)

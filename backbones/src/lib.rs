@@ -43,6 +43,7 @@ pub mod cost;
 pub mod error;
 pub mod formula;
 pub mod layers;
+pub mod mnasnet;
 pub mod mobile_layers;
 pub mod mobilenet_v2;
 pub mod norm;

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{self, KeyMap, LoadSummary};
 use crate::cost::{CostCounter, CostReport, CountFlops};
 use crate::error::BackboneError;
+use crate::mnasnet::{MnasNet, MnasNetConfig};
 use crate::mobilenet_v2::{MobileNetV2, MobileNetV2Config};
 use crate::norm::NormMode;
 use crate::resnet::{ResNet, ResNetConfig};
@@ -25,6 +26,8 @@ pub enum BackboneArch {
     MobileNetV2(MobileNetV2Config),
     /// The SDA-xNet networks (stage-wise depth attention).
     Sda(SdaConfig),
+    /// MnasNet with DCANet's attention variants.
+    MnasNet(MnasNetConfig),
 }
 
 /// Examples of accepted names, for help texts.
@@ -42,6 +45,7 @@ pub const EXAMPLE_NAMES: &[&str] = &[
     "mobilenet_v2",
     "dca_se_mobilenet_v2",
     "sda_resnet86",
+    "dca_se_mnasnet1_0",
 ];
 
 impl BackboneArch {
@@ -56,6 +60,9 @@ impl BackboneArch {
         if let Some(cfg) = SdaConfig::parse(name) {
             return cfg.map(BackboneArch::Sda);
         }
+        if let Some(cfg) = MnasNetConfig::parse(name) {
+            return cfg.map(BackboneArch::MnasNet);
+        }
         Err(BackboneError::UnknownModel {
             name: name.into(),
             reason: format!("not a model of the zoo; examples: {}", EXAMPLE_NAMES.join(", ")),
@@ -68,6 +75,7 @@ impl BackboneArch {
             BackboneArch::ResNet(c) => c.name(),
             BackboneArch::MobileNetV2(c) => c.name(),
             BackboneArch::Sda(c) => c.name(),
+            BackboneArch::MnasNet(c) => c.name(),
         }
     }
 
@@ -77,6 +85,7 @@ impl BackboneArch {
             BackboneArch::ResNet(c) => c.num_classes = n,
             BackboneArch::MobileNetV2(c) => c.num_classes = n,
             BackboneArch::Sda(c) => c.num_classes = n,
+            BackboneArch::MnasNet(c) => c.num_classes = n,
         }
         self
     }
@@ -87,6 +96,7 @@ impl BackboneArch {
             BackboneArch::ResNet(c) => c.static_key_map(),
             BackboneArch::MobileNetV2(c) => c.static_key_map(),
             BackboneArch::Sda(c) => c.static_key_map(),
+            BackboneArch::MnasNet(c) => c.static_key_map(),
         }
     }
 
@@ -98,6 +108,7 @@ impl BackboneArch {
             BackboneArch::ResNet(c) => AnyBackbone::ResNet(ResNet::new(c, device)?),
             BackboneArch::MobileNetV2(c) => AnyBackbone::MobileNetV2(c.init(device)),
             BackboneArch::Sda(c) => AnyBackbone::Sda(c.init(device)),
+            BackboneArch::MnasNet(c) => AnyBackbone::MnasNet(c.init(device)),
         })
     }
 
@@ -126,6 +137,8 @@ pub enum AnyBackbone<B: Backend> {
     MobileNetV2(MobileNetV2<B>),
     /// The SDA-xNet networks.
     Sda(SdaNet<B>),
+    /// MnasNet and its attention variants.
+    MnasNet(MnasNet<B>),
 }
 
 impl<B: Backend> AnyBackbone<B> {
@@ -136,6 +149,7 @@ impl<B: Backend> AnyBackbone<B> {
             AnyBackbone::ResNet(m) => m.count_flops(&mut counter, [3, height, width]),
             AnyBackbone::MobileNetV2(m) => m.count_flops(&mut counter, [3, height, width]),
             AnyBackbone::Sda(m) => m.count_flops(&mut counter, [3, height, width]),
+            AnyBackbone::MnasNet(m) => m.count_flops(&mut counter, [3, height, width]),
         };
         counter.finish()
     }
@@ -158,6 +172,7 @@ impl<B: Backend> Backbone<B> for AnyBackbone<B> {
             AnyBackbone::ResNet(m) => m.feature_specs(),
             AnyBackbone::MobileNetV2(m) => m.feature_specs(),
             AnyBackbone::Sda(m) => m.feature_specs(),
+            AnyBackbone::MnasNet(m) => m.feature_specs(),
         }
     }
 
@@ -166,6 +181,7 @@ impl<B: Backend> Backbone<B> for AnyBackbone<B> {
             AnyBackbone::ResNet(m) => m.forward_features(x),
             AnyBackbone::MobileNetV2(m) => m.forward_features(x),
             AnyBackbone::Sda(m) => m.forward_features(x),
+            AnyBackbone::MnasNet(m) => m.forward_features(x),
         }
     }
 
@@ -174,6 +190,7 @@ impl<B: Backend> Backbone<B> for AnyBackbone<B> {
             AnyBackbone::ResNet(m) => AnyBackbone::ResNet(m.with_norm_mode(mode)),
             AnyBackbone::MobileNetV2(m) => AnyBackbone::MobileNetV2(Backbone::with_norm_mode(m, mode)),
             AnyBackbone::Sda(m) => AnyBackbone::Sda(Backbone::with_norm_mode(m, mode)),
+            AnyBackbone::MnasNet(m) => AnyBackbone::MnasNet(Backbone::with_norm_mode(m, mode)),
         }
     }
 
@@ -182,6 +199,7 @@ impl<B: Backend> Backbone<B> for AnyBackbone<B> {
             AnyBackbone::ResNet(m) => AnyBackbone::ResNet(m.with_frozen_stages(stages)),
             AnyBackbone::MobileNetV2(m) => AnyBackbone::MobileNetV2(Backbone::with_frozen_stages(m, stages)),
             AnyBackbone::Sda(m) => AnyBackbone::Sda(Backbone::with_frozen_stages(m, stages)),
+            AnyBackbone::MnasNet(m) => AnyBackbone::MnasNet(Backbone::with_frozen_stages(m, stages)),
         }
     }
 }
@@ -192,6 +210,7 @@ impl<B: Backend> Classifier<B> for AnyBackbone<B> {
             AnyBackbone::ResNet(m) => m.forward_logits(x),
             AnyBackbone::MobileNetV2(m) => m.forward_logits(x),
             AnyBackbone::Sda(m) => m.forward_logits(x),
+            AnyBackbone::MnasNet(m) => m.forward_logits(x),
         }
     }
 
@@ -200,6 +219,7 @@ impl<B: Backend> Classifier<B> for AnyBackbone<B> {
             AnyBackbone::ResNet(m) => m.num_classes(),
             AnyBackbone::MobileNetV2(m) => m.num_classes(),
             AnyBackbone::Sda(m) => m.num_classes(),
+            AnyBackbone::MnasNet(m) => m.num_classes(),
         }
     }
 }

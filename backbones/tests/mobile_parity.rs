@@ -73,3 +73,53 @@ fn dca_ge_mobilenet_v2_matches_reference() {
 fn eca_mobilenet_v2_matches_reference() {
     check(MobileAttention::Eca);
 }
+
+/// MnasNet variants, built through the zoo by name.
+fn check_mnasnet(name: &str) {
+    use attndet_backbones::mnasnet::MnasNetConfig;
+    let config = match MnasNetConfig::parse(name) {
+        Some(Ok(c)) => MnasNetConfig { num_classes: 10, ..c },
+        other => panic!("{name}: {other:?}"),
+    };
+    let fixture = read_fixture(&format!("mobile_parity_{name}.json"));
+    let mut model = config.init::<B>(&Default::default());
+    load_formula(&mut model, &fixture, config.static_key_map());
+    let x = input(fixture.input_shape);
+    let logits: Vec<f32> = model.forward(x.clone()).into_data().to_vec().unwrap();
+    let err = relative_error(&logits, &fixture.logits);
+    println!("{name}: logits max relative error {err:.2e}");
+    assert!(err < TOLERANCE, "{name}: logits relative error {err:.2e}");
+    for (i, (level, reference)) in model
+        .forward_features(x)
+        .into_iter()
+        .zip(&fixture.levels)
+        .enumerate()
+    {
+        check_level(&format!("{name} level {i}"), level, reference, TOLERANCE);
+    }
+}
+
+#[test]
+fn mnasnet1_0_matches_reference() {
+    check_mnasnet("mnasnet1_0");
+}
+
+#[test]
+fn se_mnasnet1_0_matches_reference() {
+    check_mnasnet("se_mnasnet1_0");
+}
+
+#[test]
+fn dca_se_mnasnet1_0_matches_reference() {
+    check_mnasnet("dca_se_mnasnet1_0");
+}
+
+#[test]
+fn ge_mnasnet1_0_matches_reference() {
+    check_mnasnet("ge_mnasnet1_0");
+}
+
+#[test]
+fn dca_ge_mnasnet0_5_matches_reference() {
+    check_mnasnet("dca_ge_mnasnet0_5");
+}

@@ -55,3 +55,38 @@ fn names_outside_the_built_variants_are_refused_with_a_reason() {
         assert!(err.contains(name) && err.contains("not built yet"), "{err}");
     }
 }
+
+/// MnasNet parameter counts at every width, from `backbone_state_dicts.json` (reference models built with 1000
+/// classes), and the FLOPs of the 1.0 models from `backbone_flops.json`.
+#[test]
+fn mnasnet_parameters_exact_at_every_width_and_flops_within_one_percent() {
+    let params: [(&str, [usize; 4]); 5] = [
+        ("", [2_220_824, 3_170_656, 4_383_312, 6_279_432]),
+        ("se_", [2_230_860, 3_192_840, 4_421_688, 6_342_431]),
+        ("dca_se_", [2_237_694, 3_206_145, 4_443_074, 6_376_171]),
+        ("ge_", [2_220_824, 3_170_656, 4_383_312, 6_279_432]),
+        ("dca_ge_", [2_246_968, 3_227_808, 4_481_136, 6_443_264]),
+    ];
+    let flops_1_0 = [330_127_232u64, 330_621_752, 330_644_757, 330_585_088, 330_684_280];
+    let device = Default::default();
+    for ((prefix, counts), flops) in params.into_iter().zip(flops_1_0) {
+        for (width, count) in ["0_5", "0_75", "1_0", "1_3"].into_iter().zip(counts) {
+            let name = format!("{prefix}mnasnet{width}");
+            let arch = BackboneArch::parse(&name).unwrap();
+            assert_eq!(arch.name(), name);
+            let model = arch.build::<B>(&device).unwrap();
+            assert_eq!(parameter_count(&model), count, "{name}");
+            let cost = model.cost(224, 224);
+            assert_eq!(cost.params, count, "{name}: rows");
+            if width == "1_0" {
+                let rel = (cost.flops as f64 - flops as f64).abs() / flops as f64;
+                eprintln!(
+                    "{name}: {} FLOPs vs {flops} ({:+.3}%)",
+                    cost.flops,
+                    (cost.flops as f64 / flops as f64 - 1.0) * 100.0
+                );
+                assert!(rel < 0.01, "{name}: {} FLOPs vs {flops}", cost.flops);
+            }
+        }
+    }
+}
