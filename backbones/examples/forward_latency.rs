@@ -33,8 +33,14 @@ fn main() {
     let device = Default::default();
     let arch = BackboneArch::parse(name).unwrap_or_else(|e| panic!("{e}"));
     let model = arch.build::<B>(&device).unwrap_or_else(|e| panic!("{e}"));
-    let AnyBackbone::ResNet(net) = &model else { panic!("{name} is not a ResNet") };
-    let x = Tensor::<B, 4>::random([1, 3, h, w], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+    let AnyBackbone::ResNet(net) = &model else {
+        panic!("{name} is not a ResNet")
+    };
+    let x = Tensor::<B, 4>::random(
+        [1, 3, h, w],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &device,
+    );
 
     let mut total = Vec::new();
     let mut parts = vec![Vec::new(); 6];
@@ -85,5 +91,7 @@ fn main() {
 }
 
 fn rayon_threads() -> Option<usize> {
-    std::env::var("RAYON_NUM_THREADS").ok().and_then(|s| s.parse().ok())
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
 }
