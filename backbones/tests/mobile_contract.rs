@@ -93,3 +93,41 @@ fn a_checkpoint_of_another_variant_is_refused_naming_the_keys() {
         "{message}"
     );
 }
+
+#[test]
+fn explain_reports_depth_attention_and_dca_connections() {
+    use attndet_backbones::sda::explain::explain;
+    use attndet_backbones::{AnyBackbone, BackboneArch};
+    let device = Default::default();
+    let sda = SdaConfig {
+        variant: SdaVariant::ResNet,
+        depths: [2, 1, 3, 1],
+        num_classes: 10,
+    }
+    .init::<B>(&device);
+    let report = explain(&AnyBackbone::Sda(sda), Tensor::ones([1, 3, 32, 32], &device)).unwrap();
+    let stages = report["depth_attention"].as_array().unwrap();
+    let lengths: Vec<usize> = stages.iter().map(|s| s.as_array().unwrap().len()).collect();
+    assert_eq!(lengths, [2, 1, 3, 1]);
+    for s in stages {
+        let sum: f64 = s.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).sum();
+        assert!((sum - 1.0).abs() < 1e-5, "softmax over blocks sums to one: {sum}");
+    }
+    // DCA: one connection per block after the first, beta / (alpha + beta) from the mixing conv's weights.
+    let model = BackboneArch::parse("dca_se_mobilenet_v2")
+        .unwrap()
+        .build::<B>(&device)
+        .unwrap();
+    let report = explain(&model, Tensor::ones([1, 3, 32, 32], &device)).unwrap();
+    let rows = report["dca_connections"].as_array().unwrap();
+    assert_eq!(rows.len(), 16);
+    let row = &rows[0];
+    let (a, b) = (row["alpha"].as_f64().unwrap(), row["beta"].as_f64().unwrap());
+    assert!((row["beta_ratio"].as_f64().unwrap() - b / (a + b)).abs() < 1e-6);
+    // Plain networks have nothing to explain.
+    let plain = BackboneArch::parse("mobilenet_v2")
+        .unwrap()
+        .build::<B>(&device)
+        .unwrap();
+    assert!(explain(&plain, Tensor::ones([1, 3, 32, 32], &device)).is_none());
+}

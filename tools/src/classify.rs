@@ -47,6 +47,10 @@ pub struct ClassifyArgs {
     /// Print one JSON document on stdout instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Also show what the attention learned: SDA's depth-attention weights per stage (mean over channels),
+    /// DCA's connection weights alpha/beta and the previous block's share beta/(alpha+beta) (JSON: "explain").
+    #[arg(long)]
+    pub explain: bool,
     /// Images (PNG or JPEG).
     #[arg(required = true, value_name = "IMAGE")]
     pub images: Vec<PathBuf>,
@@ -149,6 +153,11 @@ fn run_on<B: Backend>(args: &ClassifyArgs, device: &B::Device) -> anyhow::Result
     for path in &args.images {
         let (data, [h, w]) = preprocess(path, !args.no_resize)?;
         let x = Tensor::<B, 4>::from_data(TensorData::new(data, [1, 3, h, w]), device);
+        let explained = if args.explain {
+            attndet_backbones::sda::explain::explain(&model, x.clone())
+        } else {
+            None
+        };
         let logits = model.forward_logits(x);
         let probs: Vec<f32> = softmax(logits.clone(), 1).into_data().to_vec()?;
         let logits: Vec<f32> = logits.into_data().to_vec()?;
@@ -177,7 +186,19 @@ fn run_on<B: Backend>(args: &ClassifyArgs, device: &B::Device) -> anyhow::Result
                 }
             });
         }
-        docs.push(json!({"image": path.display().to_string(), "logits": logits, "top": top}));
+        if args.explain && !args.json {
+            match &explained {
+                Some(report) => progress.suspend(|| println!("  explain: {report}")),
+                None => {
+                    progress.suspend(|| println!("  explain: {} has no SDA or DCA attention", arch.name()))
+                }
+            }
+        }
+        let mut doc = json!({"image": path.display().to_string(), "logits": logits, "top": top});
+        if let Some(report) = explained {
+            doc["explain"] = report;
+        }
+        docs.push(doc);
         progress.inc(1);
     }
     progress.finish_and_clear();

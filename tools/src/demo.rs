@@ -42,13 +42,13 @@ pub struct DemoArgs {
     #[arg(long = "cfg-options", value_name = "KEY=VALUE", num_args = 1..)]
     pub cfg_options: Vec<String>,
     /// Training images to generate.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 480)]
     pub train_images: usize,
     /// Validation images to generate.
     #[arg(long, default_value_t = 100)]
     pub val_images: usize,
     /// Side of the generated (square) images in pixels.
-    #[arg(long, default_value_t = 96)]
+    #[arg(long, default_value_t = 64)]
     pub image_size: u32,
     /// Seed of the dataset and of training.
     #[arg(long, default_value_t = 0)]

@@ -12,6 +12,8 @@
 //! network returning the four stage outputs (C2..C5, [`Backbone::forward_features`]); loading their checkpoints
 //! (BatchNorms named `norm1..3`, no classifier head) is not supported yet.
 
+pub mod explain;
+
 use burn::module::Module;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
