@@ -541,9 +541,7 @@ mod tests {
         let images = Tensor::<A, 4>::from_data(TensorData::new(pixels, [2, 3, 64, 64]), &device);
         let items = [item(vec![box_a], vec![0]), item(vec![box_b], vec![2])];
         let mut optim = SgdConfig::new()
-            .with_momentum(Some(
-                MomentumConfig::new().with_momentum(0.9).with_dampening(0.0),
-            ))
+            .with_momentum(Some(MomentumConfig::new().with_momentum(0.9).with_dampening(0.0)))
             .init::<A, RetinaNet<A>>();
         let mut first = None;
         let mut last = (0.0, 0.0);
