@@ -123,13 +123,16 @@ fn labels(path: Option<&Path>, classes: usize) -> anyhow::Result<Vec<String>> {
 
 /// Run `attndet classify` on `device`.
 pub fn run(args: &ClassifyArgs, device: &DeviceArg) -> anyhow::Result<()> {
-    device.check_usable()?;
-    match device {
-        DeviceArg::Cpu => run_on::<burn::backend::Flex>(args, &Default::default()),
-        #[cfg(feature = "cuda")]
-        DeviceArg::Cuda(i) => run_on::<burn::backend::Cuda>(args, &burn::backend::cuda::CudaDevice::new(*i)),
-        #[cfg(not(feature = "cuda"))]
-        DeviceArg::Cuda(_) => unreachable!("check_usable rejects CUDA in a CPU-only build"),
+    device.run(ClassifyJob(args))
+}
+
+struct ClassifyJob<'a>(&'a ClassifyArgs);
+
+impl crate::device::BackendJob for ClassifyJob<'_> {
+    type Output = ();
+
+    fn run<B: Backend>(self, device: &B::Device) -> anyhow::Result<()> {
+        run_on::<B>(self.0, device)
     }
 }
 

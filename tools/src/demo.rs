@@ -11,7 +11,7 @@ use clap::{Args, ValueEnum};
 
 use crate::device::DeviceArg;
 use crate::errors::bad_input;
-use crate::train::{TrainArgs, evaluate_val, load_checkpoint_model, load_split, prepare, run_on};
+use crate::train::{TrainArgs, TrainJob, evaluate_val, load_checkpoint_model, load_split, prepare};
 
 /// The demo's config, relative to the workspace this binary was built from.
 const DEMO_CONFIG: &str = concat!(
@@ -111,19 +111,10 @@ pub fn run(args: &DemoArgs, device: &DeviceArg) -> anyhow::Result<()> {
         quiet: false,
     };
     let train_started = Instant::now();
-    let outcome = match device {
-        DeviceArg::Cpu => {
-            run_on::<burn::backend::Autodiff<burn::backend::Flex>>(&train_args, &p, &Default::default())?
-        }
-        #[cfg(feature = "cuda")]
-        DeviceArg::Cuda(i) => run_on::<burn::backend::Autodiff<burn::backend::Cuda>>(
-            &train_args,
-            &p,
-            &burn::backend::cuda::CudaDevice::new(*i),
-        )?,
-        #[cfg(not(feature = "cuda"))]
-        DeviceArg::Cuda(_) => unreachable!("check_usable rejects CUDA without the feature"),
-    };
+    let outcome = device.run(TrainJob {
+        args: &train_args,
+        prepared: &p,
+    })?;
     let train_seconds = train_started.elapsed().as_secs_f64();
     let ckpt = outcome
         .last_checkpoint

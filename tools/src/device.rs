@@ -37,7 +37,29 @@ impl std::fmt::Display for DeviceArg {
     }
 }
 
+/// A computation written once for any burn backend, run on the backend that `--device` names.
+pub trait BackendJob {
+    /// What the job returns.
+    type Output;
+
+    /// Run on backend `B` and its `device`.
+    fn run<B: burn::prelude::Backend>(self, device: &B::Device) -> anyhow::Result<Self::Output>;
+}
+
 impl DeviceArg {
+    /// Check the device, then run `job` on its backend: burn's Flex for `cpu`, CUDA for `cuda:N`.
+    /// The one place where a device name becomes a backend type.
+    pub fn run<J: BackendJob>(&self, job: J) -> anyhow::Result<J::Output> {
+        self.check_usable()?;
+        match self {
+            Self::Cpu => job.run::<burn::backend::Flex>(&Default::default()),
+            #[cfg(feature = "cuda")]
+            Self::Cuda(i) => job.run::<burn::backend::Cuda>(&burn::backend::cuda::CudaDevice::new(*i)),
+            #[cfg(not(feature = "cuda"))]
+            Self::Cuda(_) => unreachable!("check_usable rejects CUDA without the feature"),
+        }
+    }
+
     /// Check that the device can be used by this binary; a clear bad-input error otherwise.
     pub fn check_usable(&self) -> anyhow::Result<()> {
         match self {

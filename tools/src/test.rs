@@ -41,14 +41,19 @@ pub struct TestArgs {
 pub fn run(args: &TestArgs, device: &DeviceArg) -> anyhow::Result<()> {
     device.check_usable()?;
     let p = prepare(&args.config, &args.cfg_options, None)?;
-    match device {
-        DeviceArg::Cpu => run_on::<burn::backend::Flex>(args, &p, &Default::default()),
-        #[cfg(feature = "cuda")]
-        DeviceArg::Cuda(i) => {
-            run_on::<burn::backend::Cuda>(args, &p, &burn::backend::cuda::CudaDevice::new(*i))
-        }
-        #[cfg(not(feature = "cuda"))]
-        DeviceArg::Cuda(_) => unreachable!("check_usable rejects CUDA without the feature"),
+    device.run(TestJob { args, prepared: &p })
+}
+
+struct TestJob<'a> {
+    args: &'a TestArgs,
+    prepared: &'a crate::train::Prepared,
+}
+
+impl crate::device::BackendJob for TestJob<'_> {
+    type Output = ();
+
+    fn run<B: burn::prelude::Backend>(self, device: &B::Device) -> anyhow::Result<()> {
+        run_on::<B>(self.args, self.prepared, device)
     }
 }
 

@@ -22,7 +22,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config_cmd::load_config;
-use crate::device::DeviceArg;
+use crate::device::{BackendJob, DeviceArg};
 use crate::errors::bad_input;
 
 /// Arguments of `attndet train`.
@@ -312,23 +312,27 @@ where
     })
 }
 
+/// Training on the autodiff version of whichever backend `--device` names.
+pub struct TrainJob<'a> {
+    /// The training arguments.
+    pub args: &'a TrainArgs,
+    /// The resolved config and its paths.
+    pub prepared: &'a Prepared,
+}
+
+impl BackendJob for TrainJob<'_> {
+    type Output = TrainOutcome;
+
+    fn run<B: Backend>(self, device: &B::Device) -> anyhow::Result<TrainOutcome> {
+        run_on::<burn::backend::Autodiff<B>>(self.args, self.prepared, device)
+    }
+}
+
 /// Run `attndet train`.
 pub fn run(args: &TrainArgs, device: &DeviceArg) -> anyhow::Result<()> {
     device.check_usable()?;
     let p = prepare(&args.config, &args.cfg_options, args.seed)?;
-    let out = match device {
-        DeviceArg::Cpu => {
-            run_on::<burn::backend::Autodiff<burn::backend::Flex>>(args, &p, &Default::default())?
-        }
-        #[cfg(feature = "cuda")]
-        DeviceArg::Cuda(i) => run_on::<burn::backend::Autodiff<burn::backend::Cuda>>(
-            args,
-            &p,
-            &burn::backend::cuda::CudaDevice::new(*i),
-        )?,
-        #[cfg(not(feature = "cuda"))]
-        DeviceArg::Cuda(_) => unreachable!("check_usable rejects CUDA without the feature"),
-    };
+    let out = device.run(TrainJob { args, prepared: &p })?;
     println!(
         "done: {} iterations; last checkpoint {}",
         out.losses.len(),
