@@ -528,10 +528,14 @@ mod tests {
     /// Overfitting two images must work end to end: the losses fall far, and inference (the inner backend,
     /// BatchNorm on running statistics) finds each square at its place with its class. A model whose output
     /// ignores the image (a broken inference path, or a network collapsed to the background prior) fails it.
+    /// AdamW, because the initial weights come from the backend's global RNG, which tests running in parallel
+    /// share: the test must pass from whatever initialisation it gets, and SGD's progress in a few dozen steps
+    /// depends on it far more. With 40 AdamW steps at lr 1e-3, initialisations from seeds 0..6 all ended
+    /// with classification loss <= 0.022, box loss <= 0.068, top score >= 0.93 and IoU >= 0.82.
     #[test]
     fn overfits_two_images_and_predicts_them_in_eval_mode() {
         use burn::module::AutodiffModule;
-        use burn::optim::{GradientsParams, Optimizer, SgdConfig, momentum::MomentumConfig};
+        use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
         let device = Default::default();
         A::seed(&device, 0);
         let mut model = RetinaNet::<A>::from_config(&tiny_config(), &device).unwrap();
@@ -540,18 +544,18 @@ mod tests {
         let pixels: Vec<f32> = a.into_iter().chain(b).collect();
         let images = Tensor::<A, 4>::from_data(TensorData::new(pixels, [2, 3, 64, 64]), &device);
         let items = [item(vec![box_a], vec![0]), item(vec![box_b], vec![2])];
-        let mut optim = SgdConfig::new()
-            .with_momentum(Some(MomentumConfig::new().with_momentum(0.9).with_dampening(0.0)))
+        let mut optim = AdamWConfig::new()
+            .with_weight_decay(0.0)
             .init::<A, RetinaNet<A>>();
         let mut first = None;
         let mut last = (0.0, 0.0);
-        for _ in 0..50 {
+        for _ in 0..40 {
             let l = model.losses(images.clone(), &items).unwrap();
             let v = |i: usize| l.terms[i].1.clone().into_scalar();
             last = (v(0), v(1));
             first.get_or_insert(last);
             let g = GradientsParams::from_grads(l.total().backward(), &model);
-            model = optim.step(0.01, model, g);
+            model = optim.step(1e-3, model, g);
         }
         let first = first.unwrap();
         // the prior alone gives a classification loss of about 1.13 here; a model that learnt nothing of the
