@@ -153,7 +153,9 @@ fn shipped_configs_resolve_and_type_check() {
         let ModelConfig::RetinaNet(m) = &cfg.model;
         assert_eq!(m.bbox_head.num_classes, 80);
         assert_eq!(m.neck.add_extra_convs, crate::necks::ExtraConvs::OnInput);
-        let OptimizerConfig::Sgd(sgd) = &cfg.optimizer;
+        let OptimizerConfig::Sgd(sgd) = &cfg.optimizer else {
+            panic!("{name}: expected SGD");
+        };
         // RetinaNet's own lr (0.01 for 16 images) and clipping at 35, as in mmdetection.
         assert_eq!(sgd.lr, 0.01);
         assert_eq!(sgd.grad_clip, Some(GradClipConfig { max_norm: 35.0 }));
@@ -203,4 +205,36 @@ fn empty_config_reports_the_first_missing_field() {
     let p = d.write("e.json", json!({}));
     let err = load_typed::<ExperimentConfig>(&p, &[]).unwrap_err().to_string();
     assert!(err.contains("missing field `model`"), "{err}");
+}
+
+#[test]
+fn optimizer_type_selects_sgd_or_adamw_with_torch_defaults() {
+    let sgd: OptimizerConfig = serde_json::from_value(json!({
+        "type": "SGD", "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0001, "grad_clip": null
+    }))
+    .unwrap();
+    assert_eq!(sgd.lr(), 0.01);
+    assert!(sgd.grad_clip().is_none());
+    let adamw: OptimizerConfig = serde_json::from_value(json!({
+        "type": "AdamW", "lr": 0.002, "weight_decay": 0.05, "grad_clip": {"max_norm": 10.0}
+    }))
+    .unwrap();
+    // torch.optim.AdamW's defaults: betas (0.9, 0.999), eps 1e-8
+    let OptimizerConfig::AdamW(a) = &adamw else {
+        panic!("expected AdamW, got {adamw:?}");
+    };
+    assert_eq!((a.betas, a.eps), ([0.9, 0.999], 1e-8));
+    assert_eq!(adamw.lr(), 0.002);
+    assert_eq!(adamw.grad_clip(), Some(&GradClipConfig { max_norm: 10.0 }));
+    // SGD's momentum is not an AdamW field: a config switching type must `_delete_` the inherited SGD keys
+    let err = serde_json::from_value::<OptimizerConfig>(json!({
+        "type": "AdamW", "lr": 0.002, "weight_decay": 0.05, "momentum": 0.9
+    }))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("momentum"), "{err}");
+    let err = serde_json::from_value::<OptimizerConfig>(json!({"type": "Adam", "lr": 0.1}))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("Adam"), "{err}");
 }

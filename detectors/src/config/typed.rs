@@ -165,13 +165,62 @@ pub struct PipelineConfig {
     pub pad_size_divisor: usize,
 }
 
-/// SGD with mmdetection's options.
+/// The optimizer, chosen by `"type"` as in mmdetection's `optimizer` dict.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", deny_unknown_fields)]
 pub enum OptimizerConfig {
     /// Stochastic gradient descent with momentum (PyTorch semantics: no dampening, coupled weight decay).
     #[serde(rename = "SGD")]
     Sgd(SgdConfig),
+    /// Adam with decoupled weight decay (PyTorch's `AdamW`): far less sensitive to the learning rate when
+    /// training from scratch, which is what the synthetic demo does.
+    #[serde(rename = "AdamW")]
+    AdamW(AdamWConfig),
+}
+
+impl OptimizerConfig {
+    /// Base learning rate.
+    pub fn lr(&self) -> f64 {
+        match self {
+            Self::Sgd(c) => c.lr,
+            Self::AdamW(c) => c.lr,
+        }
+    }
+
+    /// Global-norm clipping, if any.
+    pub fn grad_clip(&self) -> Option<&GradClipConfig> {
+        match self {
+            Self::Sgd(c) => c.grad_clip.as_ref(),
+            Self::AdamW(c) => c.grad_clip.as_ref(),
+        }
+    }
+}
+
+/// AdamW settings (defaults: PyTorch's betas and eps).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdamWConfig {
+    /// Base learning rate.
+    pub lr: f64,
+    /// Decay rates of the first and second moment estimates.
+    #[serde(default = "default_betas")]
+    pub betas: [f64; 2],
+    /// Added to the denominator for stability.
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    /// Decoupled weight decay (every parameter's value shrinks by `lr * weight_decay` per step).
+    pub weight_decay: f64,
+    /// Clip the global L2 norm of all gradients; `null`: no clipping.
+    #[serde(default)]
+    pub grad_clip: Option<GradClipConfig>,
+}
+
+fn default_betas() -> [f64; 2] {
+    [0.9, 0.999]
+}
+
+fn default_eps() -> f64 {
+    1e-8
 }
 
 /// SGD settings.

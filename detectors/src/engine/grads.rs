@@ -35,6 +35,31 @@ pub fn add_weight_decay_to_weights<B: AutodiffBackend, M: AutodiffModule<B>>(
     });
 }
 
+/// Store every gradient in a dense row-major layout. Backward passes may hand back permuted views (the
+/// CPU backend's convolution weight gradients are); every elementwise op the optimizer and the clipping then
+/// run on such a view walks strided indices, an order of magnitude slower than on a dense buffer. Flattening
+/// copies a view once (and is free for a dense tensor), so each step pays one copy instead of many slow passes.
+pub fn make_contiguous<B: AutodiffBackend, M: AutodiffModule<B>>(model: &M, grads: &mut GradientsParams) {
+    fn dense<B: Backend, const D: usize>(g: &mut GradientsParams, id: ParamId) {
+        if let Some(t) = g.remove::<B, D>(id) {
+            let dims = t.dims();
+            let n = t.shape().num_elements();
+            g.register::<B, D>(id, t.reshape([n]).reshape(dims));
+        }
+    }
+    let mut ranks = ParamRanks(Vec::new());
+    model.visit(&mut ranks);
+    for &(id, rank) in &ranks.0 {
+        match rank {
+            1 => dense::<B::InnerBackend, 1>(grads, id),
+            2 => dense::<B::InnerBackend, 2>(grads, id),
+            3 => dense::<B::InnerBackend, 3>(grads, id),
+            4 => dense::<B::InnerBackend, 4>(grads, id),
+            _ => {}
+        }
+    }
+}
+
 struct ParamRanks(Vec<(ParamId, usize)>);
 
 impl<B: Backend> ModuleVisitor<B> for ParamRanks {
@@ -44,12 +69,14 @@ impl<B: Backend> ModuleVisitor<B> for ParamRanks {
 }
 
 fn sq_norm<B: Backend, const D: usize>(g: &GradientsParams, id: ParamId) -> Option<Tensor<B, 1>> {
-    g.get::<B, D>(id).map(|t| t.square().sum())
+    // `t * t`, not `square()`: on the CPU backend `square` goes through a broadcasting power kernel that
+    // walks strided indices
+    g.get::<B, D>(id).map(|t| (t.clone() * t).sum())
 }
 
-fn scale<B: Backend, const D: usize>(g: &mut GradientsParams, id: ParamId, s: Tensor<B, 1>) {
+fn scale<B: Backend, const D: usize>(g: &mut GradientsParams, id: ParamId, s: f64) {
     if let Some(t) = g.remove::<B, D>(id) {
-        g.register::<B, D>(id, t * s.reshape([1; D]));
+        g.register::<B, D>(id, t.mul_scalar(s));
     }
 }
 
@@ -89,19 +116,23 @@ pub fn clip_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     let Some(norm) = global_grad_norm::<B, M>(model, grads) else {
         return 0.0;
     };
-    let coef = (norm.clone().add_scalar(1e-6).recip() * max_norm).clamp_max(1.0);
-    let mut ranks = ParamRanks(Vec::new());
-    model.visit(&mut ranks);
-    for &(id, rank) in &ranks.0 {
-        match rank {
-            1 => scale::<B::InnerBackend, 1>(grads, id, coef.clone()),
-            2 => scale::<B::InnerBackend, 2>(grads, id, coef.clone()),
-            3 => scale::<B::InnerBackend, 3>(grads, id, coef.clone()),
-            4 => scale::<B::InnerBackend, 4>(grads, id, coef.clone()),
-            _ => {}
+    // the norm is read back once (it is logged anyway); gradients are only touched when they are clipped
+    let norm = norm.into_scalar().elem::<f32>();
+    let coef = max_norm / (norm as f64 + 1e-6);
+    if coef < 1.0 {
+        let mut ranks = ParamRanks(Vec::new());
+        model.visit(&mut ranks);
+        for &(id, rank) in &ranks.0 {
+            match rank {
+                1 => scale::<B::InnerBackend, 1>(grads, id, coef),
+                2 => scale::<B::InnerBackend, 2>(grads, id, coef),
+                3 => scale::<B::InnerBackend, 3>(grads, id, coef),
+                4 => scale::<B::InnerBackend, 4>(grads, id, coef),
+                _ => {}
+            }
         }
     }
-    norm.into_scalar().elem::<f32>()
+    norm
 }
 
 #[cfg(test)]

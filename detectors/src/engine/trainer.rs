@@ -1,5 +1,5 @@
-//! The training loop: SGD (PyTorch semantics), warmup + step schedule, optional no-decay-on-norm/bias and
-//! global-norm clipping, a checkpoint per epoch, evaluation every N epochs with the best checkpoint kept,
+//! The training loop: SGD or AdamW (PyTorch semantics), warmup + step schedule, optional no-decay-on-norm/bias
+//! and global-norm clipping, a checkpoint per epoch, evaluation every N epochs with the best checkpoint kept,
 //! a JSON-lines log, and an exact resume (same batches, same flips, same weights and momentum).
 
 use std::path::{Path, PathBuf};
@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{GradientsParams, Optimizer, SgdConfig};
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer, SgdConfig};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 
@@ -149,7 +149,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
 
 /// Train `model` (already built, with its backbone initialised and frozen as configured).
 pub fn train<B, M, H>(
-    mut model: M,
+    model: M,
     setup: &TrainSetup,
     device: &B::Device,
     hooks: &mut H,
@@ -159,8 +159,53 @@ where
     M: AutodiffModule<B> + Detector<B>,
     H: TrainHooks<M::InnerModule>,
 {
+    match &setup.cfg.optimizer {
+        OptimizerConfig::Sgd(sgd) => {
+            let builtin_decay = (!sgd.no_decay_on_norm_and_bias && sgd.weight_decay > 0.0)
+                .then(|| burn::optim::decay::WeightDecayConfig::new(sgd.weight_decay as f32));
+            let optim = SgdConfig::new()
+                // torch's SGD has no dampening; burn's default is 0.1
+                .with_momentum(Some(
+                    MomentumConfig::new()
+                        .with_momentum(sgd.momentum)
+                        .with_dampening(0.0),
+                ))
+                .with_weight_decay(builtin_decay)
+                .init::<B, M>();
+            // decay restricted to weights is added to the gradients by hand (burn's applies to every parameter)
+            let manual_decay =
+                (sgd.no_decay_on_norm_and_bias && sgd.weight_decay > 0.0).then_some(sgd.weight_decay);
+            train_with(model, optim, manual_decay, setup, device, hooks)
+        }
+        OptimizerConfig::AdamW(adamw) => {
+            let optim = AdamWConfig::new()
+                .with_beta_1(adamw.betas[0] as f32)
+                .with_beta_2(adamw.betas[1] as f32)
+                .with_epsilon(adamw.eps as f32)
+                .with_weight_decay(adamw.weight_decay as f32)
+                .init::<B, M>();
+            train_with(model, optim, None, setup, device, hooks)
+        }
+    }
+}
+
+/// The loop itself, for any optimizer; `manual_decay`: coupled weight decay added to the gradients of conv
+/// and linear weights only.
+fn train_with<B, M, O, H>(
+    mut model: M,
+    mut optim: O,
+    manual_decay: Option<f64>,
+    setup: &TrainSetup,
+    device: &B::Device,
+    hooks: &mut H,
+) -> Result<(M, TrainSummary), TrainError>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B> + Detector<B>,
+    O: Optimizer<M, B>,
+    H: TrainHooks<M::InnerModule>,
+{
     let cfg = &setup.cfg;
-    let OptimizerConfig::Sgd(sgd) = &cfg.optimizer;
     std::fs::create_dir_all(&setup.work_dir).map_err(io_err(&setup.work_dir))?;
     let config_path = setup.work_dir.join("config.json");
     write_atomic(
@@ -169,22 +214,14 @@ where
     )?;
     let log = JsonLog::new(&setup.work_dir);
 
-    let builtin_decay = (!sgd.no_decay_on_norm_and_bias && sgd.weight_decay > 0.0)
-        .then(|| burn::optim::decay::WeightDecayConfig::new(sgd.weight_decay as f32));
-    let mut optim = SgdConfig::new()
-        // torch's SGD has no dampening; burn's default is 0.1
-        .with_momentum(Some(
-            MomentumConfig::new()
-                .with_momentum(sgd.momentum)
-                .with_dampening(0.0),
-        ))
-        .with_weight_decay(builtin_decay)
-        .init::<B, M>();
-
     let base_lr = if setup.auto_scale_lr || cfg.auto_scale_lr.enable {
-        auto_scaled_lr(sgd.lr, cfg.data.batch_size, cfg.auto_scale_lr.base_batch_size)
+        auto_scaled_lr(
+            cfg.optimizer.lr(),
+            cfg.data.batch_size,
+            cfg.auto_scale_lr.base_batch_size,
+        )
     } else {
-        sgd.lr
+        cfg.optimizer.lr()
     };
     let mut state = TrainState {
         epoch: 0,
@@ -260,12 +297,13 @@ where
                 });
             }
             let mut g = GradientsParams::from_grads(parts.total().backward(), &model);
-            if sgd.no_decay_on_norm_and_bias && sgd.weight_decay > 0.0 {
-                grads::add_weight_decay_to_weights::<B, M>(&model, &mut g, sgd.weight_decay);
+            grads::make_contiguous::<B, M>(&model, &mut g);
+            if let Some(wd) = manual_decay {
+                grads::add_weight_decay_to_weights::<B, M>(&model, &mut g, wd);
             }
-            let grad_norm = sgd
-                .grad_clip
-                .as_ref()
+            let grad_norm = cfg
+                .optimizer
+                .grad_clip()
                 .map(|c| grads::clip_grad_norm::<B, M>(&model, &mut g, c.max_norm) as f64);
             let lr = schedule.lr(epoch, state.global_iter);
             model = optim.step(lr, model, g);
