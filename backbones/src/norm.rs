@@ -25,9 +25,54 @@ pub enum NormMode {
 /// - `x`: `[N, C, H, W]`, output the same
 pub fn batch_norm<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>, mode: NormMode) -> Tensor<B, 4> {
     match mode {
-        NormMode::Auto => bn.forward(x),
-        NormMode::Frozen => batch_norm_frozen(bn, x),
+        NormMode::Auto if B::ad_enabled(&x.device()) => batch_norm_train(bn, x),
+        NormMode::Auto | NormMode::Frozen => batch_norm_frozen(bn, x),
     }
+}
+
+/// BatchNorm with batch statistics (training): normalises with the biased batch variance and moves the
+/// running statistics by `momentum`, the running variance taking the unbiased estimate as PyTorch does.
+///
+/// Same result as burn's `BatchNorm::forward` in training, computed so that every elementwise op runs on
+/// dense buffers: burn's version subtracts a `[1, C, 1, 1]` view broadcast over the batch and squares
+/// through a broadcasting power kernel, both of which the CPU backend walks index by index.
+///
+/// # Shapes
+/// - `x`: `[N, C, H, W]`, output the same
+pub fn batch_norm_train<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [n, c, h, w] = x.dims();
+    let count = n * h * w;
+    if count == 0 {
+        return x;
+    }
+    let per_channel_mean = |t: Tensor<B, 4>| {
+        t.reshape([n, c, h * w])
+            .sum_dim(2)
+            .sum_dim(0)
+            .div_scalar(count as f64)
+            .reshape([1, c, 1, 1])
+    };
+    let mean = per_channel_mean(x.clone());
+    let centred = x - per_sample(mean.clone(), n);
+    let var = per_channel_mean(centred.clone() * centred.clone());
+
+    let momentum = bn.momentum;
+    let unbiased = count as f64 / (count.max(2) - 1) as f64;
+    let device = centred.device();
+    let running_mean = bn.running_mean.value_sync().to_device(&device);
+    let running_var = bn.running_var.value_sync().to_device(&device);
+    bn.running_mean.update(
+        running_mean.mul_scalar(1.0 - momentum)
+            + mean.detach().reshape([c]).mul_scalar(momentum),
+    );
+    bn.running_var.update(
+        running_var.mul_scalar(1.0 - momentum)
+            + var.clone().detach().reshape([c]).mul_scalar(momentum * unbiased),
+    );
+
+    let scale = bn.gamma.val().reshape([1, c, 1, 1]) / (var + bn.epsilon).sqrt();
+    let shift = bn.beta.val().reshape([1, c, 1, 1]);
+    centred * per_sample(scale, n) + per_sample(shift, n)
 }
 
 /// BatchNorm with its running statistics, folded into one per-channel affine `x * scale + shift`.
@@ -36,14 +81,21 @@ pub fn batch_norm<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>, mode: NormMode
 /// # Shapes
 /// - `x`: `[N, C, H, W]`, output the same
 pub fn batch_norm_frozen<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    let c = x.dims()[1];
+    let [n, c, _, _] = x.dims();
     let mean = bn.running_mean.value_sync().reshape([1, c, 1, 1]);
     let var = bn.running_var.value_sync().reshape([1, c, 1, 1]);
     let gamma = bn.gamma.val().reshape([1, c, 1, 1]);
     let beta = bn.beta.val().reshape([1, c, 1, 1]);
     let scale = gamma / (var + bn.epsilon).sqrt();
     let shift = beta - mean * scale.clone();
-    x * scale + shift
+    x * per_sample(scale, n) + per_sample(shift, n)
+}
+
+/// A per-channel `[1, C, 1, 1]` tensor repeated into a dense `[N, C, 1, 1]` one: broadcast against
+/// `[N, C, H, W]` it is then one scalar per (sample, channel) row, a pattern the CPU backend vectorises
+/// (a batch-broadcast `[1, C, 1, 1]` view is not). Tiny, and harmless on other backends.
+fn per_sample<B: Backend>(t: Tensor<B, 4>, n: usize) -> Tensor<B, 4> {
+    if n == 1 { t } else { t.repeat_dim(0, n) }
 }
 
 #[cfg(test)]
@@ -82,6 +134,47 @@ mod tests {
         // Channel 0 by hand: batch mean 2.5 -> running mean 0.9*0 + 0.1*2.5 = 0.25.
         let m: Vec<f32> = mean_before.to_vec().unwrap();
         assert!((m[0] - 0.25).abs() < 1e-6, "{m:?}");
+    }
+
+    /// Same output, same gradients and same running mean as burn's own training BatchNorm; the running
+    /// variance is the unbiased one (PyTorch's), burn's being the biased one.
+    #[test]
+    fn training_mode_equals_burns_batch_norm_and_pytorch_running_var() {
+        let device = Default::default();
+        let mut bn: BatchNorm<A> = BatchNormConfig::new(3).init(&device);
+        bn.gamma = bn.gamma.map(|_| Tensor::from_floats([0.5, 1.0, 2.0], &device).require_grad());
+        bn.beta = bn.beta.map(|_| Tensor::from_floats([0.0, -1.0, 3.0], &device).require_grad());
+        let values: Vec<f32> = (0..2 * 3 * 2 * 3).map(|i| ((i * 7) % 11) as f32 - 4.0).collect();
+        let x = || {
+            Tensor::<A, 4>::from_data(TensorData::new(values.clone(), [2, 3, 2, 3]), &device).require_grad()
+        };
+        let weights = Tensor::<A, 4>::from_data(
+            TensorData::new((0..36).map(|i| (i % 5) as f32).collect::<Vec<_>>(), [2, 3, 2, 3]),
+            &device,
+        );
+        let (x_ours, x_burn) = (x(), x());
+        let ours = batch_norm(&bn, x_ours.clone(), NormMode::Auto);
+        let ours_mean = bn.running_mean.value_sync().into_data();
+        let ours_var: Vec<f32> = bn.running_var.value_sync().into_data().to_vec().unwrap();
+        let reference: BatchNorm<A> = BatchNormConfig::new(3).init(&device);
+        let reference = BatchNorm { gamma: bn.gamma.clone(), beta: bn.beta.clone(), ..reference };
+        let theirs = reference.forward(x_burn.clone());
+        ours.clone()
+            .into_data()
+            .assert_approx_eq::<f32>(&theirs.clone().into_data(), Default::default());
+        ours_mean.assert_approx_eq::<f32>(&reference.running_mean.value_sync().into_data(), Default::default());
+        let g_ours = (ours * weights.clone()).sum().backward();
+        let g_theirs = (theirs * weights).sum().backward();
+        x_ours.grad(&g_ours).unwrap().into_data().assert_approx_eq::<f32>(
+            &x_burn.grad(&g_theirs).unwrap().into_data(),
+            burn::tensor::Tolerance::absolute(1e-5),
+        );
+        // running var = 0.9 * 1 + 0.1 * biased * 12 / 11 (12 values per channel); burn keeps the biased one
+        let burn_var: Vec<f32> = reference.running_var.value_sync().into_data().to_vec().unwrap();
+        for (o, b) in ours_var.iter().zip(&burn_var) {
+            let biased = (b - 0.9) / 0.1;
+            assert!((o - (0.9 + 0.1 * biased * 12.0 / 11.0)).abs() < 1e-5, "{o} vs {b}");
+        }
     }
 
     #[test]
