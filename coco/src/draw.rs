@@ -111,6 +111,20 @@ pub fn draw_label(img: &mut RgbImage, x: i32, y: i32, text: &str, background: [u
     draw_text_mut(img, fg, x + 2, y, scale, &font, text);
 }
 
+/// Enlarge a small image by an integer factor (nearest neighbour, so pixels stay sharp squares) until its
+/// shorter side is at least `min_side`, so boxes and labels drawn on it stay readable; returns the image
+/// and the factor (1 when it is already large enough) by which coordinates must be multiplied.
+pub fn enlarge_small(img: RgbImage, min_side: u32) -> (RgbImage, u32) {
+    let short = img.width().min(img.height());
+    let factor = if short == 0 { 1 } else { min_side.div_ceil(short).max(1) };
+    if factor == 1 {
+        return (img, 1);
+    }
+    let (w, h) = (img.width() * factor, img.height() * factor);
+    let big = RgbImage::from_fn(w, h, |x, y| *img.get_pixel(x / factor, y / factor));
+    (big, factor)
+}
+
 /// Draw instances in order: all masks first (so outlines and labels stay readable), then boxes, then labels
 /// above each box's top-left corner.
 pub fn draw_instances(img: &mut RgbImage, instances: &[Instance]) {
@@ -145,6 +159,22 @@ pub fn draw_instances(img: &mut RgbImage, instances: &[Instance]) {
 mod tests {
     use super::*;
     use crate::mask::fr_bbox;
+
+    #[test]
+    fn small_images_are_enlarged_by_an_integer_factor() {
+        let mut img = RgbImage::new(64, 48);
+        img.put_pixel(3, 2, Rgb([9, 8, 7]));
+        // shorter side 48 -> ceil(256 / 48) = 6: 384 x 288, pixel (3, 2) covers (18..24, 12..18)
+        let (big, k) = enlarge_small(img.clone(), 256);
+        assert_eq!((k, big.width(), big.height()), (6, 384, 288));
+        assert_eq!(big.get_pixel(18, 12).0, [9, 8, 7]);
+        assert_eq!(big.get_pixel(23, 17).0, [9, 8, 7]);
+        assert_eq!(big.get_pixel(24, 17).0, [0, 0, 0]);
+        let (same, k) = enlarge_small(img, 48);
+        assert_eq!((k, same.width()), (1, 64));
+        let (empty, k) = enlarge_small(RgbImage::new(0, 0), 256);
+        assert_eq!((k, empty.width()), (1, 0));
+    }
 
     #[test]
     fn box_outline_is_drawn_on_its_border_only() {

@@ -117,10 +117,13 @@ pub fn save_drawn(
     score_thr: f32,
     out_dir: &std::path::Path,
 ) -> anyhow::Result<PathBuf> {
-    use attndet_coco::draw::{Instance, draw_instances, palette};
-    let mut img = image::open(file)
+    use attndet_coco::draw::{Instance, draw_instances, enlarge_small, palette};
+    let img = image::open(file)
         .with_context(|| format!("reading {}", file.display()))?
         .to_rgb8();
+    // small images (the demo's are 64 px) are enlarged so the labels do not cover the objects
+    let (mut img, k) = enlarge_small(img, 320);
+    let k = k as f64;
     let instances: Vec<Instance> = dets
         .boxes
         .iter()
@@ -129,10 +132,10 @@ pub fn save_drawn(
         .filter(|((_, s), _)| **s >= score_thr)
         .map(|((b, s), &l)| Instance {
             bbox: [
-                b[0] as f64,
-                b[1] as f64,
-                (b[2] - b[0]) as f64,
-                (b[3] - b[1]) as f64,
+                b[0] as f64 * k,
+                b[1] as f64 * k,
+                (b[2] - b[0]) as f64 * k,
+                (b[3] - b[1]) as f64 * k,
             ],
             mask: None,
             label: format!(
