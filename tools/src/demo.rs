@@ -13,11 +13,42 @@ use crate::device::DeviceArg;
 use crate::errors::bad_input;
 use crate::train::{TrainArgs, TrainJob, evaluate_val, load_checkpoint_model, load_split, prepare};
 
-/// The demo's config, relative to the workspace this binary was built from.
-const DEMO_CONFIG: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../configs/retinanet/retinanet_r18_fpn_synth_demo.json"
-);
+/// The demo's config and its bases, compiled into the binary (paths relative to `configs/`), so an installed
+/// binary runs the demo anywhere; they are written into the work dir and trained from there.
+const DEMO_CONFIG_FILES: [(&str, &str); 5] = [
+    (
+        "retinanet/retinanet_r18_fpn_synth_demo.json",
+        include_str!("../../configs/retinanet/retinanet_r18_fpn_synth_demo.json"),
+    ),
+    (
+        "_base_/models/retinanet_r50_fpn.json",
+        include_str!("../../configs/_base_/models/retinanet_r50_fpn.json"),
+    ),
+    (
+        "_base_/datasets/synth_shapes.json",
+        include_str!("../../configs/_base_/datasets/synth_shapes.json"),
+    ),
+    (
+        "_base_/schedules/schedule_1x.json",
+        include_str!("../../configs/_base_/schedules/schedule_1x.json"),
+    ),
+    (
+        "_base_/default_runtime.json",
+        include_str!("../../configs/_base_/default_runtime.json"),
+    ),
+];
+
+/// Write the embedded demo config and its bases under `dir`; returns the demo config's path.
+fn write_embedded_config(dir: &Path) -> anyhow::Result<PathBuf> {
+    for (rel, text) in DEMO_CONFIG_FILES {
+        let path = dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(dir.join(DEMO_CONFIG_FILES[0].0))
+}
 
 /// Detectors the demo can train.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -35,14 +66,15 @@ pub struct DemoArgs {
     /// Where the dataset, checkpoints, logs, plots and drawn images go.
     #[arg(long, default_value = "work_dirs/demo")]
     pub work_dir: PathBuf,
-    /// The config to train [default: configs/retinanet/retinanet_r18_fpn_synth_demo.json of this checkout].
+    /// The config to train [default: the built-in configs/retinanet/retinanet_r18_fpn_synth_demo.json,
+    /// written with its bases to WORK_DIR/configs].
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Config overrides `a.b.c=VALUE` (e.g. runner.max_epochs=4).
     #[arg(long = "cfg-options", value_name = "KEY=VALUE", num_args = 1..)]
     pub cfg_options: Vec<String>,
     /// Training images to generate.
-    #[arg(long, default_value_t = 480)]
+    #[arg(long, default_value_t = 960)]
     pub train_images: usize,
     /// Validation images to generate.
     #[arg(long, default_value_t = 100)]
@@ -65,13 +97,13 @@ pub struct DemoArgs {
 pub fn run(args: &DemoArgs, device: &DeviceArg) -> anyhow::Result<()> {
     device.check_usable()?;
     let started = Instant::now();
-    let config = args.config.clone().unwrap_or_else(|| PathBuf::from(DEMO_CONFIG));
-    if !config.exists() {
-        return Err(bad_input(format!(
-            "demo config {} not found (pass --config)",
-            config.display()
-        )));
-    }
+    let config = match &args.config {
+        Some(path) if !path.exists() => {
+            return Err(bad_input(format!("demo config {} not found", path.display())));
+        }
+        Some(path) => path.clone(),
+        None => write_embedded_config(&args.work_dir.join("configs"))?,
+    };
     let data_dir = args.work_dir.join("data");
     let synth_cfg = SynthConfig {
         train: args.train_images,
