@@ -45,6 +45,8 @@ pub const EXAMPLE_NAMES: &[&str] = &[
     "mobilenet_v2",
     "dca_se_mobilenet_v2",
     "sda_resnet86",
+    "sda_res2net86",
+    "pyconvresnet50",
     "dca_se_mnasnet1_0",
 ];
 

@@ -50,6 +50,7 @@ fn sda_levels_follow_their_specs_including_empty_batches() {
         variant: SdaVariant::ResNet,
         depths: [1, 1, 1, 1],
         num_classes: 10,
+        depth_attention: true,
     }
     .init::<B>(&Default::default());
     check_levels(&model, 1, 64);
@@ -103,6 +104,7 @@ fn explain_reports_depth_attention_and_dca_connections() {
         variant: SdaVariant::ResNet,
         depths: [2, 1, 3, 1],
         num_classes: 10,
+        depth_attention: true,
     }
     .init::<B>(&device);
     let report = explain(&AnyBackbone::Sda(sda), Tensor::ones([1, 3, 32, 32], &device)).unwrap();
