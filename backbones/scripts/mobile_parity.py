@@ -136,6 +136,11 @@ def main():
         ("ge_mobilenet_v2", "mobilenet_getheta", "getheta_mobilenet_v2", mobile_levels),
         ("dca_ge_mobilenet_v2", "mobilenet_getheta_dca", "dca_getheta_mobilenet_v2",
          ["features2.2", "features2.5", "features2.12", "features3"]),
+        ("sk_mobilenet_v2", "mobilenet_sk", "sk_mobilenet_v2", mobile_levels),
+        ("dca_sk_mobilenet_v2", "mobilenet_sk_dca", "dca_sk_mobilenet_v2",
+         ["features2.2", "features2.5", "features2.12", "features3"]),
+        ("cbam_mobilenet_v2", "mobilenet_cbam", "cbam_mobilenet_v2", mobile_levels),
+        ("dca_cbam_mobilenet_v2", "mobilenet_cbam_dca", "dca_cbam_mobilenet_v2", mobile_levels),
     ]
     for name, module, fn, levels in mobile:
         model = getattr(dca(module), fn)(num_classes=NUM_CLASSES)
@@ -149,6 +154,8 @@ def main():
         ("dca_se_mnasnet1_0", "mnasnet_se_dca", "dca_se_mnasnet1_0", dca_mnas_levels),
         ("ge_mnasnet1_0", "mnasnet_getheta", "getheta_mnasnet1_0", mnas_levels),
         ("dca_ge_mnasnet0_5", "mnasnet_getheta_dca", "dca_getheta_mnasnet0_5", dca_mnas_levels),
+        ("cbam_mnasnet1_0", "mnasnet_cbam", "cbam_mnasnet1_0", mnas_levels),
+        ("dca_cbam_mnasnet1_0", "mnasnet_cbam_dca", "dca_cbam_mnasnet1_0", dca_mnas_levels),
     ]:
         model = getattr(mnas(module), fn)(num_classes=NUM_CLASSES)
         record(name, model, [1, 3, 64, 64], levels, args.out)

@@ -31,17 +31,36 @@ fn check_levels<M: Backbone<B>>(model: &M, batch: usize, hw: usize) {
 
 #[test]
 fn mobilenet_v2_levels_follow_their_specs_including_empty_batches() {
-    let model = MobileNetV2Config {
-        attention: MobileAttention::DcaSe,
-        num_classes: 10,
+    for attention in MobileAttention::ALL {
+        let model = MobileNetV2Config {
+            attention,
+            num_classes: 10,
+        }
+        .init::<B>(&Default::default());
+        let strides: Vec<usize> = model.feature_specs().iter().map(|s| s.stride).collect();
+        assert_eq!(strides, [4, 8, 16, 32]);
+        check_levels(&model, 1, 64);
+        check_levels(&model, 0, 64);
+        let logits = model.forward(Tensor::zeros([0, 3, 32, 32], &Default::default()));
+        assert_eq!(logits.dims(), [0, 10], "{attention:?}");
     }
-    .init::<B>(&Default::default());
-    let strides: Vec<usize> = model.feature_specs().iter().map(|s| s.stride).collect();
-    assert_eq!(strides, [4, 8, 16, 32]);
-    check_levels(&model, 1, 64);
-    check_levels(&model, 0, 64);
-    let logits = model.forward(Tensor::zeros([0, 3, 32, 32], &Default::default()));
-    assert_eq!(logits.dims(), [0, 10]);
+}
+
+#[test]
+fn mnasnet_levels_follow_their_specs_including_empty_batches() {
+    use attndet_backbones::mnasnet::{MnasAttention, MnasNetConfig};
+    for attention in MnasAttention::ALL {
+        let model = MnasNetConfig {
+            attention,
+            width_percent: 50,
+            num_classes: 10,
+        }
+        .init::<B>(&Default::default());
+        check_levels(&model, 1, 64);
+        check_levels(&model, 0, 64);
+        let logits = model.forward(Tensor::zeros([0, 3, 32, 32], &Default::default()));
+        assert_eq!(logits.dims(), [0, 10], "{attention:?}");
+    }
 }
 
 #[test]
@@ -93,6 +112,21 @@ fn a_checkpoint_of_another_variant_is_refused_naming_the_keys() {
         message.contains("unexpected") && message.contains("se.fc"),
         "{message}"
     );
+    // CBAM weights into DCA-CBAM: the connection tensors are missing, by name.
+    let fixture = read_fixture("mobile_parity_cbam_mobilenet_v2.json");
+    let config = MobileNetV2Config {
+        attention: MobileAttention::DcaCbam,
+        num_classes: 10,
+    };
+    let mut model = config.init::<B>(&Default::default());
+    let bytes = formula_safetensors(&fixture.state_dict);
+    let message =
+        load_torch_safetensors_bytes(&mut model, bytes, origin, config.static_key_map(), &config.name())
+            .expect_err("missing DCA-CBAM connections must be refused")
+            .to_string();
+    for key in ["blocks.1.attention.alpha.weight", "blocks.1.attention.p2"] {
+        assert!(message.contains(key), "{key} not in: {message}");
+    }
 }
 
 #[test]
@@ -126,6 +160,18 @@ fn explain_reports_depth_attention_and_dca_connections() {
     let row = &rows[0];
     let (a, b) = (row["alpha"].as_f64().unwrap(), row["beta"].as_f64().unwrap());
     assert!((row["beta_ratio"].as_f64().unwrap() - b / (a + b)).abs() < 1e-6);
+    // DCA-SK and DCA-CBAM report theirs too (SK: the first branch's merge; CBAM: the channel gate's): one per
+    // block after the first (MobileNetV2: 17 blocks, MnasNet: 3 + 3 + 3 + 2 + 4 + 1).
+    for (name, connections) in [
+        ("dca_sk_mobilenet_v2", 16),
+        ("dca_cbam_mobilenet_v2", 16),
+        ("dca_cbam_mnasnet0_5", 15),
+    ] {
+        let model = BackboneArch::parse(name).unwrap().build::<B>(&device).unwrap();
+        let report = explain(&model, Tensor::ones([1, 3, 32, 32], &device)).unwrap();
+        let rows = report["dca_connections"].as_array().unwrap();
+        assert_eq!(rows.len(), connections, "{name}");
+    }
     // Plain networks have nothing to explain.
     let plain = BackboneArch::parse("mobilenet_v2")
         .unwrap()
