@@ -102,6 +102,15 @@ impl BackboneArch {
         }
     }
 
+    /// Model paths of the classification head (absent from detection checkpoints).
+    pub fn head_paths(&self) -> &'static [&'static str] {
+        match self {
+            BackboneArch::ResNet(_) => &["fc."],
+            BackboneArch::MobileNetV2(_) | BackboneArch::MnasNet(_) => &["classifier."],
+            BackboneArch::Sda(_) => &["bn2.", "fc."],
+        }
+    }
+
     /// Build it with parameters created on first use (cheap when weights are loaded next: loading checks
     /// shapes without creating them). Do not clone the result before its first use: clones of a lazily
     /// initialised module draw different weights.
@@ -160,6 +169,20 @@ impl<B: Backend> AnyBackbone<B> {
     /// (reference naming, mapped by `arch`'s key map).
     pub fn load_weights(&mut self, arch: &BackboneArch, path: &Path) -> Result<LoadSummary, BackboneError> {
         checkpoint::load_any(self, path, arch.key_map(), &arch.name())
+    }
+
+    /// Load backbone weights for detection: strict for the backbone, but the classifier head may be absent,
+    /// and a whole detector's checkpoint (mmdetection: `backbone.*` next to `neck.*` and the heads, e.g. one
+    /// trained with SDA-xNet's `mmdetection/mmdet/models/backbones/sda*.py`) contributes its `backbone.*`
+    /// tensors. Those detection backbones name their layers like the classification networks (mmcv names a
+    /// BatchNorm built with postfix `k` `bn{k}`), so the family's key map applies unchanged.
+    pub fn load_backbone_weights(
+        &mut self,
+        arch: &BackboneArch,
+        path: &Path,
+    ) -> Result<LoadSummary, BackboneError> {
+        let fit = checkpoint::Fit::backbone(arch.head_paths());
+        checkpoint::load_any_fit(self, path, arch.key_map(), &arch.name(), &fit)
     }
 
     /// Save weights in our safetensors format (atomically).

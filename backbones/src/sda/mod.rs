@@ -17,7 +17,9 @@
 //!
 //! The SDA classifiers are pooling, then BatchNorm2d (`bn2`), then Linear; the plain ones pool then Linear. The
 //! detection versions (`mmdetection/mmdet/models/backbones/sda*.py`) are the same networks returning the four
-//! stage outputs (C2..C5, [`Backbone::forward_features`]).
+//! stage outputs (C2..C5, [`Backbone::forward_features`]) under the same state_dict names minus the classifier
+//! (mmcv names a BatchNorm built with postfix `k` `bn{k}`; `norm1..3` are only property names there);
+//! [`crate::AnyBackbone::load_backbone_weights`] imports them, also from a whole detector's checkpoint.
 
 mod block;
 pub mod explain;
