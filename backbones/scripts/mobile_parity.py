@@ -86,6 +86,14 @@ def summarize(t):
     return {"shape": list(t.shape), "mean": t.mean().item(), "mean_abs": t.abs().mean().item()}
 
 
+def write_fixture(path, fixture):
+    """Write `fixture` as compact JSON, atomically."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(fixture, f, separators=(",", ":"))
+    os.replace(path + ".tmp", path)
+    return path
+
+
 def record(name, model, input_shape, level_modules, out_dir, prefix=None):
     model.eval()
     set_formula_weights(model)
@@ -111,10 +119,7 @@ def record(name, model, input_shape, level_modules, out_dir, prefix=None):
     }
     if prefix is None:
         prefix = "sda_parity" if "sda" in name else "mobile_parity"
-    path = os.path.join(out_dir, f"{prefix}_{name}.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(fixture, f, separators=(",", ":"))
-    os.replace(path + ".tmp", path)
+    path = write_fixture(os.path.join(out_dir, f"{prefix}_{name}.json"), fixture)
     print(f"{name}: logits {fixture['logits'][:3]}... -> {path}")
 
 

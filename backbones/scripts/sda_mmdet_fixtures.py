@@ -17,7 +17,6 @@ Usage (from the repository root):
 """
 import argparse
 import importlib
-import json
 import os
 import sys
 import types
@@ -26,7 +25,7 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mobile_parity import input_tensor, set_formula_weights, summarize  # noqa: E402
+from mobile_parity import input_tensor, set_formula_weights, summarize, write_fixture  # noqa: E402
 
 
 def module(name, **attrs):
@@ -150,10 +149,7 @@ def record(name, model, out_dir):
         "logits": [],
         "levels": [summarize(level) for level in levels],
     }
-    path = os.path.join(out_dir, f"sda_mmdet_{name}.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(fixture, f, separators=(",", ":"))
-    os.replace(path + ".tmp", path)
+    path = write_fixture(os.path.join(out_dir, f"sda_mmdet_{name}.json"), fixture)
     print(f"{name}: {len(fixture['state_dict'])} tensors, C5 mean {fixture['levels'][3]['mean']:.6f} -> {path}")
 
 

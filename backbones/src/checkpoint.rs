@@ -189,20 +189,10 @@ pub struct LoadSummary {
     pub applied: usize,
 }
 
-/// Load a PyTorch checkpoint (`.pth` / `.pth.tar`) into `model`, strictly.
+/// Load a PyTorch checkpoint (`.pth` / `.pth.tar`) into `model` as `fit` says ([`Fit::STRICT`]: strictly).
 ///
 /// `model_name` only labels errors.
 pub fn load_pytorch<B: Backend, M: ModuleSnapshot<B>>(
-    model: &mut M,
-    path: &Path,
-    key_map: KeyMap,
-    model_name: &str,
-) -> Result<LoadSummary, BackboneError> {
-    load_pytorch_fit(model, path, key_map, model_name, &Fit::STRICT)
-}
-
-/// Load a PyTorch checkpoint (`.pth` / `.pth.tar`) into `model` as `fit` says.
-pub fn load_pytorch_fit<B: Backend, M: ModuleSnapshot<B>>(
     model: &mut M,
     path: &Path,
     key_map: KeyMap,
@@ -253,7 +243,7 @@ pub fn load_torch_safetensors_bytes<B: Backend, M: ModuleSnapshot<B>>(
     key_map: KeyMap,
     model_name: &str,
 ) -> Result<LoadSummary, BackboneError> {
-    load_torch_safetensors_bytes_fit(model, bytes, origin, key_map, model_name, &Fit::STRICT)
+    load_torch_bytes(model, bytes, origin, key_map, model_name, &Fit::STRICT)
 }
 
 /// The tensor names of a safetensors file (in memory).
@@ -279,7 +269,7 @@ fn safetensors_keys(bytes: &[u8], origin: &Path) -> Result<Vec<String>, Backbone
 }
 
 /// Load safetensors bytes written with PyTorch naming into `model` as `fit` says. `origin` labels errors.
-pub fn load_torch_safetensors_bytes_fit<B: Backend, M: ModuleSnapshot<B>>(
+fn load_torch_bytes<B: Backend, M: ModuleSnapshot<B>>(
     model: &mut M,
     bytes: Vec<u8>,
     origin: &Path,
@@ -310,18 +300,8 @@ pub fn load_torch_safetensors_bytes_fit<B: Backend, M: ModuleSnapshot<B>>(
     check_fit(result, origin, model_name, fit)
 }
 
-/// Load a safetensors file written with PyTorch naming into `model`, strictly.
-pub fn load_torch_safetensors<B: Backend, M: ModuleSnapshot<B>>(
-    model: &mut M,
-    path: &Path,
-    key_map: KeyMap,
-    model_name: &str,
-) -> Result<LoadSummary, BackboneError> {
-    load_torch_safetensors_fit(model, path, key_map, model_name, &Fit::STRICT)
-}
-
 /// Load a safetensors file written with PyTorch naming into `model` as `fit` says.
-pub fn load_torch_safetensors_fit<B: Backend, M: ModuleSnapshot<B>>(
+pub fn load_torch_safetensors<B: Backend, M: ModuleSnapshot<B>>(
     model: &mut M,
     path: &Path,
     key_map: KeyMap,
@@ -332,7 +312,7 @@ pub fn load_torch_safetensors_fit<B: Backend, M: ModuleSnapshot<B>>(
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    load_torch_safetensors_bytes_fit(model, bytes, path, key_map, model_name, fit)
+    load_torch_bytes(model, bytes, path, key_map, model_name, fit)
 }
 
 /// Load our own safetensors weights (written by [`save_safetensors`]) into `model`, strictly.
@@ -392,17 +372,9 @@ pub fn save_safetensors<B: Backend, M: ModuleSnapshot<B>>(
 
 /// Load weights from any supported file: a `.safetensors` file is our format when it carries our metadata
 /// (written by [`save_safetensors`]) and PyTorch-named otherwise; anything else is read as a PyTorch file.
+///
+/// The checkpoint must fit as `fit` says; our own safetensors files always fit strictly.
 pub fn load_any<B: Backend, M: ModuleSnapshot<B>>(
-    model: &mut M,
-    path: &Path,
-    key_map: KeyMap,
-    model_name: &str,
-) -> Result<LoadSummary, BackboneError> {
-    load_any_fit(model, path, key_map, model_name, &Fit::STRICT)
-}
-
-/// [`load_any`], fitting as `fit` says (our own safetensors files always fit strictly).
-pub fn load_any_fit<B: Backend, M: ModuleSnapshot<B>>(
     model: &mut M,
     path: &Path,
     key_map: KeyMap,
@@ -419,10 +391,10 @@ pub fn load_any_fit<B: Backend, M: ModuleSnapshot<B>>(
         if is_our_safetensors(path)? {
             load_safetensors(model, path, model_name)
         } else {
-            load_torch_safetensors_fit(model, path, key_map, model_name, fit)
+            load_torch_safetensors(model, path, key_map, model_name, fit)
         }
     } else {
-        load_pytorch_fit(model, path, key_map, model_name, fit)
+        load_pytorch(model, path, key_map, model_name, fit)
     }
 }
 

@@ -18,9 +18,11 @@ use crate::checkpoint::KeyMap;
 use crate::cost::{Chw, CostCounter, CountFlops, parameter_count};
 use crate::error::BackboneError;
 use crate::mobile_attention::{DcaCarry, MobileCbam};
-use crate::mobile_layers::{Activation, ConvBnAct, DcaMix, global_avg, leak_key_map, linear_flops};
+use crate::mobile_layers::{
+    Activation, ConvBnAct, DcaMix, freeze_prefix, frozen_norm, global_avg, impl_mobile_backbone,
+    leak_key_map, linear_flops, pooled_logits, record_block, record_head,
+};
 use crate::norm::NormMode;
-use crate::{Backbone, Classifier, FeatureSpec};
 
 /// Which attention each MnasNet block carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -502,12 +504,7 @@ impl<B: Backend> MnasNet<B> {
         self.stem_conv = self.stem_conv.no_grad();
         self.stem_depthwise = self.stem_depthwise.no_grad();
         self.stem_project = self.stem_project.no_grad();
-        self.stacks = self
-            .stacks
-            .into_iter()
-            .enumerate()
-            .map(|(i, s)| if i < end { s.no_grad() } else { s })
-            .collect();
+        self.stacks = freeze_prefix(self.stacks, end);
         if stages >= 4 {
             self.head = self.head.no_grad();
         }
@@ -515,12 +512,9 @@ impl<B: Backend> MnasNet<B> {
         self
     }
 
+    /// The norm mode of stack `i` (`None`: the stem, `Some(6)`: the final conv).
     fn norm_of(&self, stack: Option<usize>) -> NormMode {
-        match (self.frozen_stacks, stack) {
-            (Some(_), None) => NormMode::Frozen,
-            (Some(end), Some(i)) if i < end || (i == 6 && end == 6) => NormMode::Frozen,
-            _ => self.norm,
-        }
+        frozen_norm(self.frozen_stacks, stack, self.stacks.len(), self.norm)
     }
 
     fn run(&self, x: Tensor<B, 4>) -> Vec<Tensor<B, 4>> {
@@ -551,7 +545,12 @@ impl<B: Backend> MnasNet<B> {
     /// - `x`: `[N, 3, H, W]` -> `[N, num_classes]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         let last = self.run(x).pop().expect("four levels");
-        self.classifier.forward(global_avg(last))
+        pooled_logits(&self.classifier, last)
+    }
+
+    /// Channels of the C2, C3, C4 levels (outputs of stacks 1, 2, 4).
+    fn block_level_channels(&self) -> [usize; 3] {
+        self.level_channels
     }
 
     /// Per block (in order): the DCA connection weights `(alpha, beta)`, if the block has one.
@@ -570,40 +569,7 @@ impl<B: Backend> MnasNet<B> {
     }
 }
 
-impl<B: Backend> Backbone<B> for MnasNet<B> {
-    fn feature_specs(&self) -> Vec<FeatureSpec> {
-        let mut specs: Vec<FeatureSpec> = self
-            .level_channels
-            .iter()
-            .zip([4, 8, 16])
-            .map(|(&c, s)| FeatureSpec::level(c, s))
-            .collect();
-        specs.push(FeatureSpec::level(LAST_CHANNELS, 32));
-        specs
-    }
-
-    fn forward_features(&self, x: Tensor<B, 4>) -> Vec<Tensor<B, 4>> {
-        self.run(x)
-    }
-
-    fn with_norm_mode(self, mode: NormMode) -> Self {
-        MnasNet::with_norm_mode(self, mode)
-    }
-
-    fn with_frozen_stages(self, stages: usize) -> Self {
-        MnasNet::with_frozen_stages(self, stages)
-    }
-}
-
-impl<B: Backend> Classifier<B> for MnasNet<B> {
-    fn forward_logits(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        self.forward(x)
-    }
-
-    fn num_classes(&self) -> usize {
-        self.classifier.weight.dims()[1]
-    }
-}
+impl_mobile_backbone!(MnasNet, LAST_CHANNELS);
 
 impl<B: Backend> CountFlops for MnasNet<B> {
     /// One row per stem layer, block, final conv and classifier.
@@ -622,35 +588,13 @@ impl<B: Backend> CountFlops for MnasNet<B> {
         let mut first = true;
         for (s, stack) in self.stacks.iter().enumerate() {
             for (i, block) in stack.iter().enumerate() {
-                let (flops, out) = block.flops(cur, !first);
+                let cost = block.flops(cur, !first);
                 first = false;
+                cur = cost.1;
                 let c = block.project.bn.gamma.dims()[0];
-                counter.record(
-                    &format!("stacks.{s}.{i}"),
-                    "InvertedResidual",
-                    parameter_count(block),
-                    flops,
-                    [c, out[0], out[1]],
-                );
-                cur = out;
+                record_block(counter, &format!("stacks.{s}.{i}"), block, cost, c);
             }
         }
-        let (flops, out) = self.head.flops(cur);
-        counter.record(
-            "head",
-            "ConvBNReLU",
-            parameter_count(&self.head),
-            flops,
-            [LAST_CHANNELS, out[0], out[1]],
-        );
-        let classes = self.classifier.weight.dims()[1];
-        counter.record(
-            "classifier",
-            "Linear",
-            parameter_count(&self.classifier),
-            linear_flops(&self.classifier),
-            [classes, 1, 1],
-        );
-        [classes, 1, 1]
+        record_head(counter, &self.head, &self.classifier, cur)
     }
 }

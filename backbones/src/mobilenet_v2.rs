@@ -22,9 +22,11 @@ use crate::checkpoint::KeyMap;
 use crate::cost::{Chw, CostCounter, CountFlops, parameter_count};
 use crate::error::BackboneError;
 use crate::mobile_attention::{DcaCarry, MobileCbam, SkDepthwise};
-use crate::mobile_layers::{Activation, ConvBnAct, DcaMix, global_avg, leak_key_map, linear_flops};
+use crate::mobile_layers::{
+    Activation, ConvBnAct, DcaMix, freeze_prefix, frozen_norm, global_avg, impl_mobile_backbone,
+    leak_key_map, linear_flops, pooled_logits, record_block, record_head,
+};
 use crate::norm::NormMode;
-use crate::{Backbone, Classifier, FeatureSpec};
 
 /// Which attention each inverted residual block carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -612,12 +614,7 @@ impl<B: Backend> MobileNetV2<B> {
             k => STAGE_ENDS[k.min(4) - 1],
         };
         self.stem = self.stem.no_grad();
-        self.blocks = self
-            .blocks
-            .into_iter()
-            .enumerate()
-            .map(|(i, b)| if i < end { b.no_grad() } else { b })
-            .collect();
+        self.blocks = freeze_prefix(self.blocks, end);
         if stages >= 4 {
             self.head = self.head.no_grad();
         }
@@ -627,13 +624,7 @@ impl<B: Backend> MobileNetV2<B> {
 
     /// The norm mode of block `i` (`None`: the stem, `Some(len)`: the final conv).
     fn norm_of(&self, block: Option<usize>) -> NormMode {
-        match (self.frozen_blocks, block) {
-            (Some(_), None) => NormMode::Frozen,
-            (Some(end), Some(i)) if i < end || (i == self.blocks.len() && end == self.blocks.len()) => {
-                NormMode::Frozen
-            }
-            _ => self.norm,
-        }
+        frozen_norm(self.frozen_blocks, block, self.blocks.len(), self.norm)
     }
 
     /// Run the stem and the blocks, keeping the C2..C5 levels.
@@ -659,7 +650,13 @@ impl<B: Backend> MobileNetV2<B> {
     /// - `x`: `[N, 3, H, W]` -> `[N, num_classes]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         let last = self.run(x).pop().expect("run returns four levels");
-        self.classifier.forward(global_avg(last))
+        pooled_logits(&self.classifier, last)
+    }
+
+    /// Channels of the C2, C3, C4 levels (outputs of blocks 2, 5, 12).
+    fn block_level_channels(&self) -> [usize; 3] {
+        let shapes = block_shapes();
+        LEVEL_BLOCKS.map(|i| shapes[i].1)
     }
 
     /// Per block: `Some((alpha, beta))` for DCA-connected blocks (the first block has no predecessor, so its
@@ -682,40 +679,7 @@ impl<B: Backend> MobileNetV2<B> {
     }
 }
 
-impl<B: Backend> Backbone<B> for MobileNetV2<B> {
-    fn feature_specs(&self) -> Vec<FeatureSpec> {
-        let shapes = block_shapes();
-        let mut specs: Vec<FeatureSpec> = LEVEL_BLOCKS
-            .iter()
-            .zip([4, 8, 16])
-            .map(|(&i, s)| FeatureSpec::level(shapes[i].1, s))
-            .collect();
-        specs.push(FeatureSpec::level(LAST_CHANNELS, 32));
-        specs
-    }
-
-    fn forward_features(&self, x: Tensor<B, 4>) -> Vec<Tensor<B, 4>> {
-        self.run(x)
-    }
-
-    fn with_norm_mode(self, mode: NormMode) -> Self {
-        MobileNetV2::with_norm_mode(self, mode)
-    }
-
-    fn with_frozen_stages(self, stages: usize) -> Self {
-        MobileNetV2::with_frozen_stages(self, stages)
-    }
-}
-
-impl<B: Backend> Classifier<B> for MobileNetV2<B> {
-    fn forward_logits(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        self.forward(x)
-    }
-
-    fn num_classes(&self) -> usize {
-        self.classifier.weight.dims()[1]
-    }
-}
+impl_mobile_backbone!(MobileNetV2, LAST_CHANNELS);
 
 impl<B: Backend> CountFlops for MobileNetV2<B> {
     /// One row per stem, block, final conv and classifier (the per-layer tally lives in the blocks' `flops`).
@@ -730,33 +694,11 @@ impl<B: Backend> CountFlops for MobileNetV2<B> {
         );
         let mut cur = hw;
         for (i, block) in self.blocks.iter().enumerate() {
-            let (flops, out) = block.flops(cur, i > 0);
+            let cost = block.flops(cur, i > 0);
+            cur = cost.1;
             let c = block.project.bn.gamma.dims()[0];
-            counter.record(
-                &format!("blocks.{i}"),
-                "InvertedResidual",
-                parameter_count(block),
-                flops,
-                [c, out[0], out[1]],
-            );
-            cur = out;
+            record_block(counter, &format!("blocks.{i}"), block, cost, c);
         }
-        let (flops, out) = self.head.flops(cur);
-        counter.record(
-            "head",
-            "ConvBNReLU",
-            parameter_count(&self.head),
-            flops,
-            [LAST_CHANNELS, out[0], out[1]],
-        );
-        let classes = self.classifier.weight.dims()[1];
-        counter.record(
-            "classifier",
-            "Linear",
-            parameter_count(&self.classifier),
-            linear_flops(&self.classifier),
-            [classes, 1, 1],
-        );
-        [classes, 1, 1]
+        record_head(counter, &self.head, &self.classifier, cur)
     }
 }

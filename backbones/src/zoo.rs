@@ -168,7 +168,7 @@ impl<B: Backend> AnyBackbone<B> {
     /// Load weights, strictly: our safetensors format by extension `.safetensors`, otherwise a PyTorch file
     /// (reference naming, mapped by `arch`'s key map).
     pub fn load_weights(&mut self, arch: &BackboneArch, path: &Path) -> Result<LoadSummary, BackboneError> {
-        checkpoint::load_any(self, path, arch.key_map(), &arch.name())
+        checkpoint::load_any(self, path, arch.key_map(), &arch.name(), &checkpoint::Fit::STRICT)
     }
 
     /// Load backbone weights for detection: strict for the backbone, but the classifier head may be absent,
@@ -182,7 +182,7 @@ impl<B: Backend> AnyBackbone<B> {
         path: &Path,
     ) -> Result<LoadSummary, BackboneError> {
         let fit = checkpoint::Fit::backbone(arch.head_paths());
-        checkpoint::load_any_fit(self, path, arch.key_map(), &arch.name(), &fit)
+        checkpoint::load_any(self, path, arch.key_map(), &arch.name(), &fit)
     }
 
     /// Save weights in our safetensors format (atomically).

@@ -11,24 +11,6 @@ use attndet_backbones::sda::{SdaConfig, SdaVariant};
 use burn::prelude::*;
 use mobile_common::*;
 
-fn check_levels<M: Backbone<B>>(model: &M, batch: usize, hw: usize) {
-    let x = Tensor::<B, 4>::zeros([batch, 3, hw, hw], &Default::default());
-    let levels = model.forward_features(x);
-    let specs = model.feature_specs();
-    assert_eq!(levels.len(), specs.len());
-    for (level, spec) in levels.iter().zip(&specs) {
-        // Every strided layer pads "same": H / stride exactly for these sizes.
-        assert_eq!(
-            level.dims(),
-            [batch, spec.channels, hw / spec.stride, hw / spec.stride],
-            "{}",
-            spec.name
-        );
-    }
-    let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(names, ["c2", "c3", "c4", "c5"]);
-}
-
 #[test]
 fn mobilenet_v2_levels_follow_their_specs_including_empty_batches() {
     for attention in MobileAttention::ALL {

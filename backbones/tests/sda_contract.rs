@@ -34,22 +34,6 @@ fn small(variant: SdaVariant, depth_attention: bool) -> SdaConfig {
     }
 }
 
-fn check_levels<M: Backbone<B>>(model: &M, batch: usize, hw: usize) {
-    let x = Tensor::<B, 4>::zeros([batch, 3, hw, hw], &Default::default());
-    let levels = model.forward_features(x);
-    let specs = model.feature_specs();
-    let strides: Vec<usize> = specs.iter().map(|s| s.stride).collect();
-    assert_eq!(strides, [4, 8, 16, 32]);
-    for (level, spec) in levels.iter().zip(&specs) {
-        assert_eq!(
-            level.dims(),
-            [batch, spec.channels, hw / spec.stride, hw / spec.stride],
-            "{}",
-            spec.name
-        );
-    }
-}
-
 #[test]
 fn levels_follow_their_specs_including_empty_batches() {
     for variant in VARIANTS {

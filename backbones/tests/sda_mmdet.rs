@@ -23,8 +23,6 @@ const DETECTOR_PARTS: [(&str, [usize; 4]); 3] = [
 /// A safetensors checkpoint: every backbone tensor under `prefix` (valued by the formula of its backbone key, as
 /// the script sets it), plus neck and head tensors when `detector`.
 fn detector_checkpoint(fixture: &Fixture, prefix: &str, detector: bool) -> Vec<u8> {
-    let mut header = serde_json::Map::new();
-    let mut data = Vec::new();
     let backbone = fixture
         .state_dict
         .iter()
@@ -34,24 +32,7 @@ fn detector_checkpoint(fixture: &Fixture, prefix: &str, detector: bool) -> Vec<u
         .iter()
         .filter(|_| detector)
         .map(|(k, s)| (k.to_string(), k.to_string(), s.to_vec()));
-    for (name, seed_key, shape) in backbone.chain(others) {
-        let start = data.len();
-        for v in formula_value(&seed_key, &shape) {
-            data.extend_from_slice(&v.to_le_bytes());
-        }
-        header.insert(
-            name,
-            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [start, data.len()]}),
-        );
-    }
-    let mut header = serde_json::to_vec(&header).unwrap();
-    while !header.len().is_multiple_of(8) {
-        header.push(b' ');
-    }
-    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
-    bytes.extend(header);
-    bytes.extend(data);
-    bytes
+    named_formula_safetensors(backbone.chain(others))
 }
 
 fn write(name: &str, bytes: &[u8]) -> std::path::PathBuf {
