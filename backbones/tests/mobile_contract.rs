@@ -161,3 +161,68 @@ fn explain_reports_depth_attention_and_dca_connections() {
         .unwrap();
     assert!(explain(&plain, Tensor::ones([1, 3, 32, 32], &device)).is_none());
 }
+
+/// Every attention variant of both families, by zoo name (MnasNet at width 0.5 to keep it quick).
+fn mobile_names() -> Vec<String> {
+    use attndet_backbones::mnasnet::MnasAttention;
+    MobileAttention::ALL
+        .iter()
+        .map(|a| format!("{}mobilenet_v2", a.prefix()))
+        .chain(
+            MnasAttention::ALL
+                .iter()
+                .map(|a| format!("{}mnasnet0_5", a.prefix())),
+        )
+        .collect()
+}
+
+#[test]
+fn norm_eval_equals_inference_forward_for_every_variant() {
+    use attndet_backbones::{BackboneArch, Classifier, NormMode};
+    use burn::module::AutodiffModule;
+    type A = burn::backend::Autodiff<B>;
+    let device = Default::default();
+    for name in mobile_names() {
+        let model = BackboneArch::parse(&name).unwrap().build::<A>(&device).unwrap();
+        let x = Tensor::<A, 4>::ones([1, 3, 32, 32], &device) * 0.3;
+        let frozen = model
+            .clone()
+            .with_norm_mode(NormMode::Frozen)
+            .forward_logits(x.clone());
+        let inference = model.valid().forward_logits(x.inner());
+        frozen
+            .inner()
+            .into_data()
+            .assert_approx_eq::<f32>(&inference.into_data(), Default::default());
+    }
+}
+
+#[test]
+fn frozen_stages_get_no_gradient_for_every_variant() {
+    use attndet_backbones::{AnyBackbone, BackboneArch};
+    type A = burn::backend::Autodiff<B>;
+    let device = Default::default();
+    for name in mobile_names() {
+        let model = BackboneArch::parse(&name)
+            .unwrap()
+            .build::<A>(&device)
+            .unwrap()
+            .with_frozen_stages(1);
+        let x = Tensor::<A, 4>::ones([2, 3, 32, 32], &device) * 0.5;
+        let grads = model.forward_features(x)[3].clone().sum().backward();
+        // Stage 1 ends at C2: MobileNetV2 blocks 0..=2, MnasNet stack 0; the next unit trains.
+        let (frozen, trained) = match &model {
+            AnyBackbone::MobileNetV2(net) => (
+                net.blocks[2].project.conv.weight.grad(&grads),
+                net.blocks[3].project.conv.weight.grad(&grads),
+            ),
+            AnyBackbone::MnasNet(net) => (
+                net.stacks[0][0].project.conv.weight.grad(&grads),
+                net.stacks[1][0].project.conv.weight.grad(&grads),
+            ),
+            _ => unreachable!(),
+        };
+        assert!(frozen.is_none(), "{name}: stage 1 is frozen");
+        assert!(trained.is_some(), "{name}: stage 2 trains");
+    }
+}
