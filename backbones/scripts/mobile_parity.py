@@ -123,12 +123,21 @@ def record(name, model, input_shape, level_modules, out_dir, prefix=None):
     print(f"{name}: logits {fixture['logits'][:3]}... -> {path}")
 
 
+def check_layout(reference, key, make):
+    """Assert that the 1000-class model from `make` has the state_dict layout `reference[key]` lists."""
+    if key not in reference:
+        return
+    keys = [[k, list(v.shape)] for k, v in make(1000).state_dict().items()]
+    assert keys == reference[key]["state_dict"], f"{key}: key layout differs from backbone_state_dicts.json"
+    print(f"{key}: key layout matches backbone_state_dicts.json")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dcanet", required=True, help="checkout of ma-xu/DCANet")
     ap.add_argument("--ecanet", help="checkout of BangguWu/ECANet")
     ap.add_argument("--sda", help="checkout of QingbeiGuo/SDA-xNet")
-    ap.add_argument("--reference", help="backbone_state_dicts.json: check the SDA key layouts against it")
+    ap.add_argument("--reference", help="backbone_state_dicts.json: check the models' key layouts against it")
     ap.add_argument("--out", default="backbones/tests/fixtures")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
@@ -147,7 +156,9 @@ def main():
         ("cbam_mobilenet_v2", "mobilenet_cbam", "cbam_mobilenet_v2", mobile_levels),
         ("dca_cbam_mobilenet_v2", "mobilenet_cbam_dca", "dca_cbam_mobilenet_v2", mobile_levels),
     ]
+    reference = json.load(open(args.reference)) if args.reference else {}
     for name, module, fn, levels in mobile:
+        check_layout(reference, f"dcanet/{fn}", lambda n: getattr(dca(module), fn)(num_classes=n))
         model = getattr(dca(module), fn)(num_classes=NUM_CLASSES)
         record(name, model, [1, 3, 64, 64], levels, args.out)
     mnas = load_package("dcanet_mnas", os.path.join(args.dcanet, "models", "mnas"))
@@ -162,6 +173,7 @@ def main():
         ("cbam_mnasnet1_0", "mnasnet_cbam", "cbam_mnasnet1_0", mnas_levels),
         ("dca_cbam_mnasnet1_0", "mnasnet_cbam_dca", "dca_cbam_mnasnet1_0", dca_mnas_levels),
     ]:
+        check_layout(reference, f"dcanet/{fn}", lambda n: getattr(mnas(module), fn)(num_classes=n))
         model = getattr(mnas(module), fn)(num_classes=NUM_CLASSES)
         record(name, model, [1, 3, 64, 64], levels, args.out)
     if args.ecanet:
@@ -170,26 +182,24 @@ def main():
         record("eca_mobilenet_v2", model, [1, 3, 64, 64], mobile_levels, args.out)
     if args.sda:
         sda = load_package("sda_resnet", os.path.join(args.sda, "SDA-ResNet", "models", "resnet"))
+        check_layout(reference, "sda/sda_resnet86", lambda n: sda("resnet_at").resnet50(num_classes=n))
         model = sda("resnet_at").resnet50(num_classes=NUM_CLASSES)
         # The classifier's AvgPool2d(7) needs a 7x7 final map: 224x224 input.
         stages = ["stage1", "stage2", "stage3", "stage4"]
         record("sda_resnet86", model, [1, 3, 224, 224], stages, args.out)
         sda_se = load_package("sda_senet", os.path.join(args.sda, "SDA-SENet", "models", "senet"))
         # The SE blocks pool with fixed AvgPool2d(56/28/14/7): 224x224 input as well.
+        check_layout(reference, "sda/sda_se_resnet86", lambda n: sda_se("se_resnet_at").se_resnet_50(num_classes=n))
         model = sda_se("se_resnet_at").se_resnet_50(num_classes=NUM_CLASSES)
         record("sda_se_resnet86", model, [1, 3, 224, 224], stages, args.out)
         sda_res2 = load_package("sda_res2net", os.path.join(args.sda, "SDA-Res2Net", "models", "res2net"))
         sda_pyconv = load_package("sda_pyconv", os.path.join(args.sda, "SDA-PyConv", "models", "resnet_pyconv"))
-        reference = json.load(open(args.reference)) if args.reference else {}
         # These pool adaptively: a small 64x64 input keeps the fixtures and the Rust test cheap.
         for name, make in [
             ("sda_res2net86", lambda n: sda_res2("res2net_at").res2net50(num_classes=n)),
             ("sda_pyconvresnet86", lambda n: sda_pyconv("resnet_pyconv_at").pyconvresnet50(num_classes=n)),
         ]:
-            if f"sda/{name}" in reference:
-                keys = [[k, list(v.shape)] for k, v in make(1000).state_dict().items()]
-                assert keys == reference[f"sda/{name}"]["state_dict"], f"{name}: key layout differs from reference"
-                print(f"{name}: key layout matches backbone_state_dicts.json")
+            check_layout(reference, f"sda/{name}", make)
             record(name, make(NUM_CLASSES), [1, 3, 64, 64], stages, args.out)
         # The plain baselines: Res2Net-50 26w x 4s, and PyConvResNet-50 at the PyConv paper's [3, 4, 6, 3] (the
         # repository's own pyconvresnet50() was edited to the 86-layer depths).
