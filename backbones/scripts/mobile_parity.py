@@ -8,7 +8,11 @@ read from checkouts given on the command line and never copied into this reposit
 
 Usage (from the repository root):
     python3 backbones/scripts/mobile_parity.py --dcanet /path/to/DCANet --ecanet /path/to/ECANet \
-        --sda /path/to/SDA-xNet --out backbones/tests/fixtures
+        --sda /path/to/SDA-xNet --out backbones/tests/fixtures \
+        [--reference /path/to/shared/reference/backbone_state_dicts.json]
+
+With --sda it also prints the parameter count and the FLOPs (DCANet's flops_counter.py, 224x224, 1000 classes) of
+the plain res2net50 and pyconvresnet50, the figures backbones/tests/mobile_reference_table.rs asserts.
 """
 import argparse
 import importlib
@@ -82,7 +86,15 @@ def summarize(t):
     return {"shape": list(t.shape), "mean": t.mean().item(), "mean_abs": t.abs().mean().item()}
 
 
-def record(name, model, input_shape, level_modules, out_dir):
+def write_fixture(path, fixture):
+    """Write `fixture` as compact JSON, atomically."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(fixture, f, separators=(",", ":"))
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def record(name, model, input_shape, level_modules, out_dir, prefix=None):
     model.eval()
     set_formula_weights(model)
     levels = {}
@@ -105,11 +117,19 @@ def record(name, model, input_shape, level_modules, out_dir):
         "logits": [float(x) for x in logits.flatten()],
         "levels": [summarize(levels[i]) for i in range(len(level_modules))],
     }
-    path = os.path.join(out_dir, f"mobile_parity_{name}.json" if "sda" not in name else f"sda_parity_{name}.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(fixture, f, separators=(",", ":"))
-    os.replace(path + ".tmp", path)
+    if prefix is None:
+        prefix = "sda_parity" if "sda" in name else "mobile_parity"
+    path = write_fixture(os.path.join(out_dir, f"{prefix}_{name}.json"), fixture)
     print(f"{name}: logits {fixture['logits'][:3]}... -> {path}")
+
+
+def check_layout(reference, key, make):
+    """Assert that the 1000-class model from `make` has the state_dict layout `reference[key]` lists."""
+    if key not in reference:
+        return
+    keys = [[k, list(v.shape)] for k, v in make(1000).state_dict().items()]
+    assert keys == reference[key]["state_dict"], f"{key}: key layout differs from backbone_state_dicts.json"
+    print(f"{key}: key layout matches backbone_state_dicts.json")
 
 
 def main():
@@ -117,6 +137,7 @@ def main():
     ap.add_argument("--dcanet", required=True, help="checkout of ma-xu/DCANet")
     ap.add_argument("--ecanet", help="checkout of BangguWu/ECANet")
     ap.add_argument("--sda", help="checkout of QingbeiGuo/SDA-xNet")
+    ap.add_argument("--reference", help="backbone_state_dicts.json: check the models' key layouts against it")
     ap.add_argument("--out", default="backbones/tests/fixtures")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
@@ -129,8 +150,15 @@ def main():
         ("ge_mobilenet_v2", "mobilenet_getheta", "getheta_mobilenet_v2", mobile_levels),
         ("dca_ge_mobilenet_v2", "mobilenet_getheta_dca", "dca_getheta_mobilenet_v2",
          ["features2.2", "features2.5", "features2.12", "features3"]),
+        ("sk_mobilenet_v2", "mobilenet_sk", "sk_mobilenet_v2", mobile_levels),
+        ("dca_sk_mobilenet_v2", "mobilenet_sk_dca", "dca_sk_mobilenet_v2",
+         ["features2.2", "features2.5", "features2.12", "features3"]),
+        ("cbam_mobilenet_v2", "mobilenet_cbam", "cbam_mobilenet_v2", mobile_levels),
+        ("dca_cbam_mobilenet_v2", "mobilenet_cbam_dca", "dca_cbam_mobilenet_v2", mobile_levels),
     ]
+    reference = json.load(open(args.reference)) if args.reference else {}
     for name, module, fn, levels in mobile:
+        check_layout(reference, f"dcanet/{fn}", lambda n: getattr(dca(module), fn)(num_classes=n))
         model = getattr(dca(module), fn)(num_classes=NUM_CLASSES)
         record(name, model, [1, 3, 64, 64], levels, args.out)
     mnas = load_package("dcanet_mnas", os.path.join(args.dcanet, "models", "mnas"))
@@ -142,7 +170,10 @@ def main():
         ("dca_se_mnasnet1_0", "mnasnet_se_dca", "dca_se_mnasnet1_0", dca_mnas_levels),
         ("ge_mnasnet1_0", "mnasnet_getheta", "getheta_mnasnet1_0", mnas_levels),
         ("dca_ge_mnasnet0_5", "mnasnet_getheta_dca", "dca_getheta_mnasnet0_5", dca_mnas_levels),
+        ("cbam_mnasnet1_0", "mnasnet_cbam", "cbam_mnasnet1_0", mnas_levels),
+        ("dca_cbam_mnasnet1_0", "mnasnet_cbam_dca", "dca_cbam_mnasnet1_0", dca_mnas_levels),
     ]:
+        check_layout(reference, f"dcanet/{fn}", lambda n: getattr(mnas(module), fn)(num_classes=n))
         model = getattr(mnas(module), fn)(num_classes=NUM_CLASSES)
         record(name, model, [1, 3, 64, 64], levels, args.out)
     if args.ecanet:
@@ -151,14 +182,40 @@ def main():
         record("eca_mobilenet_v2", model, [1, 3, 64, 64], mobile_levels, args.out)
     if args.sda:
         sda = load_package("sda_resnet", os.path.join(args.sda, "SDA-ResNet", "models", "resnet"))
+        check_layout(reference, "sda/sda_resnet86", lambda n: sda("resnet_at").resnet50(num_classes=n))
         model = sda("resnet_at").resnet50(num_classes=NUM_CLASSES)
         # The classifier's AvgPool2d(7) needs a 7x7 final map: 224x224 input.
         stages = ["stage1", "stage2", "stage3", "stage4"]
         record("sda_resnet86", model, [1, 3, 224, 224], stages, args.out)
         sda_se = load_package("sda_senet", os.path.join(args.sda, "SDA-SENet", "models", "senet"))
         # The SE blocks pool with fixed AvgPool2d(56/28/14/7): 224x224 input as well.
+        check_layout(reference, "sda/sda_se_resnet86", lambda n: sda_se("se_resnet_at").se_resnet_50(num_classes=n))
         model = sda_se("se_resnet_at").se_resnet_50(num_classes=NUM_CLASSES)
         record("sda_se_resnet86", model, [1, 3, 224, 224], stages, args.out)
+        sda_res2 = load_package("sda_res2net", os.path.join(args.sda, "SDA-Res2Net", "models", "res2net"))
+        sda_pyconv = load_package("sda_pyconv", os.path.join(args.sda, "SDA-PyConv", "models", "resnet_pyconv"))
+        # These pool adaptively: a small 64x64 input keeps the fixtures and the Rust test cheap.
+        for name, make in [
+            ("sda_res2net86", lambda n: sda_res2("res2net_at").res2net50(num_classes=n)),
+            ("sda_pyconvresnet86", lambda n: sda_pyconv("resnet_pyconv_at").pyconvresnet50(num_classes=n)),
+        ]:
+            check_layout(reference, f"sda/{name}", make)
+            record(name, make(NUM_CLASSES), [1, 3, 64, 64], stages, args.out)
+        # The plain baselines: Res2Net-50 26w x 4s, and PyConvResNet-50 at the PyConv paper's [3, 4, 6, 3] (the
+        # repository's own pyconvresnet50() was edited to the 86-layer depths).
+        pyconv_plain = sda_pyconv("resnet_pyconv")
+        layers = ["layer1", "layer2", "layer3", "layer4"]
+        flops_counter = load_package("dcanet_root", args.dcanet)("flops_counter")
+        for name, make in [
+            ("res2net50", lambda n: sda_res2("res2net").res2net50(num_classes=n)),
+            ("pyconvresnet50", lambda n: pyconv_plain.PyConvResNet(pyconv_plain.PyConvBlock, [3, 4, 6, 3],
+                                                                   num_classes=n)),
+        ]:
+            model = make(1000)
+            flops, params = flops_counter.get_model_complexity_info(
+                model, (224, 224), print_per_layer_stat=False, as_strings=False)
+            print(f"{name}: {params} parameters, {int(flops)} FLOPs at 224x224 (1000 classes)")
+            record(name, make(NUM_CLASSES), [1, 3, 64, 64], layers, args.out, prefix="sda_parity")
 
 
 if __name__ == "__main__":

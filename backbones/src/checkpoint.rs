@@ -136,6 +136,52 @@ pub fn reference_keys<B: Backend, M: Module<B>>(
     out
 }
 
+/// How a checkpoint must fit the model.
+///
+/// [`Fit::STRICT`]: every tensor of the model found, every tensor of the file used. [`Fit::backbone`]: the same
+/// for the backbone, but the classifier head may be absent (detection checkpoints have none), and a detector's
+/// checkpoint (mmdetection's `backbone.*`, `neck.*`, `*_head.*` keys) contributes its `backbone.` tensors only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fit {
+    /// Model paths (prefixes, e.g. `"fc."`) that the checkpoint may leave unset.
+    pub optional: &'static [&'static str],
+    /// Accept a whole detector's checkpoint: when the file has `backbone.`-prefixed keys, read those (prefix
+    /// removed) and ignore the others.
+    pub detector: bool,
+}
+
+impl Fit {
+    /// Everything must match.
+    pub const STRICT: Fit = Fit {
+        optional: &[],
+        detector: false,
+    };
+
+    /// A backbone without its classifier `head` (model path prefixes), possibly inside a detector checkpoint.
+    pub fn backbone(head: &'static [&'static str]) -> Self {
+        Fit {
+            optional: head,
+            detector: true,
+        }
+    }
+}
+
+/// Marks the keys of a detector checkpoint that lie outside its backbone (they stay unused and are ignored).
+const FOREIGN: &str = "<detector>.";
+
+/// The remapping rules that select a detector checkpoint's backbone: prefix every key with [`FOREIGN`], then
+/// strip `FOREIGN` + `backbone.` again, so that only the backbone's tensors can match the model.
+fn detector_rules(fit: &Fit, keys: &[String]) -> Vec<(String, String)> {
+    let is_detector = fit.detector && keys.iter().any(|k| k.starts_with("backbone."));
+    if !is_detector {
+        return Vec::new();
+    }
+    vec![
+        ("^".to_string(), FOREIGN.to_string()),
+        (format!("^{}backbone\\.", regex_literal(FOREIGN)), String::new()),
+    ]
+}
+
 /// What a successful load did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadSummary {
@@ -143,17 +189,7 @@ pub struct LoadSummary {
     pub applied: usize,
 }
 
-/// Does this PyTorch file keep its weights under a top-level `state_dict` entry?
-fn pytorch_top_level_key(path: &Path) -> Result<Option<&'static str>, BackboneError> {
-    let reader = PytorchReader::new(path).map_err(|e| BackboneError::CheckpointRead {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    let nested = reader.keys().iter().any(|k| k.starts_with("state_dict."));
-    Ok(nested.then_some("state_dict"))
-}
-
-/// Load a PyTorch checkpoint (`.pth` / `.pth.tar`) into `model`, strictly.
+/// Load a PyTorch checkpoint (`.pth` / `.pth.tar`) into `model` as `fit` says ([`Fit::STRICT`]: strictly).
 ///
 /// `model_name` only labels errors.
 pub fn load_pytorch<B: Backend, M: ModuleSnapshot<B>>(
@@ -161,25 +197,42 @@ pub fn load_pytorch<B: Backend, M: ModuleSnapshot<B>>(
     path: &Path,
     key_map: KeyMap,
     model_name: &str,
+    fit: &Fit,
 ) -> Result<LoadSummary, BackboneError> {
+    let read_err = |reason: String| BackboneError::CheckpointRead {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let reader = PytorchReader::new(path).map_err(|e| read_err(e.to_string()))?;
+    let nested = reader.keys().iter().any(|k| k.starts_with("state_dict."));
+    let keys: Vec<String> = reader
+        .keys()
+        .iter()
+        .map(|k| {
+            let k = if nested {
+                k.strip_prefix("state_dict.").unwrap_or(k)
+            } else {
+                k
+            };
+            k.strip_prefix("module.").unwrap_or(k).to_string()
+        })
+        .collect();
     let mut store = PytorchStore::from_file(path)
         .with_key_remapping(r"^module\.", "")
         .allow_partial(true)
         .validate(false)
         .map_indices_contiguous(false);
-    if let Some(key) = pytorch_top_level_key(path)? {
-        store = store.with_top_level_key(key);
+    if nested {
+        store = store.with_top_level_key("state_dict");
+    }
+    for (from, to) in detector_rules(fit, &keys) {
+        store = store.with_key_remapping(&from, &to);
     }
     for (from, to) in key_map {
         store = store.with_key_remapping(*from, *to);
     }
-    let result = model
-        .load_from(&mut store)
-        .map_err(|e| BackboneError::CheckpointRead {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-    strict(result, path, model_name)
+    let result = model.load_from(&mut store).map_err(|e| read_err(e.to_string()))?;
+    check_fit(result, path, model_name, fit)
 }
 
 /// Load safetensors bytes written with PyTorch naming into `model`, strictly. `origin` labels errors.
@@ -190,6 +243,41 @@ pub fn load_torch_safetensors_bytes<B: Backend, M: ModuleSnapshot<B>>(
     key_map: KeyMap,
     model_name: &str,
 ) -> Result<LoadSummary, BackboneError> {
+    load_torch_bytes(model, bytes, origin, key_map, model_name, &Fit::STRICT)
+}
+
+/// The tensor names of a safetensors file (in memory).
+fn safetensors_keys(bytes: &[u8], origin: &Path) -> Result<Vec<String>, BackboneError> {
+    let read_err = |reason: String| BackboneError::CheckpointRead {
+        path: origin.to_path_buf(),
+        reason,
+    };
+    let len = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()) as usize)
+        .ok_or_else(|| read_err("not a safetensors file: shorter than its header length".into()))?;
+    let header = bytes
+        .get(8..8usize.saturating_add(len))
+        .ok_or_else(|| read_err(format!("truncated safetensors header ({len} bytes announced)")))?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(header).map_err(|e| read_err(format!("bad safetensors header: {e}")))?;
+    Ok(header
+        .keys()
+        .filter(|k| *k != "__metadata__")
+        .map(|k| k.strip_prefix("module.").unwrap_or(k).to_string())
+        .collect())
+}
+
+/// Load safetensors bytes written with PyTorch naming into `model` as `fit` says. `origin` labels errors.
+fn load_torch_bytes<B: Backend, M: ModuleSnapshot<B>>(
+    model: &mut M,
+    bytes: Vec<u8>,
+    origin: &Path,
+    key_map: KeyMap,
+    model_name: &str,
+    fit: &Fit,
+) -> Result<LoadSummary, BackboneError> {
+    let rules = detector_rules(fit, &safetensors_keys(&bytes, origin)?);
     let mut store = SafetensorsStore::from_bytes(Some(bytes))
         .with_from_adapter(PyTorchToBurnAdapter)
         .with_key_remapping(r"^module\.", "")
@@ -197,6 +285,9 @@ pub fn load_torch_safetensors_bytes<B: Backend, M: ModuleSnapshot<B>>(
         .map_indices_contiguous(false)
         .allow_partial(true)
         .validate(false);
+    for (from, to) in &rules {
+        store = store.with_key_remapping(from, to);
+    }
     for (from, to) in key_map {
         store = store.with_key_remapping(*from, *to);
     }
@@ -206,21 +297,22 @@ pub fn load_torch_safetensors_bytes<B: Backend, M: ModuleSnapshot<B>>(
             path: origin.to_path_buf(),
             reason: e.to_string(),
         })?;
-    strict(result, origin, model_name)
+    check_fit(result, origin, model_name, fit)
 }
 
-/// Load a safetensors file written with PyTorch naming into `model`, strictly.
+/// Load a safetensors file written with PyTorch naming into `model` as `fit` says.
 pub fn load_torch_safetensors<B: Backend, M: ModuleSnapshot<B>>(
     model: &mut M,
     path: &Path,
     key_map: KeyMap,
     model_name: &str,
+    fit: &Fit,
 ) -> Result<LoadSummary, BackboneError> {
     let bytes = std::fs::read(path).map_err(|e| BackboneError::CheckpointRead {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    load_torch_safetensors_bytes(model, bytes, path, key_map, model_name)
+    load_torch_bytes(model, bytes, path, key_map, model_name, fit)
 }
 
 /// Load our own safetensors weights (written by [`save_safetensors`]) into `model`, strictly.
@@ -246,7 +338,7 @@ pub fn load_safetensors<B: Backend, M: ModuleSnapshot<B>>(
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-    strict(result, path, model_name)
+    check_fit(result, path, model_name, &Fit::STRICT)
 }
 
 /// Write `model`'s weights in our safetensors format, atomically (temporary file, then rename).
@@ -280,11 +372,14 @@ pub fn save_safetensors<B: Backend, M: ModuleSnapshot<B>>(
 
 /// Load weights from any supported file: a `.safetensors` file is our format when it carries our metadata
 /// (written by [`save_safetensors`]) and PyTorch-named otherwise; anything else is read as a PyTorch file.
+///
+/// The checkpoint must fit as `fit` says; our own safetensors files always fit strictly.
 pub fn load_any<B: Backend, M: ModuleSnapshot<B>>(
     model: &mut M,
     path: &Path,
     key_map: KeyMap,
     model_name: &str,
+    fit: &Fit,
 ) -> Result<LoadSummary, BackboneError> {
     if !path.is_file() {
         return Err(BackboneError::CheckpointRead {
@@ -296,10 +391,10 @@ pub fn load_any<B: Backend, M: ModuleSnapshot<B>>(
         if is_our_safetensors(path)? {
             load_safetensors(model, path, model_name)
         } else {
-            load_torch_safetensors(model, path, key_map, model_name)
+            load_torch_safetensors(model, path, key_map, model_name, fit)
         }
     } else {
-        load_pytorch(model, path, key_map, model_name)
+        load_pytorch(model, path, key_map, model_name, fit)
     }
 }
 
@@ -326,9 +421,18 @@ pub fn is_our_safetensors(path: &Path) -> Result<bool, BackboneError> {
     Ok(header["__metadata__"]["format"] == "attndet")
 }
 
-/// Turn burn-store's lenient report into a strict verdict.
-fn strict(result: ApplyResult, path: &Path, model_name: &str) -> Result<LoadSummary, BackboneError> {
-    let mismatch = mismatch_of(&result);
+/// Turn burn-store's lenient report into a verdict: strict, up to what `fit` allows.
+fn check_fit(
+    result: ApplyResult,
+    path: &Path,
+    model_name: &str,
+    fit: &Fit,
+) -> Result<LoadSummary, BackboneError> {
+    let mut mismatch = mismatch_of(&result);
+    mismatch
+        .missing
+        .retain(|k| !fit.optional.iter().any(|prefix| k.starts_with(prefix)));
+    mismatch.unexpected.retain(|k| !k.starts_with(FOREIGN));
     if mismatch.is_empty() {
         Ok(LoadSummary {
             applied: result.applied.len(),

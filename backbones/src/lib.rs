@@ -44,6 +44,7 @@ pub mod error;
 pub mod formula;
 pub mod layers;
 pub mod mnasnet;
+pub mod mobile_attention;
 pub mod mobile_layers;
 pub mod mobilenet_v2;
 pub mod norm;

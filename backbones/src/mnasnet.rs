@@ -3,7 +3,7 @@
 //!
 //! Differences from the MobileNetV2 variants, read off the reference code: ReLU instead of ReLU6, 3x3 or 5x5
 //! depthwise kernels, SE with reduction 16, DCA-SE matching channels with two `Linear + LayerNorm + ReLU` layers
-//! through `C / 16`, and DCA mixing convs with a bias.
+//! through `C / 16`, and DCA mixing convs with a bias. CBAM ([`MobileCbam`]) has MLP reduction 8, DCA-CBAM 16.
 //!
 //! Feature levels for detection (strides 4, 8, 16, 32): the outputs of stacks 1 (24 channels at 1.0), 2 (40),
 //! 4 (96) and of the final 1x1 conv (1280).
@@ -17,9 +17,12 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::KeyMap;
 use crate::cost::{Chw, CostCounter, CountFlops, parameter_count};
 use crate::error::BackboneError;
-use crate::mobile_layers::{Activation, ConvBnAct, DcaMix, global_avg, leak_key_map, linear_flops};
+use crate::mobile_attention::{DcaCarry, MobileCbam};
+use crate::mobile_layers::{
+    Activation, ConvBnAct, DcaMix, freeze_prefix, frozen_norm, global_avg, impl_mobile_backbone,
+    leak_key_map, linear_flops, pooled_logits, record_block, record_head,
+};
 use crate::norm::NormMode;
-use crate::{Backbone, Classifier, FeatureSpec};
 
 /// Which attention each MnasNet block carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -35,16 +38,22 @@ pub enum MnasAttention {
     Ge,
     /// DCA-connected GE (`dca_getheta_mnasnet*`).
     DcaGe,
+    /// CBAM, reduction 8 (`cbam_mnasnet*`).
+    Cbam,
+    /// DCA-connected CBAM, reduction 16 (`dca_cbam_mnasnet*`).
+    DcaCbam,
 }
 
 impl MnasAttention {
     /// All variants.
-    pub const ALL: [MnasAttention; 5] = [
+    pub const ALL: [MnasAttention; 7] = [
         MnasAttention::None,
         MnasAttention::Se,
         MnasAttention::DcaSe,
         MnasAttention::Ge,
         MnasAttention::DcaGe,
+        MnasAttention::Cbam,
+        MnasAttention::DcaCbam,
     ];
 
     /// The model-name prefix.
@@ -55,11 +64,16 @@ impl MnasAttention {
             MnasAttention::DcaSe => "dca_se_",
             MnasAttention::Ge => "ge_",
             MnasAttention::DcaGe => "dca_ge_",
+            MnasAttention::Cbam => "cbam_",
+            MnasAttention::DcaCbam => "dca_cbam_",
         }
     }
 
     fn dca(self) -> bool {
-        matches!(self, MnasAttention::DcaSe | MnasAttention::DcaGe)
+        matches!(
+            self,
+            MnasAttention::DcaSe | MnasAttention::DcaGe | MnasAttention::DcaCbam
+        )
     }
 }
 
@@ -116,7 +130,7 @@ impl MnasNetConfig {
         };
         let Some(attention) = MnasAttention::ALL.into_iter().find(|a| a.prefix() == prefix) else {
             return Some(Err(unknown(
-                "MnasNet attention prefixes: se_, dca_se_, ge_, dca_ge_ (cbam_ is not built yet)",
+                "MnasNet attention prefixes: se_, dca_se_, ge_, dca_ge_, cbam_, dca_cbam_",
             )));
         };
         let Some((_, alpha)) = WIDTHS.iter().find(|(w, _)| *w == width) else {
@@ -234,6 +248,15 @@ impl MnasNetConfig {
             (r"\.ge\.att_fc\.1\.", ".attention.match_norm1."),
             (r"\.ge\.conv\.0\.", ".attention.mix.conv."),
             (r"\.ge\.conv\.1\.", ".attention.mix.norm."),
+            (r"\.cbam\.ChannelGate\.mlp\.1\.", ".cbam.channel.fc1."),
+            (r"\.cbam\.ChannelGate\.mlp\.3\.", ".cbam.channel.fc2."),
+            (r"\.cbam\.ChannelGate\.att_fc\.0\.", ".cbam.match_conv."),
+            (r"\.cbam\.ChannelGate\.att_fc\.1\.", ".cbam.match_bn."),
+            (r"\.cbam\.ChannelGate\.alpha\.0\.", ".cbam.alpha."),
+            (r"\.cbam\.ChannelGate\.alpha\.1\.", ".cbam.alpha_norm."),
+            (r"\.cbam\.SpatialGate\.spatial\.", ".cbam.spatial."),
+            (r"\.cbam\.SpatialGate\.bnrelu\.0\.", ".cbam.mix_bn."),
+            (r"\.cbam\.SpatialGate\.(p\d)$", ".cbam.$1"),
         ] {
             map.push((from.to_string(), to.to_string()));
         }
@@ -274,7 +297,7 @@ impl<B: Backend> MnasBlockAttention<B> {
         let linear = |i: usize, o: usize| Some(LinearConfig::new(i, o).init(device));
         let norm = |c: usize| Some(LayerNormConfig::new(c).init(device));
         match kind {
-            MnasAttention::None | MnasAttention::Ge => None,
+            MnasAttention::None | MnasAttention::Ge | MnasAttention::Cbam | MnasAttention::DcaCbam => None,
             _ => Some(Self {
                 fc1: if se { linear(cout, hidden) } else { None },
                 fc2: if se { linear(hidden, cout) } else { None },
@@ -324,8 +347,10 @@ pub struct MnasBlock<B: Backend> {
     pub depthwise: ConvBnAct<B>,
     /// 1x1 projection, no activation.
     pub project: ConvBnAct<B>,
-    /// Attention parameters (none for plain and GE).
+    /// SE / DCA-SE / DCA-GE parameters (none for plain, GE and CBAM).
     pub attention: Option<MnasBlockAttention<B>>,
+    /// CBAM or DCA-CBAM.
+    pub cbam: Option<MobileCbam<B>>,
     kind: MnasAttention,
     residual: bool,
 }
@@ -347,23 +372,28 @@ impl<B: Backend> MnasBlock<B> {
             depthwise: ConvBnAct::new(mid, mid, kernel, stride, mid, Activation::Relu, device),
             project: ConvBnAct::new(mid, cout, 1, 1, 1, Activation::Identity, device),
             attention: MnasBlockAttention::new(cin, cout, kind, device),
+            cbam: match kind {
+                MnasAttention::Cbam => Some(MobileCbam::new(cin, cout, 8, false, device)),
+                MnasAttention::DcaCbam => Some(MobileCbam::new(cin, cout, 16, true, device)),
+                _ => None,
+            },
             kind,
             residual: stride == 1 && cin == cout,
         }
     }
 
     /// # Shapes
-    /// - `x`: `[N, cin, H, W]` -> `[N, cout, H / s, W / s]`; DCA state `[N, cin]` -> `[N, cout]`
-    fn forward(
-        &self,
-        x: Tensor<B, 4>,
-        state: Option<Tensor<B, 2>>,
-        norm: NormMode,
-    ) -> (Tensor<B, 4>, Option<Tensor<B, 2>>) {
+    /// - `x`: `[N, cin, H, W]` -> `[N, cout, H / s, W / s]`; what DCA carries: see [`DcaCarry`]
+    fn forward(&self, x: Tensor<B, 4>, state: DcaCarry<B>, norm: NormMode) -> (Tensor<B, 4>, DcaCarry<B>) {
         let y = self.project.forward(
             self.depthwise.forward(self.expand.forward(x.clone(), norm), norm),
             norm,
         );
+        if let Some(cbam) = &self.cbam {
+            let (y, state) = cbam.forward(y, state, norm);
+            return (if self.residual { x + y } else { y }, state);
+        }
+        let state = state.vector();
         let [n, c, _, _] = y.dims();
         let (y, state) = match (self.kind, &self.attention) {
             (MnasAttention::Ge, _) => {
@@ -385,6 +415,7 @@ impl<B: Backend> MnasBlock<B> {
                 (y * gate.reshape([n, c, 1, 1]), next)
             }
         };
+        let state = state.map_or(DcaCarry::None, DcaCarry::Vector);
         (if self.residual { x + y } else { y }, state)
     }
 
@@ -395,6 +426,14 @@ impl<B: Backend> MnasBlock<B> {
         let c = self.project.bn.gamma.dims()[0] as u64;
         let pooled = c * (out[0] * out[1]) as u64;
         let attention = match (self.kind, &self.attention) {
+            (MnasAttention::Cbam | MnasAttention::DcaCbam, _) => {
+                // The previous block's output (what DCA carries) has this block's input shape.
+                let cin = self.expand.conv.weight.dims()[1];
+                let prev = has_prev.then_some([cin, hw[0], hw[1]]);
+                self.cbam
+                    .as_ref()
+                    .map_or(0, |cbam| cbam.flops([c as usize, out[0], out[1]], prev))
+            }
             (MnasAttention::None, _) => 0,
             (MnasAttention::Ge, _) => pooled,
             (_, None) => 0,
@@ -465,12 +504,7 @@ impl<B: Backend> MnasNet<B> {
         self.stem_conv = self.stem_conv.no_grad();
         self.stem_depthwise = self.stem_depthwise.no_grad();
         self.stem_project = self.stem_project.no_grad();
-        self.stacks = self
-            .stacks
-            .into_iter()
-            .enumerate()
-            .map(|(i, s)| if i < end { s.no_grad() } else { s })
-            .collect();
+        self.stacks = freeze_prefix(self.stacks, end);
         if stages >= 4 {
             self.head = self.head.no_grad();
         }
@@ -478,12 +512,9 @@ impl<B: Backend> MnasNet<B> {
         self
     }
 
+    /// The norm mode of stack `i` (`None`: the stem, `Some(6)`: the final conv).
     fn norm_of(&self, stack: Option<usize>) -> NormMode {
-        match (self.frozen_stacks, stack) {
-            (Some(_), None) => NormMode::Frozen,
-            (Some(end), Some(i)) if i < end || (i == 6 && end == 6) => NormMode::Frozen,
-            _ => self.norm,
-        }
+        frozen_norm(self.frozen_stacks, stack, self.stacks.len(), self.norm)
     }
 
     fn run(&self, x: Tensor<B, 4>) -> Vec<Tensor<B, 4>> {
@@ -492,7 +523,7 @@ impl<B: Backend> MnasNet<B> {
             self.stem_depthwise.forward(self.stem_conv.forward(x, stem), stem),
             stem,
         );
-        let mut state = None;
+        let mut state = DcaCarry::None;
         let mut levels = Vec::with_capacity(4);
         for (s, stack) in self.stacks.iter().enumerate() {
             for block in stack {
@@ -514,7 +545,12 @@ impl<B: Backend> MnasNet<B> {
     /// - `x`: `[N, 3, H, W]` -> `[N, num_classes]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         let last = self.run(x).pop().expect("four levels");
-        self.classifier.forward(global_avg(last))
+        pooled_logits(&self.classifier, last)
+    }
+
+    /// Channels of the C2, C3, C4 levels (outputs of stacks 1, 2, 4).
+    fn block_level_channels(&self) -> [usize; 3] {
+        self.level_channels
     }
 
     /// Per block (in order): the DCA connection weights `(alpha, beta)`, if the block has one.
@@ -527,45 +563,13 @@ impl<B: Backend> MnasNet<B> {
                     .as_ref()
                     .and_then(|a| a.mix.as_ref())
                     .map(DcaMix::alpha_beta)
+                    .or_else(|| b.cbam.as_ref().and_then(MobileCbam::alpha_beta))
             })
             .collect()
     }
 }
 
-impl<B: Backend> Backbone<B> for MnasNet<B> {
-    fn feature_specs(&self) -> Vec<FeatureSpec> {
-        let mut specs: Vec<FeatureSpec> = self
-            .level_channels
-            .iter()
-            .zip([4, 8, 16])
-            .map(|(&c, s)| FeatureSpec::level(c, s))
-            .collect();
-        specs.push(FeatureSpec::level(LAST_CHANNELS, 32));
-        specs
-    }
-
-    fn forward_features(&self, x: Tensor<B, 4>) -> Vec<Tensor<B, 4>> {
-        self.run(x)
-    }
-
-    fn with_norm_mode(self, mode: NormMode) -> Self {
-        MnasNet::with_norm_mode(self, mode)
-    }
-
-    fn with_frozen_stages(self, stages: usize) -> Self {
-        MnasNet::with_frozen_stages(self, stages)
-    }
-}
-
-impl<B: Backend> Classifier<B> for MnasNet<B> {
-    fn forward_logits(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        self.forward(x)
-    }
-
-    fn num_classes(&self) -> usize {
-        self.classifier.weight.dims()[1]
-    }
-}
+impl_mobile_backbone!(MnasNet, LAST_CHANNELS);
 
 impl<B: Backend> CountFlops for MnasNet<B> {
     /// One row per stem layer, block, final conv and classifier.
@@ -584,35 +588,13 @@ impl<B: Backend> CountFlops for MnasNet<B> {
         let mut first = true;
         for (s, stack) in self.stacks.iter().enumerate() {
             for (i, block) in stack.iter().enumerate() {
-                let (flops, out) = block.flops(cur, !first);
+                let cost = block.flops(cur, !first);
                 first = false;
+                cur = cost.1;
                 let c = block.project.bn.gamma.dims()[0];
-                counter.record(
-                    &format!("stacks.{s}.{i}"),
-                    "InvertedResidual",
-                    parameter_count(block),
-                    flops,
-                    [c, out[0], out[1]],
-                );
-                cur = out;
+                record_block(counter, &format!("stacks.{s}.{i}"), block, cost, c);
             }
         }
-        let (flops, out) = self.head.flops(cur);
-        counter.record(
-            "head",
-            "ConvBNReLU",
-            parameter_count(&self.head),
-            flops,
-            [LAST_CHANNELS, out[0], out[1]],
-        );
-        let classes = self.classifier.weight.dims()[1];
-        counter.record(
-            "classifier",
-            "Linear",
-            parameter_count(&self.classifier),
-            linear_flops(&self.classifier),
-            [classes, 1, 1],
-        );
-        [classes, 1, 1]
+        record_head(counter, &self.head, &self.classifier, cur)
     }
 }

@@ -8,6 +8,8 @@ use burn::nn::{BatchNorm, BatchNormConfig, LayerNorm, LayerNormConfig, Linear, P
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
+use crate::FeatureSpec;
+use crate::cost::{Chw, CostCounter, parameter_count};
 use crate::norm::{NormMode, batch_norm};
 
 /// The activation after a convolution's BatchNorm.
@@ -200,6 +202,126 @@ impl<B: Backend> DcaMix<B> {
 pub fn global_avg<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 2> {
     let [n, c, h, w] = x.dims();
     x.reshape([n, c, h * w]).mean_dim(2).reshape([n, c])
+}
+
+/// What MobileNetV2 and MnasNet share past their blocks: the last 1x1 conv (the C5 level) feeds a global average
+/// pool and a Linear classifier.
+///
+/// # Shapes
+/// - `last`: `[N, C, H, W]` -> `[N, num_classes]`
+pub fn pooled_logits<B: Backend>(classifier: &Linear<B>, last: Tensor<B, 4>) -> Tensor<B, 2> {
+    classifier.forward(global_avg(last))
+}
+
+/// [`crate::Backbone`] and [`crate::Classifier`] for a mobile network (`impl_mobile_backbone!(MnasNet,
+/// LAST_CHANNELS)`): MobileNetV2 and MnasNet delegate the same way to their inherent `run` (the four levels),
+/// `block_level_channels`, `with_norm_mode`, `with_frozen_stages` and `forward`, and count classes on their
+/// `classifier`.
+macro_rules! impl_mobile_backbone {
+    ($net:ident, $last_channels:expr) => {
+        impl<B: Backend> $crate::Backbone<B> for $net<B> {
+            fn feature_specs(&self) -> Vec<$crate::FeatureSpec> {
+                $crate::mobile_layers::mobile_feature_specs(self.block_level_channels(), $last_channels)
+            }
+
+            fn forward_features(&self, x: Tensor<B, 4>) -> Vec<Tensor<B, 4>> {
+                self.run(x)
+            }
+
+            fn with_norm_mode(self, mode: $crate::NormMode) -> Self {
+                $net::with_norm_mode(self, mode)
+            }
+
+            fn with_frozen_stages(self, stages: usize) -> Self {
+                $net::with_frozen_stages(self, stages)
+            }
+        }
+
+        impl<B: Backend> $crate::Classifier<B> for $net<B> {
+            fn forward_logits(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+                self.forward(x)
+            }
+
+            fn num_classes(&self) -> usize {
+                self.classifier.weight.dims()[1]
+            }
+        }
+    };
+}
+pub(crate) use impl_mobile_backbone;
+
+/// Freeze the first `end` units (blocks or stacks): no gradients for their parameters.
+pub fn freeze_prefix<B: Backend, M: Module<B>>(units: Vec<M>, end: usize) -> Vec<M> {
+    units
+        .into_iter()
+        .enumerate()
+        .map(|(i, unit)| if i < end { unit.no_grad() } else { unit })
+        .collect()
+}
+
+/// The norm mode of unit `unit` of `units` (`None`: the stem; `Some(units)`: the last conv, frozen with the
+/// last stage) when the units before `frozen_end` are frozen.
+pub fn frozen_norm(frozen_end: Option<usize>, unit: Option<usize>, units: usize, norm: NormMode) -> NormMode {
+    match (frozen_end, unit) {
+        (Some(_), None) => NormMode::Frozen,
+        (Some(end), Some(i)) if i < end || (i == units && end == units) => NormMode::Frozen,
+        _ => norm,
+    }
+}
+
+/// Their detection levels: three block outputs at strides 4, 8, 16, then the last conv at stride 32.
+pub fn mobile_feature_specs(block_channels: [usize; 3], last_channels: usize) -> Vec<FeatureSpec> {
+    let mut specs: Vec<FeatureSpec> = block_channels
+        .iter()
+        .zip([4, 8, 16])
+        .map(|(&c, s)| FeatureSpec::level(c, s))
+        .collect();
+    specs.push(FeatureSpec::level(last_channels, 32));
+    specs
+}
+
+/// One cost row for an inverted residual block whose output is `channels x out`.
+pub fn record_block<B: Backend, M: Module<B>>(
+    counter: &mut CostCounter,
+    name: &str,
+    block: &M,
+    (flops, out): (u64, [usize; 2]),
+    channels: usize,
+) {
+    counter.record(
+        name,
+        "InvertedResidual",
+        parameter_count(block),
+        flops,
+        [channels, out[0], out[1]],
+    );
+}
+
+/// The cost rows of the last conv (on an `hw` map) and of the classifier; returns the logits' shape.
+pub fn record_head<B: Backend>(
+    counter: &mut CostCounter,
+    head: &ConvBnAct<B>,
+    classifier: &Linear<B>,
+    hw: [usize; 2],
+) -> Chw {
+    let (flops, out) = head.flops(hw);
+    let channels = head.bn.gamma.dims()[0];
+    counter.record(
+        "head",
+        "ConvBNReLU",
+        parameter_count(head),
+        flops,
+        [channels, out[0], out[1]],
+    );
+    let classes = classifier.weight.dims()[1];
+    counter.record(
+        "classifier",
+        "Linear",
+        parameter_count(classifier),
+        linear_flops(classifier),
+        [classes, 1, 1],
+    );
+    [classes, 1, 1]
 }
 
 /// A key map generated at run time, leaked once per `id` so it can serve as the zoo's `&'static` key map.

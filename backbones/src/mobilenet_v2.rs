@@ -5,6 +5,8 @@
 //! sum. The mobile versions differ from the ResNet ones: SE uses `Linear` layers with reduction 8, GE is the
 //! parameter-free `sigmoid(GAP(x))` gate ("GE-theta-"), and DCA connects consecutive blocks' attention with a
 //! 1x1 `Conv2d(2 -> 1)` + `LayerNorm` (see [`DcaMix`]), matching channels with `Linear + LayerNorm + ReLU`.
+//! CBAM uses MLP reduction 8 ([`MobileCbam`]); SK replaces the depthwise convolution by a selective-kernel
+//! layer ([`SkDepthwise`]).
 //!
 //! Feature levels for detection (strides 4, 8, 16, 32): the outputs of blocks 2 (24 channels), 5 (32),
 //! 12 (96) and of the final 1x1 conv (1280), as torchvision's detection models take the last map.
@@ -19,9 +21,12 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::KeyMap;
 use crate::cost::{Chw, CostCounter, CountFlops, parameter_count};
 use crate::error::BackboneError;
-use crate::mobile_layers::{Activation, ConvBnAct, DcaMix, global_avg, leak_key_map, linear_flops};
+use crate::mobile_attention::{DcaCarry, MobileCbam, SkDepthwise};
+use crate::mobile_layers::{
+    Activation, ConvBnAct, DcaMix, freeze_prefix, frozen_norm, global_avg, impl_mobile_backbone,
+    leak_key_map, linear_flops, pooled_logits, record_block, record_head,
+};
 use crate::norm::NormMode;
-use crate::{Backbone, Classifier, FeatureSpec};
 
 /// Which attention each inverted residual block carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -39,6 +44,14 @@ pub enum MobileAttention {
     DcaGe,
     /// Efficient channel attention, kernel 1 for blocks narrower than 96 channels, else 3 (`eca_mobilenet_v2`).
     Eca,
+    /// Selective-kernel depthwise layer (`sk_mobilenet_v2`).
+    Sk,
+    /// DCA-connected SK (`dca_sk_mobilenet_v2`).
+    DcaSk,
+    /// CBAM, reduction 8 (`cbam_mobilenet_v2`).
+    Cbam,
+    /// DCA-connected CBAM (`dca_cbam_mobilenet_v2`).
+    DcaCbam,
 }
 
 impl MobileAttention {
@@ -51,17 +64,25 @@ impl MobileAttention {
             MobileAttention::Ge => "ge_",
             MobileAttention::DcaGe => "dca_ge_",
             MobileAttention::Eca => "eca_",
+            MobileAttention::Sk => "sk_",
+            MobileAttention::DcaSk => "dca_sk_",
+            MobileAttention::Cbam => "cbam_",
+            MobileAttention::DcaCbam => "dca_cbam_",
         }
     }
 
     /// All variants, for listings and tests.
-    pub const ALL: [MobileAttention; 6] = [
+    pub const ALL: [MobileAttention; 10] = [
         MobileAttention::None,
         MobileAttention::Se,
         MobileAttention::DcaSe,
         MobileAttention::Ge,
         MobileAttention::DcaGe,
         MobileAttention::Eca,
+        MobileAttention::Sk,
+        MobileAttention::DcaSk,
+        MobileAttention::Cbam,
+        MobileAttention::DcaCbam,
     ];
 }
 
@@ -149,6 +170,8 @@ pub enum BlockAttention<B: Backend> {
     DcaGe(DcaGate<B>),
     /// ECA.
     Eca(Eca<B>),
+    /// CBAM or DCA-CBAM.
+    Cbam(MobileCbam<B>),
 }
 
 /// An inverted residual block: 1x1 expansion, 3x3 depthwise, 1x1 linear projection, attention, residual.
@@ -156,8 +179,10 @@ pub enum BlockAttention<B: Backend> {
 pub struct InvertedResidual<B: Backend> {
     /// 1x1 expansion (absent when the expansion factor is 1).
     pub expand: Option<ConvBnAct<B>>,
-    /// 3x3 depthwise convolution.
-    pub depthwise: ConvBnAct<B>,
+    /// 3x3 depthwise convolution (all variants but SK).
+    pub depthwise: Option<ConvBnAct<B>>,
+    /// SK's selective-kernel layer in place of the depthwise convolution.
+    pub sk: Option<SkDepthwise<B>>,
     /// 1x1 projection, no activation.
     pub project: ConvBnAct<B>,
     /// The block's attention module, if it has parameters.
@@ -166,19 +191,19 @@ pub struct InvertedResidual<B: Backend> {
     residual: bool,
 }
 
-/// What a DCA chain carries from block to block: the previous block's attended descriptor `[N, C_prev]`.
-type DcaState<B> = Option<Tensor<B, 2>>;
-
 impl<B: Backend> InvertedResidual<B> {
+    /// `prev_hidden`: the previous block's expanded width (DCA-SK matches the carried weights from it).
     fn new(
         cin: usize,
         cout: usize,
         stride: usize,
         t: usize,
+        prev_hidden: usize,
         kind: MobileAttention,
         device: &B::Device,
     ) -> Self {
         let hidden = cin * t;
+        let sk = matches!(kind, MobileAttention::Sk | MobileAttention::DcaSk);
         let expand = (t != 1).then(|| ConvBnAct::new(cin, hidden, 1, 1, 1, Activation::Relu6, device));
         let matcher = |device: &B::Device| {
             if cin != cout {
@@ -190,39 +215,56 @@ impl<B: Backend> InvertedResidual<B> {
                 (None, None)
             }
         };
-        let attention = match kind {
-            MobileAttention::None | MobileAttention::Ge => None,
-            MobileAttention::Se | MobileAttention::DcaSe => {
-                let dca = kind == MobileAttention::DcaSe;
-                let (match_fc, match_norm) = if dca { matcher(device) } else { (None, None) };
-                Some(BlockAttention::Se(LinearSe {
-                    fc1: LinearConfig::new(cout, cout / 8).init(device),
-                    fc2: LinearConfig::new(cout / 8, cout).init(device),
-                    mix: dca.then(|| DcaMix::new(cout, false, device)),
-                    match_fc,
-                    match_norm,
-                }))
-            }
-            MobileAttention::DcaGe => {
-                let (match_fc, match_norm) = matcher(device);
-                Some(BlockAttention::DcaGe(DcaGate {
-                    mix: DcaMix::new(cout, true, device),
-                    match_fc,
-                    match_norm,
-                }))
-            }
-            MobileAttention::Eca => {
-                let k = if cout < 96 { 1 } else { 3 };
-                let conv = Conv1dConfig::new(1, 1, k)
-                    .with_padding(PaddingConfig1d::Explicit((k - 1) / 2, (k - 1) / 2))
-                    .with_bias(false)
-                    .init(device);
-                Some(BlockAttention::Eca(Eca { conv }))
-            }
-        };
+        let attention =
+            match kind {
+                MobileAttention::None
+                | MobileAttention::Ge
+                | MobileAttention::Sk
+                | MobileAttention::DcaSk => None,
+                MobileAttention::Cbam | MobileAttention::DcaCbam => Some(BlockAttention::Cbam(
+                    MobileCbam::new(cin, cout, 8, kind == MobileAttention::DcaCbam, device),
+                )),
+                MobileAttention::Se | MobileAttention::DcaSe => {
+                    let dca = kind == MobileAttention::DcaSe;
+                    let (match_fc, match_norm) = if dca { matcher(device) } else { (None, None) };
+                    Some(BlockAttention::Se(LinearSe {
+                        fc1: LinearConfig::new(cout, cout / 8).init(device),
+                        fc2: LinearConfig::new(cout / 8, cout).init(device),
+                        mix: dca.then(|| DcaMix::new(cout, false, device)),
+                        match_fc,
+                        match_norm,
+                    }))
+                }
+                MobileAttention::DcaGe => {
+                    let (match_fc, match_norm) = matcher(device);
+                    Some(BlockAttention::DcaGe(DcaGate {
+                        mix: DcaMix::new(cout, true, device),
+                        match_fc,
+                        match_norm,
+                    }))
+                }
+                MobileAttention::Eca => {
+                    let k = if cout < 96 { 1 } else { 3 };
+                    let conv = Conv1dConfig::new(1, 1, k)
+                        .with_padding(PaddingConfig1d::Explicit((k - 1) / 2, (k - 1) / 2))
+                        .with_bias(false)
+                        .init(device);
+                    Some(BlockAttention::Eca(Eca { conv }))
+                }
+            };
         Self {
             expand,
-            depthwise: ConvBnAct::new(hidden, hidden, 3, stride, hidden, Activation::Relu6, device),
+            depthwise: (!sk)
+                .then(|| ConvBnAct::new(hidden, hidden, 3, stride, hidden, Activation::Relu6, device)),
+            sk: sk.then(|| {
+                SkDepthwise::new(
+                    prev_hidden,
+                    hidden,
+                    stride,
+                    kind == MobileAttention::DcaSk,
+                    device,
+                )
+            }),
             project: ConvBnAct::new(hidden, cout, 1, 1, 1, Activation::Identity, device),
             attention,
             kind,
@@ -231,18 +273,31 @@ impl<B: Backend> InvertedResidual<B> {
     }
 
     /// # Shapes
-    /// - `x`: `[N, cin, H, W]` -> `[N, cout, H / s, W / s]`; DCA state `[N, cin]` -> `[N, cout]`
-    fn forward(&self, x: Tensor<B, 4>, state: DcaState<B>, norm: NormMode) -> (Tensor<B, 4>, DcaState<B>) {
+    /// - `x`: `[N, cin, H, W]` -> `[N, cout, H / s, W / s]`; what DCA carries: see [`DcaCarry`]
+    fn forward(&self, x: Tensor<B, 4>, state: DcaCarry<B>, norm: NormMode) -> (Tensor<B, 4>, DcaCarry<B>) {
         let mut y = x.clone();
         if let Some(expand) = &self.expand {
             y = expand.forward(y, norm);
         }
-        let y = self.project.forward(self.depthwise.forward(y, norm), norm);
-        let (y, state) = self.attend(y, state);
+        let (y, state) = match (&self.sk, &self.depthwise) {
+            (Some(sk), _) => sk.forward(y, state, norm),
+            (None, Some(depthwise)) => (depthwise.forward(y, norm), state),
+            (None, None) => (y, state),
+        };
+        let y = self.project.forward(y, norm);
+        let (y, state) = match &self.attention {
+            Some(BlockAttention::Cbam(cbam)) => cbam.forward(y, state, norm),
+            _ if self.sk.is_some() => (y, state),
+            _ => {
+                let (y, vector) = self.attend(y, state.vector());
+                (y, vector.map_or(DcaCarry::None, DcaCarry::Vector))
+            }
+        };
         (if self.residual { x + y } else { y }, state)
     }
 
-    fn attend(&self, y: Tensor<B, 4>, state: DcaState<B>) -> (Tensor<B, 4>, DcaState<B>) {
+    /// SE, GE and ECA, whose DCA versions carry a channel descriptor `[N, C]`.
+    fn attend(&self, y: Tensor<B, 4>, state: Option<Tensor<B, 2>>) -> (Tensor<B, 4>, Option<Tensor<B, 2>>) {
         let [n, c, _, _] = y.dims();
         let gate = |g: Tensor<B, 2>| g.reshape([n, c, 1, 1]);
         match (&self.attention, self.kind) {
@@ -282,12 +337,24 @@ impl<B: Backend> InvertedResidual<B> {
         }
     }
 
+    /// The expansion factor `t` (hidden width / input width).
+    fn expansion(&self) -> usize {
+        match &self.expand {
+            Some(expand) => {
+                let [hidden, cin, _, _] = expand.conv.weight.dims();
+                hidden / cin
+            }
+            None => 1,
+        }
+    }
+
     /// The DCA connection weights `(alpha, beta)` of this block, if it has a DCA connection.
     pub fn dca_alpha_beta(&self) -> Option<(f32, f32)> {
         match &self.attention {
             Some(BlockAttention::Se(se)) => se.mix.as_ref().map(DcaMix::alpha_beta),
             Some(BlockAttention::DcaGe(ge)) => Some(ge.mix.alpha_beta()),
-            _ => None,
+            Some(BlockAttention::Cbam(cbam)) => cbam.alpha_beta(),
+            _ => self.sk.as_ref().and_then(SkDepthwise::alpha_beta),
         }
     }
 
@@ -299,7 +366,11 @@ impl<B: Backend> InvertedResidual<B> {
             total += f;
             hw_cur = o;
         }
-        let (f, o) = self.depthwise.flops(hw_cur);
+        let (f, o) = match (&self.sk, &self.depthwise) {
+            (Some(sk), _) => sk.flops(hw_cur, has_prev),
+            (None, Some(depthwise)) => depthwise.flops(hw_cur),
+            (None, None) => (0, hw_cur),
+        };
         total += f;
         let (f, out) = self.project.flops(o);
         total += f;
@@ -328,6 +399,12 @@ impl<B: Backend> InvertedResidual<B> {
             Some(BlockAttention::DcaGe(ge)) => positions + connection(&ge.match_fc, true),
             // Conv1d is not hooked by the reference counter: only the pooling counts.
             Some(BlockAttention::Eca(_)) => positions,
+            Some(BlockAttention::Cbam(cbam)) => {
+                // The previous block's output (what DCA carries) has this block's input shape.
+                let cin = self.project.conv.weight.dims()[1] / self.expansion();
+                let prev = has_prev.then_some([cin, hw[0], hw[1]]);
+                cbam.flops([c, out[0], out[1]], prev)
+            }
             None if self.kind == MobileAttention::Ge => positions,
             None => 0,
         };
@@ -370,7 +447,11 @@ impl MobileNetV2Config {
             stem: ConvBnAct::new(3, STEM_CHANNELS, 3, 2, 1, Activation::Relu6, device),
             blocks: block_shapes()
                 .into_iter()
-                .map(|(cin, cout, s, t)| InvertedResidual::new(cin, cout, s, t, self.attention, device))
+                .scan(STEM_CHANNELS, |prev_hidden, (cin, cout, s, t)| {
+                    let block = InvertedResidual::new(cin, cout, s, t, *prev_hidden, self.attention, device);
+                    *prev_hidden = cin * t;
+                    Some(block)
+                })
                 .collect(),
             head: ConvBnAct::new(320, LAST_CHANNELS, 1, 1, 1, Activation::Relu6, device),
             classifier: LinearConfig::new(LAST_CHANNELS, self.num_classes).init(device),
@@ -386,8 +467,8 @@ impl MobileNetV2Config {
         Some(attention.map(|attention| Self { attention, num_classes: 1000 }).ok_or_else(|| {
             BackboneError::UnknownModel {
                 name: name.into(),
-                reason: "MobileNetV2 attention prefixes: se_, dca_se_, ge_, dca_ge_, eca_ (sk_ and cbam_ are not \
-                         built yet)"
+                reason: "MobileNetV2 attention prefixes: se_, dca_se_, ge_, dca_ge_, eca_, sk_, dca_sk_, cbam_, \
+                         dca_cbam_"
                     .into(),
             }
         }))
@@ -411,7 +492,7 @@ impl MobileNetV2Config {
         let mut rule = |from: String, to: String| map.push((from, to));
         // Where the stem, the blocks and the last conv live in each reference file.
         let (stem, block, head) = match self.attention {
-            A::DcaSe => (
+            A::DcaSe | A::DcaCbam => (
                 r"features\.0\.conv\.".to_string(),
                 "features\\.{}\\.",
                 r"features\.18\.conv\.".to_string(),
@@ -420,6 +501,11 @@ impl MobileNetV2Config {
                 r"features1\.".to_string(),
                 "features2\\.{}\\.",
                 r"features3\.".to_string(),
+            ),
+            A::DcaSk => (
+                r"features1\.0\.".to_string(),
+                "features2\\.{}\\.",
+                r"features3\.0\.".to_string(),
             ),
             _ => (
                 r"features\.0\.".to_string(),
@@ -432,11 +518,34 @@ impl MobileNetV2Config {
         rule(format!("^{head}0\\."), "head.conv.".into());
         rule(format!("^{head}1\\."), "head.bn.".into());
         rule(r"^classifier\.1\.".into(), "classifier.".into());
-        let offset = if self.attention == A::DcaGe { 0 } else { 1 };
+        let offset = if matches!(self.attention, A::DcaGe | A::DcaSk) {
+            0
+        } else {
+            1
+        };
         for (i, (_, _, _, t)) in block_shapes().into_iter().enumerate() {
             let p = format!("^{}", block.replace("{}", &(i + offset).to_string()));
             let b = format!("blocks.{i}.");
-            // Sequential slots inside `conv`: [expand], depthwise, project conv, project bn, [eca].
+            if self.attention == A::DcaSk {
+                // Named submodules: layer1 (expand), layersk, layer3 (project conv, bn).
+                rule(format!("{p}layer1\\.0\\."), format!("{b}expand.conv."));
+                rule(format!("{p}layer1\\.1\\."), format!("{b}expand.bn."));
+                rule(format!("{p}layer3\\.0\\."), format!("{b}project.conv."));
+                rule(format!("{p}layer3\\.1\\."), format!("{b}project.bn."));
+                for (from, to) in [
+                    ("att_conv(\\d)\\.0", "mix$1.conv"),
+                    ("att_conv(\\d)\\.1", "mix$1.norm"),
+                    ("att_fc(\\d)\\.0", "match$1.fc1"),
+                    ("att_fc(\\d)\\.1", "match$1.norm1"),
+                    ("att_fc(\\d)\\.3", "match$1.fc2"),
+                    ("att_fc(\\d)\\.4", "match$1.norm2"),
+                    ("", ""),
+                ] {
+                    rule(format!("{p}layersk\\.{from}"), format!("{b}sk.{to}"));
+                }
+                continue;
+            }
+            // Sequential slots inside `conv`: [expand], depthwise (or SK), project conv, project bn, [eca].
             let first = if t != 1 {
                 rule(format!("{p}conv\\.0\\.0\\."), format!("{b}expand.conv."));
                 rule(format!("{p}conv\\.0\\.1\\."), format!("{b}expand.bn."));
@@ -444,6 +553,9 @@ impl MobileNetV2Config {
             } else {
                 0
             };
+            if self.attention == A::Sk {
+                rule(format!("{p}conv\\.{first}\\.([a-z])"), format!("{b}sk.$1"));
+            }
             rule(format!("{p}conv\\.{first}\\.0\\."), format!("{b}depthwise.conv."));
             rule(format!("{p}conv\\.{first}\\.1\\."), format!("{b}depthwise.bn."));
             rule(format!("{p}conv\\.{}\\.", first + 1), format!("{b}project.conv."));
@@ -465,7 +577,23 @@ impl MobileNetV2Config {
                     rule(format!("{p}ge\\.conv\\.0\\."), format!("{a}mix.conv."));
                     rule(format!("{p}ge\\.conv\\.1\\."), format!("{a}mix.norm."));
                 }
-                A::None | A::Ge => {}
+                A::Cbam | A::DcaCbam => {
+                    let c = format!("{p}cbam\\.");
+                    for (from, to) in [
+                        ("ChannelGate\\.mlp\\.1\\.", "channel.fc1."),
+                        ("ChannelGate\\.mlp\\.3\\.", "channel.fc2."),
+                        ("ChannelGate\\.att_fc\\.0\\.", "match_conv."),
+                        ("ChannelGate\\.att_fc\\.1\\.", "match_bn."),
+                        ("ChannelGate\\.alpha\\.0\\.", "alpha."),
+                        ("ChannelGate\\.alpha\\.1\\.", "alpha_norm."),
+                        ("SpatialGate\\.spatial\\.", "spatial."),
+                        ("SpatialGate\\.bnrelu\\.0\\.", "mix_bn."),
+                        ("SpatialGate\\.(p\\d)$", "$1"),
+                    ] {
+                        rule(format!("{c}{from}"), format!("{a}{to}"));
+                    }
+                }
+                A::None | A::Ge | A::Sk | A::DcaSk => {}
             }
         }
         map
@@ -486,12 +614,7 @@ impl<B: Backend> MobileNetV2<B> {
             k => STAGE_ENDS[k.min(4) - 1],
         };
         self.stem = self.stem.no_grad();
-        self.blocks = self
-            .blocks
-            .into_iter()
-            .enumerate()
-            .map(|(i, b)| if i < end { b.no_grad() } else { b })
-            .collect();
+        self.blocks = freeze_prefix(self.blocks, end);
         if stages >= 4 {
             self.head = self.head.no_grad();
         }
@@ -501,19 +624,13 @@ impl<B: Backend> MobileNetV2<B> {
 
     /// The norm mode of block `i` (`None`: the stem, `Some(len)`: the final conv).
     fn norm_of(&self, block: Option<usize>) -> NormMode {
-        match (self.frozen_blocks, block) {
-            (Some(_), None) => NormMode::Frozen,
-            (Some(end), Some(i)) if i < end || (i == self.blocks.len() && end == self.blocks.len()) => {
-                NormMode::Frozen
-            }
-            _ => self.norm,
-        }
+        frozen_norm(self.frozen_blocks, block, self.blocks.len(), self.norm)
     }
 
     /// Run the stem and the blocks, keeping the C2..C5 levels.
     fn run(&self, x: Tensor<B, 4>) -> Vec<Tensor<B, 4>> {
         let mut x = self.stem.forward(x, self.norm_of(None));
-        let mut state = None;
+        let mut state = DcaCarry::None;
         let mut levels = Vec::with_capacity(4);
         for (i, block) in self.blocks.iter().enumerate() {
             let (y, s) = block.forward(x, state, self.norm_of(Some(i)));
@@ -533,7 +650,13 @@ impl<B: Backend> MobileNetV2<B> {
     /// - `x`: `[N, 3, H, W]` -> `[N, num_classes]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         let last = self.run(x).pop().expect("run returns four levels");
-        self.classifier.forward(global_avg(last))
+        pooled_logits(&self.classifier, last)
+    }
+
+    /// Channels of the C2, C3, C4 levels (outputs of blocks 2, 5, 12).
+    fn block_level_channels(&self) -> [usize; 3] {
+        let shapes = block_shapes();
+        LEVEL_BLOCKS.map(|i| shapes[i].1)
     }
 
     /// Per block: `Some((alpha, beta))` for DCA-connected blocks (the first block has no predecessor, so its
@@ -556,40 +679,7 @@ impl<B: Backend> MobileNetV2<B> {
     }
 }
 
-impl<B: Backend> Backbone<B> for MobileNetV2<B> {
-    fn feature_specs(&self) -> Vec<FeatureSpec> {
-        let shapes = block_shapes();
-        let mut specs: Vec<FeatureSpec> = LEVEL_BLOCKS
-            .iter()
-            .zip([4, 8, 16])
-            .map(|(&i, s)| FeatureSpec::level(shapes[i].1, s))
-            .collect();
-        specs.push(FeatureSpec::level(LAST_CHANNELS, 32));
-        specs
-    }
-
-    fn forward_features(&self, x: Tensor<B, 4>) -> Vec<Tensor<B, 4>> {
-        self.run(x)
-    }
-
-    fn with_norm_mode(self, mode: NormMode) -> Self {
-        MobileNetV2::with_norm_mode(self, mode)
-    }
-
-    fn with_frozen_stages(self, stages: usize) -> Self {
-        MobileNetV2::with_frozen_stages(self, stages)
-    }
-}
-
-impl<B: Backend> Classifier<B> for MobileNetV2<B> {
-    fn forward_logits(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        self.forward(x)
-    }
-
-    fn num_classes(&self) -> usize {
-        self.classifier.weight.dims()[1]
-    }
-}
+impl_mobile_backbone!(MobileNetV2, LAST_CHANNELS);
 
 impl<B: Backend> CountFlops for MobileNetV2<B> {
     /// One row per stem, block, final conv and classifier (the per-layer tally lives in the blocks' `flops`).
@@ -604,33 +694,11 @@ impl<B: Backend> CountFlops for MobileNetV2<B> {
         );
         let mut cur = hw;
         for (i, block) in self.blocks.iter().enumerate() {
-            let (flops, out) = block.flops(cur, i > 0);
+            let cost = block.flops(cur, i > 0);
+            cur = cost.1;
             let c = block.project.bn.gamma.dims()[0];
-            counter.record(
-                &format!("blocks.{i}"),
-                "InvertedResidual",
-                parameter_count(block),
-                flops,
-                [c, out[0], out[1]],
-            );
-            cur = out;
+            record_block(counter, &format!("blocks.{i}"), block, cost, c);
         }
-        let (flops, out) = self.head.flops(cur);
-        counter.record(
-            "head",
-            "ConvBNReLU",
-            parameter_count(&self.head),
-            flops,
-            [LAST_CHANNELS, out[0], out[1]],
-        );
-        let classes = self.classifier.weight.dims()[1];
-        counter.record(
-            "classifier",
-            "Linear",
-            parameter_count(&self.classifier),
-            linear_flops(&self.classifier),
-            [classes, 1, 1],
-        );
-        [classes, 1, 1]
+        record_head(counter, &self.head, &self.classifier, cur)
     }
 }

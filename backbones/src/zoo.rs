@@ -45,6 +45,8 @@ pub const EXAMPLE_NAMES: &[&str] = &[
     "mobilenet_v2",
     "dca_se_mobilenet_v2",
     "sda_resnet86",
+    "sda_res2net86",
+    "pyconvresnet50",
     "dca_se_mnasnet1_0",
 ];
 
@@ -97,6 +99,15 @@ impl BackboneArch {
             BackboneArch::MobileNetV2(c) => c.static_key_map(),
             BackboneArch::Sda(c) => c.static_key_map(),
             BackboneArch::MnasNet(c) => c.static_key_map(),
+        }
+    }
+
+    /// Model paths of the classification head (absent from detection checkpoints).
+    pub fn head_paths(&self) -> &'static [&'static str] {
+        match self {
+            BackboneArch::ResNet(_) => &["fc."],
+            BackboneArch::MobileNetV2(_) | BackboneArch::MnasNet(_) => &["classifier."],
+            BackboneArch::Sda(_) => &["bn2.", "fc."],
         }
     }
 
@@ -157,7 +168,21 @@ impl<B: Backend> AnyBackbone<B> {
     /// Load weights, strictly: our safetensors format by extension `.safetensors`, otherwise a PyTorch file
     /// (reference naming, mapped by `arch`'s key map).
     pub fn load_weights(&mut self, arch: &BackboneArch, path: &Path) -> Result<LoadSummary, BackboneError> {
-        checkpoint::load_any(self, path, arch.key_map(), &arch.name())
+        checkpoint::load_any(self, path, arch.key_map(), &arch.name(), &checkpoint::Fit::STRICT)
+    }
+
+    /// Load backbone weights for detection: strict for the backbone, but the classifier head may be absent,
+    /// and a whole detector's checkpoint (mmdetection: `backbone.*` next to `neck.*` and the heads, e.g. one
+    /// trained with SDA-xNet's `mmdetection/mmdet/models/backbones/sda*.py`) contributes its `backbone.*`
+    /// tensors. Those detection backbones name their layers like the classification networks (mmcv names a
+    /// BatchNorm built with postfix `k` `bn{k}`), so the family's key map applies unchanged.
+    pub fn load_backbone_weights(
+        &mut self,
+        arch: &BackboneArch,
+        path: &Path,
+    ) -> Result<LoadSummary, BackboneError> {
+        let fit = checkpoint::Fit::backbone(arch.head_paths());
+        checkpoint::load_any(self, path, arch.key_map(), &arch.name(), &fit)
     }
 
     /// Save weights in our safetensors format (atomically).

@@ -74,6 +74,26 @@ fn eca_mobilenet_v2_matches_reference() {
     check(MobileAttention::Eca);
 }
 
+#[test]
+fn sk_mobilenet_v2_matches_reference() {
+    check(MobileAttention::Sk);
+}
+
+#[test]
+fn dca_sk_mobilenet_v2_matches_reference() {
+    check(MobileAttention::DcaSk);
+}
+
+#[test]
+fn cbam_mobilenet_v2_matches_reference() {
+    check(MobileAttention::Cbam);
+}
+
+#[test]
+fn dca_cbam_mobilenet_v2_matches_reference() {
+    check(MobileAttention::DcaCbam);
+}
+
 /// MnasNet variants, built through the zoo by name.
 fn check_mnasnet(name: &str) {
     use attndet_backbones::mnasnet::MnasNetConfig;
@@ -122,4 +142,14 @@ fn ge_mnasnet1_0_matches_reference() {
 #[test]
 fn dca_ge_mnasnet0_5_matches_reference() {
     check_mnasnet("dca_ge_mnasnet0_5");
+}
+
+#[test]
+fn cbam_mnasnet1_0_matches_reference() {
+    check_mnasnet("cbam_mnasnet1_0");
+}
+
+#[test]
+fn dca_cbam_mnasnet1_0_matches_reference() {
+    check_mnasnet("dca_cbam_mnasnet1_0");
 }

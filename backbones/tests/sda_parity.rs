@@ -1,7 +1,8 @@
 //! Numerical parity of the SDA networks with the authors' PyTorch code (`QingbeiGuo/SDA-xNet`).
 //!
 //! Fixtures: `python3 backbones/scripts/mobile_parity.py --dcanet <DCANet> --sda <SDA-xNet checkout>` (224x224
-//! input: the reference classifier and the SE blocks pool with fixed 7/14/28/56 windows).
+//! input for SDA-ResNet/SENet: their classifier and SE blocks pool with fixed 7/14/28/56 windows; 64x64 for the
+//! Res2Net and PyConv networks, which pool adaptively).
 
 #[path = "mobile_common/mod.rs"]
 mod mobile_common;
@@ -11,21 +12,14 @@ use mobile_common::*;
 
 const TOLERANCE: f64 = 1e-3;
 
-fn check(variant: SdaVariant) {
-    let config = SdaConfig::depth86(variant, 10);
+fn check(config: SdaConfig) {
     let fixture = read_fixture(&format!("sda_parity_{}.json", config.name()));
     assert_eq!(fixture.model, config.name());
     let mut model = config.init::<B>(&Default::default());
     load_formula(&mut model, &fixture, config.static_key_map());
     let (levels, weights) = model.forward_explained(input(fixture.input_shape));
     // The classifier from the last level (same computation as `forward`, without running the trunk twice).
-    let logits: Vec<f32> = {
-        let last = levels[3].clone();
-        let [n, c, _, _] = last.dims();
-        let pooled = last.mean_dim(3).mean_dim(2);
-        let pooled = model.bn2.forward(pooled).reshape([n, c]);
-        model.fc.forward(pooled).into_data().to_vec().unwrap()
-    };
+    let logits: Vec<f32> = model.head(levels[3].clone()).into_data().to_vec().unwrap();
     let err = relative_error(&logits, &fixture.logits);
     println!("{}: logits max relative error {err:.2e}", fixture.model);
     assert!(
@@ -42,6 +36,7 @@ fn check(variant: SdaVariant) {
         );
     }
     // Depth attention is a softmax over blocks: every channel's weights sum to one.
+    assert_eq!(weights.len(), if config.depth_attention { 4 } else { 0 });
     for (stage, w) in weights.into_iter().enumerate() {
         let sums: Vec<f32> = w.sum_dim(1).into_data().to_vec().unwrap();
         assert!(
@@ -54,10 +49,30 @@ fn check(variant: SdaVariant) {
 
 #[test]
 fn sda_resnet86_matches_reference() {
-    check(SdaVariant::ResNet);
+    check(SdaConfig::depth86(SdaVariant::ResNet, 10));
 }
 
 #[test]
 fn sda_se_resnet86_matches_reference() {
-    check(SdaVariant::SeResNet);
+    check(SdaConfig::depth86(SdaVariant::SeResNet, 10));
+}
+
+#[test]
+fn sda_res2net86_matches_reference() {
+    check(SdaConfig::depth86(SdaVariant::Res2Net, 10));
+}
+
+#[test]
+fn sda_pyconvresnet86_matches_reference() {
+    check(SdaConfig::depth86(SdaVariant::PyConv, 10));
+}
+
+#[test]
+fn res2net50_matches_reference() {
+    check(SdaConfig::plain50(SdaVariant::Res2Net, 10));
+}
+
+#[test]
+fn pyconvresnet50_matches_reference() {
+    check(SdaConfig::plain50(SdaVariant::PyConv, 10));
 }

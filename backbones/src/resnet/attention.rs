@@ -141,7 +141,8 @@ impl<B: Backend> ChannelGate<B> {
         x * sigmoid(sum).reshape([n, c, 1, 1])
     }
 
-    fn count(&self, c: &mut CostCounter, x: Chw) {
+    /// The gate's cost on a map of shape `x`: both poolings and the MLP twice.
+    pub fn count(&self, c: &mut CostCounter, x: Chw) {
         c.global_avg_pool("avgpool", x);
         self.count_mlp(c);
         c.pool("maxpool", "AdaptiveMaxPool2d", x, [x[0], 1, 1]);

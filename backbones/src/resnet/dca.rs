@@ -366,14 +366,28 @@ pub struct DcaCbam<B: Backend> {
 }
 
 impl<B: Backend> DcaCbam<B> {
-    /// For a block with `c_in` input and `c` output channels.
+    /// For a block with `c_in` input and `c` output channels (the ResNet layout: MLP reduction 16, channel
+    /// matching conv with a bias).
     pub fn new(c_in: usize, c: usize, cfg: &DcaConfig, device: &B::Device) -> Self {
+        Self::with_layout(c_in, c, 16, true, cfg, device)
+    }
+
+    /// With the channel gate's MLP `reduction` and whether the channel-matching 1x1 conv has a bias (the mobile
+    /// networks' DCA-CBAM: reduction 8 (MobileNetV2) or 16 (MnasNet), no bias).
+    pub fn with_layout(
+        c_in: usize,
+        c: usize,
+        reduction: usize,
+        match_bias: bool,
+        cfg: &DcaConfig,
+        device: &B::Device,
+    ) -> Self {
         let channel_linked = cfg.cbam_gates != DcaCbamGates::Spatial;
         let spatial_linked = cfg.cbam_gates != DcaCbamGates::Channel;
         let matching = channel_linked && c_in != c;
         Self {
-            channel: ChannelGate::new(c, 16, device),
-            match_conv: matching.then(|| conv2d(c_in, c, 1, 1, 0, 1, 1, true, device)),
+            channel: ChannelGate::new(c, reduction, device),
+            match_conv: matching.then(|| conv2d(c_in, c, 1, 1, 0, 1, 1, match_bias, device)),
             match_bn: matching.then(|| batch_norm(c, device)),
             alpha: channel_linked.then(|| conv2d(2, 1, 1, 1, 0, 1, 1, false, device)),
             alpha_norm: channel_linked.then(|| layer_norm(c, device)),

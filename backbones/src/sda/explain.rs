@@ -15,6 +15,10 @@ pub fn explain<B: Backend>(model: &AnyBackbone<B>, x: Tensor<B, 4>) -> Option<Va
     let connections = match model {
         AnyBackbone::Sda(net) => {
             let (_, weights) = net.forward_explained(x);
+            if weights.is_empty() {
+                // A plain baseline (res2net50, pyconvresnet50): no depth attention.
+                return None;
+            }
             let stages: Vec<Vec<f32>> = weights
                 .into_iter()
                 .map(|w| {

@@ -1,24 +1,36 @@
-//! SDA-xNet: stage-wise depth attention (`QingbeiGuo/SDA-xNet`).
+//! SDA-xNet: stage-wise depth attention (`QingbeiGuo/SDA-xNet`), and the plain baselines it is compared with.
 //!
 //! Each stage runs its blocks, keeps every block's pre-activation output `Z_i` (the residual sum before the
 //! ReLU), and fuses them with a softmax over depth: `u = GAP(sum_i Z_i)`, `v = ReLU(BN(conv1x1(u)))`,
 //! `a_i = softmax_i(fc_i(v))` per channel, stage output `ReLU(sum_i a_i * Z_i)`. Blocks still chain as usual
-//! (block `i + 1` reads `ReLU(Z_i)`).
+//! (block `i + 1` reads `ReLU(Z_i)`). Without depth attention (the plain baselines) a stage is just its blocks.
 //!
-//! Reference files: `SDA-ResNet/models/resnet/resnet_at.py` (`resnet50` = SDA-ResNet-86: Bottleneck
-//! [5, 6, 12, 5], grouped 3x3 with 8 groups) and `SDA-SENet/models/senet/se_resnet_at.py` (`se_resnet_50`: the
-//! same depths, ungrouped 3x3, SE with reduction 16 inside each block). The classifier is AvgPool2d(7) then
-//! BatchNorm2d then Linear. The detection versions (`mmdetection/mmdet/models/backbones/sda*.py`) are the same
-//! network returning the four stage outputs (C2..C5, [`Backbone::forward_features`]); loading their checkpoints
-//! (BatchNorms named `norm1..3`, no classifier head) is not supported yet.
+//! Reference files (the 86-layer networks are the references' `[5, 6, 12, 5]` depths):
+//! - `SDA-ResNet/models/resnet/resnet_at.py` `resnet50` = SDA-ResNet-86: Bottleneck, grouped 3x3 (8 groups);
+//! - `SDA-SENet/models/senet/se_resnet_at.py` `se_resnet_50`: ungrouped 3x3, SE (reduction 16) in each block;
+//! - `SDA-Res2Net/models/res2net/res2net_at.py` `res2net50`: Bottle2neck 26w x 4s; plain `res2net50` (`[3, 4,
+//!   6, 3]`, `layer1..4`, no `bn2`) is `res2net.py` `res2net50`;
+//! - `SDA-PyConv/models/resnet_pyconv/resnet_pyconv_at.py` `pyconvresnet50`: PyConvBlock, no stem max-pool
+//!   (every stage strides by 2); plain `pyconvresnet50` is `resnet_pyconv.py`'s `PyConvResNet(PyConvBlock,
+//!   [3, 4, 6, 3])` (the PyConv paper's network; that file's own `pyconvresnet50` was edited to the 86-layer
+//!   depths).
+//!
+//! The SDA classifiers are pooling, then BatchNorm2d (`bn2`), then Linear; the plain ones pool then Linear. The
+//! detection versions (`mmdetection/mmdet/models/backbones/sda*.py`) are the same networks returning the four
+//! stage outputs (C2..C5, [`Backbone::forward_features`]) under the same state_dict names minus the classifier
+//! (mmcv names a BatchNorm built with postfix `k` `bn{k}`; `norm1..3` are only property names there);
+//! [`crate::AnyBackbone::load_backbone_weights`] imports them, also from a whole detector's checkpoint.
 
+mod block;
 pub mod explain;
+
+pub use block::{BlockSe, Res2Split, SdaBottleneck};
 
 use burn::module::Module;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
-use burn::tensor::activation::{relu, sigmoid, softmax};
+use burn::tensor::activation::{relu, softmax};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::KeyMap;
@@ -30,81 +42,124 @@ use crate::mobile_layers::{
 use crate::norm::{NormMode, batch_norm};
 use crate::{Backbone, Classifier, FeatureSpec};
 
-/// Which SDA network.
+/// Which block the network is built from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum SdaVariant {
-    /// SDA-ResNet-86: bottlenecks with a grouped (8 groups) 3x3 convolution.
+    /// SDA-ResNet: bottlenecks with a grouped (8 groups) 3x3 convolution.
     ResNet,
-    /// SDA-SENet-86: ungrouped bottlenecks with squeeze-and-excitation (reduction 16).
+    /// SDA-SENet: ungrouped bottlenecks with squeeze-and-excitation (reduction 16).
     SeResNet,
+    /// Res2Net 26w x 4s: hierarchical split 3x3 convolutions.
+    Res2Net,
+    /// PyConvResNet: pyramidal convolutions (kernels 3..9), no stem max-pool.
+    PyConv,
 }
 
-/// Architecture of an SDA network.
+fn yes() -> bool {
+    true
+}
+
+/// Architecture of an SDA network or of its plain baseline.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SdaConfig {
-    /// The network.
+    /// The block.
     pub variant: SdaVariant,
-    /// Blocks per stage (`[5, 6, 12, 5]` for the 86-layer networks).
+    /// Blocks per stage (`[5, 6, 12, 5]` for the 86-layer networks, `[3, 4, 6, 3]` for the 50-layer ones).
     pub depths: [usize; 4],
     /// Classes of the classification head.
     pub num_classes: usize,
+    /// Stage-wise depth attention (and the classifier's `bn2`); `false`: the plain baseline.
+    #[serde(default = "yes")]
+    pub depth_attention: bool,
 }
 
 /// Depth-attention reduction `r` and minimum width `L` of the reference code.
 const REDUCTION: usize = 16;
 const MIN_WIDTH: usize = 64;
 
+/// Zoo names of this family.
+const NAMES: &str =
+    "sda_resnet86, sda_se_resnet86, sda_res2net86, sda_pyconvresnet86, res2net50, pyconvresnet50";
+
 impl SdaConfig {
-    /// The 86-layer network of `variant`.
+    /// The 86-layer SDA network of `variant`.
     pub fn depth86(variant: SdaVariant, num_classes: usize) -> Self {
         Self {
             variant,
             depths: [5, 6, 12, 5],
             num_classes,
+            depth_attention: true,
         }
     }
 
-    /// Parse a zoo name: `sda_resnet86`, `sda_se_resnet86` (`None`: not an SDA name).
+    /// The plain 50-layer baseline of `variant` (`res2net50`, `pyconvresnet50`).
+    pub fn plain50(variant: SdaVariant, num_classes: usize) -> Self {
+        Self {
+            variant,
+            depths: [3, 4, 6, 3],
+            num_classes,
+            depth_attention: false,
+        }
+    }
+
+    /// Parse a zoo name: `sda_resnet86`, `sda_se_resnet86`, `sda_res2net86`, `sda_pyconvresnet86`, `res2net50`,
+    /// `pyconvresnet50` (`None`: not a name of this family).
     pub fn parse(name: &str) -> Option<Result<Self, BackboneError>> {
-        let variant = match name.strip_prefix("sda_")? {
-            "resnet86" => SdaVariant::ResNet,
-            "se_resnet86" => SdaVariant::SeResNet,
-            _ => {
-                return Some(Err(BackboneError::UnknownModel {
-                    name: name.into(),
-                    reason: "SDA networks: sda_resnet86, sda_se_resnet86 (sda_res2net86 and sda_pyconvresnet86 are \
-                             not built yet)"
-                        .into(),
-                }));
-            }
+        let unknown = || {
+            Some(Err(BackboneError::UnknownModel {
+                name: name.into(),
+                reason: format!("SDA networks and their baselines: {NAMES}"),
+            }))
         };
-        Some(Ok(Self::depth86(variant, 1000)))
+        if let Some(rest) = name.strip_prefix("sda_") {
+            let variant = match rest {
+                "resnet86" => SdaVariant::ResNet,
+                "se_resnet86" => SdaVariant::SeResNet,
+                "res2net86" => SdaVariant::Res2Net,
+                "pyconvresnet86" => SdaVariant::PyConv,
+                _ => return unknown(),
+            };
+            return Some(Ok(Self::depth86(variant, 1000)));
+        }
+        match name {
+            "res2net50" => Some(Ok(Self::plain50(SdaVariant::Res2Net, 1000))),
+            "pyconvresnet50" => Some(Ok(Self::plain50(SdaVariant::PyConv, 1000))),
+            _ if name.starts_with("res2net") || name.starts_with("pyconvresnet") => unknown(),
+            _ => None,
+        }
     }
 
     /// [`SdaConfig::key_map`] as the zoo's static [`KeyMap`].
     pub fn static_key_map(&self) -> KeyMap {
-        leak_key_map("sda", || self.key_map())
+        leak_key_map(&format!("sda:{}", self.name()), || self.key_map())
     }
 
-    /// The model name (`sda_resnet86`, `sda_se_resnet86`).
+    /// The model name (`sda_resnet86`, `sda_se_resnet86`, `sda_res2net86`, `sda_pyconvresnet86`, `res2net50`,
+    /// `pyconvresnet50`).
     pub fn name(&self) -> String {
         let depth = 2 + 3 * self.depths.iter().sum::<usize>();
-        match self.variant {
-            SdaVariant::ResNet => format!("sda_resnet{depth}"),
-            SdaVariant::SeResNet => format!("sda_se_resnet{depth}"),
-        }
+        let prefix = if self.depth_attention { "sda_" } else { "" };
+        let body = match self.variant {
+            SdaVariant::ResNet => "resnet",
+            SdaVariant::SeResNet => "se_resnet",
+            SdaVariant::Res2Net => "res2net",
+            SdaVariant::PyConv => "pyconvresnet",
+        };
+        format!("{prefix}{body}{depth}")
     }
 
     /// Build the network with freshly initialised weights.
     pub fn init<B: Backend>(&self, device: &B::Device) -> SdaNet<B> {
+        let pyconv = self.variant == SdaVariant::PyConv;
         let mut cin = 64;
         let stages = (0..4)
             .map(|s| {
                 let planes = 64 << s;
-                let stride = if s == 0 { 1 } else { 2 };
-                let stage = SdaStage::new(self.variant, cin, planes, self.depths[s], stride, device);
+                // PyConvResNet has no stem max-pool: its first stage strides instead.
+                let stride = if s == 0 && !pyconv { 1 } else { 2 };
+                let stage = SdaStage::new(self, s, cin, planes, stride, device);
                 cin = planes * 4;
                 stage
             })
@@ -112,12 +167,16 @@ impl SdaConfig {
         SdaNet {
             conv1: conv2d(3, 64, 7, 2, 1, 1, false, device),
             bn1: BatchNormConfig::new(64).init(device),
-            maxpool: MaxPool2dConfig::new([3, 3])
-                .with_strides([2, 2])
-                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-                .init(),
+            maxpool: (!pyconv).then(|| {
+                MaxPool2dConfig::new([3, 3])
+                    .with_strides([2, 2])
+                    .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                    .init()
+            }),
             stages,
-            bn2: BatchNormConfig::new(2048).init(device),
+            bn2: self
+                .depth_attention
+                .then(|| BatchNormConfig::new(2048).init(device)),
             fc: LinearConfig::new(2048, self.num_classes).init(device),
             norm: NormMode::Auto,
             frozen_stages: None,
@@ -128,158 +187,94 @@ impl SdaConfig {
     /// applied in order).
     pub fn key_map(&self) -> Vec<(String, String)> {
         let mut map: Vec<(String, String)> = (1..=4)
-            .map(|s| (format!(r"^stage{s}\."), format!("stages.{}.", s - 1)))
+            .map(|s| {
+                if self.depth_attention {
+                    (format!(r"^stage{s}\."), format!("stages.{}.", s - 1))
+                } else {
+                    (format!(r"^layer{s}\."), format!("stages.{}.layers.", s - 1))
+                }
+            })
             .collect();
         map.push((r"\.fc\.0\.".into(), ".fc.conv.".into()));
         map.push((r"\.fc\.1\.".into(), ".fc.bn.".into()));
-        map.push((r"\.downsample\.0\.".into(), ".downsample.conv.".into()));
-        map.push((r"\.downsample\.1\.".into(), ".downsample.bn.".into()));
+        if self.variant == SdaVariant::PyConv {
+            // Sequential(MaxPool2d, conv1x1, BN): the pool has no parameters.
+            map.push((r"\.downsample\.1\.".into(), ".downsample.conv.".into()));
+            map.push((r"\.downsample\.2\.".into(), ".downsample.bn.".into()));
+            for level in 1..=4 {
+                map.push((
+                    format!(r"\.conv2\.conv2_{level}\."),
+                    format!(".conv2.{}.", level - 1),
+                ));
+            }
+        } else {
+            map.push((r"\.downsample\.0\.".into(), ".downsample.conv.".into()));
+            map.push((r"\.downsample\.1\.".into(), ".downsample.bn.".into()));
+        }
+        // A single middle convolution is level 0 of `conv2`.
+        map.push((r"\.conv2\.weight$".into(), ".conv2.0.weight".into()));
+        // Res2Net's split convolutions.
+        map.push((r"\.(convs|bns)\.".into(), ".res2.$1.".into()));
         // SDA-SENet keeps its SE layers directly in the block.
         map.push((r"(\.layers\.\d+)\.(fc\d)\.".into(), "$1.se.$2.".into()));
         map
     }
 }
 
-/// Squeeze-and-excitation of SDA-SENet (`fc1`, `fc2` Linear layers inside the block).
-#[derive(Module, Debug)]
-pub struct BlockSe<B: Backend> {
-    /// `Linear(4p, round(p / 4))`.
-    pub fc1: Linear<B>,
-    /// `Linear(round(p / 4), 4p)`.
-    pub fc2: Linear<B>,
-}
-
-/// A bottleneck that also returns its pre-activation output.
-#[derive(Module, Debug)]
-pub struct SdaBottleneck<B: Backend> {
-    /// 1x1 reduction.
-    pub conv1: burn::nn::conv::Conv2d<B>,
-    /// BN of `conv1`.
-    pub bn1: BatchNorm<B>,
-    /// 3x3 (strided, grouped for SDA-ResNet).
-    pub conv2: burn::nn::conv::Conv2d<B>,
-    /// BN of `conv2`.
-    pub bn2: BatchNorm<B>,
-    /// 1x1 expansion.
-    pub conv3: burn::nn::conv::Conv2d<B>,
-    /// BN of `conv3`.
-    pub bn3: BatchNorm<B>,
-    /// SE (SDA-SENet only).
-    pub se: Option<BlockSe<B>>,
-    /// Projection shortcut of the first block.
-    pub downsample: Option<ConvBnAct<B>>,
-}
-
-impl<B: Backend> SdaBottleneck<B> {
-    fn new(variant: SdaVariant, cin: usize, planes: usize, stride: usize, device: &B::Device) -> Self {
-        let groups = if variant == SdaVariant::ResNet { 8 } else { 1 };
-        let cout = planes * 4;
-        // PyTorch's round() is round-half-even; planes / 4 is an integer for every stage here.
-        let hidden = planes / 4;
-        Self {
-            conv1: conv2d(cin, planes, 1, 1, 1, 1, false, device),
-            bn1: BatchNormConfig::new(planes).init(device),
-            conv2: conv2d(planes, planes, 3, stride, groups, 1, false, device),
-            bn2: BatchNormConfig::new(planes).init(device),
-            conv3: conv2d(planes, cout, 1, 1, 1, 1, false, device),
-            bn3: BatchNormConfig::new(cout).init(device),
-            se: (variant == SdaVariant::SeResNet).then(|| BlockSe {
-                fc1: LinearConfig::new(cout, hidden).init(device),
-                fc2: LinearConfig::new(hidden, cout).init(device),
-            }),
-            downsample: (stride != 1 || cin != cout)
-                .then(|| ConvBnAct::new(cin, cout, 1, stride, 1, Activation::Identity, device)),
-        }
-    }
-
-    /// Returns the pre-activation output `Z` (residual sum, before the ReLU).
-    ///
-    /// # Shapes
-    /// - `x`: `[N, cin, H, W]` -> `[N, 4p, H / s, W / s]`
-    fn forward(&self, x: Tensor<B, 4>, norm: NormMode) -> Tensor<B, 4> {
-        let y = relu(batch_norm(&self.bn1, self.conv1.forward(x.clone()), norm));
-        let y = relu(batch_norm(&self.bn2, self.conv2.forward(y), norm));
-        let mut y = batch_norm(&self.bn3, self.conv3.forward(y), norm);
-        if let Some(se) = &self.se {
-            let [n, c, _, _] = y.dims();
-            let att = sigmoid(se.fc2.forward(relu(se.fc1.forward(global_avg(y.clone())))));
-            y = y * att.reshape([n, c, 1, 1]);
-        }
-        let shortcut = match &self.downsample {
-            Some(down) => down.forward(x, norm),
-            None => x,
-        };
-        y + shortcut
-    }
-
-    fn flops(&self, hw: [usize; 2]) -> (u64, [usize; 2]) {
-        let planes = self.bn1.gamma.dims()[0];
-        let cout = self.bn3.gamma.dims()[0];
-        let (f1, o1) = conv_flops(&self.conv1, hw);
-        let (f2, o2) = conv_flops(&self.conv2, o1);
-        let (f3, o3) = conv_flops(&self.conv3, o2);
-        // The block's `nn.ReLU` module runs twice (after bn1 and bn2); the final `F.relu` is not counted.
-        let mut total = f1 + f2 + f3;
-        total += bn_flops(planes, o1) + (planes * o1[0] * o1[1]) as u64;
-        total += bn_flops(planes, o2) + (planes * o2[0] * o2[1]) as u64;
-        total += bn_flops(cout, o3);
-        if let Some(se) = &self.se {
-            // AvgPool2d over the map, fc1, the shared ReLU module once more, fc2.
-            let hidden = se.fc1.weight.dims()[1];
-            total +=
-                (cout * o3[0] * o3[1]) as u64 + linear_flops(&se.fc1) + hidden as u64 + linear_flops(&se.fc2);
-        }
-        if let Some(down) = &self.downsample {
-            total += down.flops(hw).0;
-        }
-        (total, o3)
-    }
-}
-
 /// One stage: its blocks plus the depth attention over their outputs.
 #[derive(Module, Debug)]
 pub struct SdaStage<B: Backend> {
-    /// The blocks (reference `layers`).
+    /// The blocks (reference `layers`, or the plain networks' `layerN`).
     pub layers: Vec<SdaBottleneck<B>>,
-    /// `conv1x1(C -> d) + BN + ReLU` on the pooled sum (reference `fc`).
-    pub fc: ConvBnAct<B>,
+    /// `conv1x1(C -> d) + BN + ReLU` on the pooled sum (reference `fc`; none without depth attention).
+    pub fc: Option<ConvBnAct<B>>,
     /// One `conv1x1(d -> C)` (with bias) per block: the depth-attention logits (reference `fcs`).
     pub fcs: Vec<burn::nn::conv::Conv2d<B>>,
 }
 
 impl<B: Backend> SdaStage<B> {
     fn new(
-        variant: SdaVariant,
+        config: &SdaConfig,
+        stage: usize,
         cin: usize,
         planes: usize,
-        blocks: usize,
         stride: usize,
         device: &B::Device,
     ) -> Self {
         let cout = planes * 4;
+        let blocks = config.depths[stage];
         let d = (cout / REDUCTION).max(MIN_WIDTH);
+        let attention = config.depth_attention;
         Self {
             layers: (0..blocks)
                 .map(|i| {
                     if i == 0 {
-                        SdaBottleneck::new(variant, cin, planes, stride, device)
+                        SdaBottleneck::new(config.variant, stage, cin, planes, stride, device)
                     } else {
-                        SdaBottleneck::new(variant, cout, planes, 1, device)
+                        SdaBottleneck::new(config.variant, stage, cout, planes, 1, device)
                     }
                 })
                 .collect(),
-            fc: ConvBnAct::new(cout, d, 1, 1, 1, Activation::Relu, device),
+            fc: attention.then(|| ConvBnAct::new(cout, d, 1, 1, 1, Activation::Relu, device)),
             fcs: (0..blocks)
+                .filter(|_| attention)
                 .map(|_| conv2d(d, cout, 1, 1, 1, 1, true, device))
                 .collect(),
         }
     }
 
-    /// The stage output and its depth-attention weights.
+    /// The stage output and its depth-attention weights (none without depth attention).
     ///
     /// # Shapes
     /// - `x`: `[N, cin, H, W]` -> output `[N, C, H / s, W / s]`, weights `[N, blocks, C]`
-    fn forward(&self, x: Tensor<B, 4>, norm: NormMode) -> (Tensor<B, 4>, Tensor<B, 3>) {
+    fn forward(&self, x: Tensor<B, 4>, norm: NormMode) -> (Tensor<B, 4>, Option<Tensor<B, 3>>) {
+        let Some(fc) = &self.fc else {
+            let x = self
+                .layers
+                .iter()
+                .fold(x, |x, block| relu(block.forward(x, norm)));
+            return (x, None);
+        };
         let mut outputs = Vec::with_capacity(self.layers.len());
         let mut x = x;
         for block in &self.layers {
@@ -292,7 +287,7 @@ impl<B: Backend> SdaStage<B> {
             .iter()
             .skip(1)
             .fold(outputs[0].clone(), |acc, z| acc + z.clone());
-        let v = self.fc.forward(global_avg(sum).reshape([n, c, 1, 1]), norm);
+        let v = fc.forward(global_avg(sum).reshape([n, c, 1, 1]), norm);
         let logits: Vec<Tensor<B, 3>> = self
             .fcs
             .iter()
@@ -304,37 +299,35 @@ impl<B: Backend> SdaStage<B> {
         let fused = (stacked * weights.clone().reshape([n, k, c, 1, 1]))
             .sum_dim(1)
             .reshape([n, c, h, w]);
-        (relu(fused), weights)
+        (relu(fused), Some(weights))
     }
 
-    fn flops(&self, hw: [usize; 2]) -> (u64, [usize; 2]) {
-        let mut total = 0;
-        let mut cur = hw;
-        for block in &self.layers {
-            let (f, o) = block.flops(cur);
-            total += f;
-            cur = o;
-        }
-        let c = self.layers[0].bn3.gamma.dims()[0];
+    /// FLOPs of the depth attention on a stage output of `hw` (zero without it).
+    fn attention_flops(&self, hw: [usize; 2]) -> u64 {
+        let Some(fc) = &self.fc else {
+            return 0;
+        };
+        let c = self.layers[0].out_channels();
         // AdaptiveAvgPool2d counts its input; then the fc unit and the per-block 1x1 convs on a 1x1 map.
-        total += (c * cur[0] * cur[1]) as u64 + self.fc.flops([1, 1]).0;
-        total += self.fcs.iter().map(|fc| conv_flops(fc, [1, 1]).0).sum::<u64>();
-        (total, cur)
+        (c * hw[0] * hw[1]) as u64
+            + fc.flops([1, 1]).0
+            + self.fcs.iter().map(|fc| conv_flops(fc, [1, 1]).0).sum::<u64>()
     }
 }
 
-/// An SDA network with its classification head.
+/// An SDA network (or its plain baseline) with its classification head.
 #[derive(Module, Debug)]
 pub struct SdaNet<B: Backend> {
     /// 7x7 stride-2 stem convolution.
     pub conv1: burn::nn::conv::Conv2d<B>,
     /// Stem BN.
     pub bn1: BatchNorm<B>,
-    maxpool: MaxPool2d,
-    /// The four stages (reference `stage1..stage4`).
+    /// Stem max-pool (none for PyConvResNet).
+    maxpool: Option<MaxPool2d>,
+    /// The four stages (reference `stage1..stage4`, or `layer1..layer4`).
     pub stages: Vec<SdaStage<B>>,
-    /// BatchNorm after the classifier's pooling.
-    pub bn2: BatchNorm<B>,
+    /// BatchNorm after the classifier's pooling (SDA networks only).
+    pub bn2: Option<BatchNorm<B>>,
     /// Classifier.
     pub fc: Linear<B>,
     norm: NormMode,
@@ -342,7 +335,8 @@ pub struct SdaNet<B: Backend> {
     frozen_stages: Option<usize>,
 }
 
-/// What `forward_explained` returns: the four stage outputs and each stage's depth-attention weights.
+/// What `forward_explained` returns: the four stage outputs and each stage's depth-attention weights (empty for
+/// the plain networks).
 pub type Explained<B> = (Vec<Tensor<B, 4>>, Vec<Tensor<B, 3>>);
 
 impl<B: Backend> SdaNet<B> {
@@ -368,51 +362,49 @@ impl<B: Backend> SdaNet<B> {
     }
 
     /// Stage outputs (C2..C5) and the depth-attention weights of each stage (`[N, blocks, C]`, summing to 1
-    /// over blocks).
+    /// over blocks; none for the plain networks).
     pub fn forward_explained(&self, x: Tensor<B, 4>) -> Explained<B> {
         let frozen = |stage: usize| match self.frozen_stages {
             Some(k) if stage <= k => NormMode::Frozen,
             _ => self.norm,
         };
-        let x = relu(batch_norm(&self.bn1, self.conv1.forward(x), frozen(0)));
-        let mut x = self.maxpool.forward(x);
+        let mut x = relu(batch_norm(&self.bn1, self.conv1.forward(x), frozen(0)));
+        if let Some(pool) = &self.maxpool {
+            x = pool.forward(x);
+        }
         let mut levels = Vec::with_capacity(4);
         let mut weights = Vec::with_capacity(4);
         for (i, stage) in self.stages.iter().enumerate() {
             let (y, w) = stage.forward(x, frozen(i + 1));
             levels.push(y.clone());
-            weights.push(w);
+            weights.extend(w);
             x = y;
         }
         (levels, weights)
     }
 
-    /// Class logits. The reference pools with AvgPool2d(7) (global at 224x224); this pools globally, which is
+    /// The classifier on the last stage output: global average pool, `bn2` (SDA networks), Linear. The
+    /// reference SDA-ResNet/SENet pool with AvgPool2d(7) (global at 224x224); this pools globally, which is
     /// the same at 224x224 and keeps other input sizes meaningful.
+    ///
+    /// # Shapes
+    /// - `last`: `[N, 2048, h, w]` -> `[N, num_classes]`
+    pub fn head(&self, last: Tensor<B, 4>) -> Tensor<B, 2> {
+        let [n, c, _, _] = last.dims();
+        let mut pooled = global_avg(last).reshape([n, c, 1, 1]);
+        if let Some(bn2) = &self.bn2 {
+            pooled = batch_norm(bn2, pooled, self.norm);
+        }
+        self.fc.forward(pooled.reshape([n, c]))
+    }
+
+    /// Class logits.
     ///
     /// # Shapes
     /// - `x`: `[N, 3, H, W]` -> `[N, num_classes]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         let last = self.forward_explained(x).0.pop().expect("four stages");
-        let [n, c, _, _] = last.dims();
-        let pooled = batch_norm(&self.bn2, global_avg(last).reshape([n, c, 1, 1]), self.norm);
-        self.fc.forward(pooled.reshape([n, c]))
-    }
-
-    /// FLOPs for one `[h, w]` image, ptflops convention.
-    pub fn flops(&self, hw: [usize; 2]) -> u64 {
-        let (mut total, cur) = conv_flops(&self.conv1, hw);
-        total += bn_flops(64, cur) + (64 * cur[0] * cur[1]) as u64;
-        // MaxPool2d counts its input elements.
-        total += (64 * cur[0] * cur[1]) as u64;
-        let mut cur = conv_out(cur, [3, 3], [2, 2], [1, 1], [1, 1]);
-        for stage in &self.stages {
-            let (f, o) = stage.flops(cur);
-            total += f;
-            cur = o;
-        }
-        // AvgPool2d(7) input, bn2 on the pooled vector, fc.
-        total + (2048 * cur[0] * cur[1]) as u64 + bn_flops(2048, [1, 1]) + linear_flops(&self.fc)
+        self.head(last)
     }
 }
 
@@ -446,23 +438,26 @@ impl<B: Backend> Classifier<B> for SdaNet<B> {
 
 impl<B: Backend> CountFlops for SdaNet<B> {
     /// One row for the stem (conv, BN, ReLU, max-pool), one per block, one per stage's depth attention, then
-    /// the head's pooling + BN and the classifier.
+    /// the head's pooling (+ BN) and the classifier.
     fn count_flops(&self, counter: &mut CostCounter, x: Chw) -> Chw {
         let (conv, stem) = conv_flops(&self.conv1, [x[1], x[2]]);
         let stem_elems = (64 * stem[0] * stem[1]) as u64;
-        let mut cur = conv_out(stem, [3, 3], [2, 2], [1, 1], [1, 1]);
         let stem_params = parameter_count(&self.conv1) + parameter_count(&self.bn1);
-        counter.record(
-            "stem",
-            "Conv2d+BN+ReLU+MaxPool2d",
-            stem_params,
-            conv + 4 * stem_elems,
-            [64, cur[0], cur[1]],
-        );
+        // BN (2 per element) and ReLU; MaxPool2d counts its input elements.
+        let (mut cur, kind, flops) = match &self.maxpool {
+            Some(pool) => (
+                conv_out(stem, [3, 3], pool.stride, [1, 1], [1, 1]),
+                "Conv2d+BN+ReLU+MaxPool2d",
+                conv + 4 * stem_elems,
+            ),
+            None => (stem, "Conv2d+BN+ReLU", conv + 3 * stem_elems),
+        };
+        counter.record("stem", kind, stem_params, flops, [64, cur[0], cur[1]]);
+        let plain = self.bn2.is_none();
         for (s, stage) in self.stages.iter().enumerate() {
             for (i, block) in stage.layers.iter().enumerate() {
-                let (flops, out) = block.flops(cur);
-                let c = block.bn3.gamma.dims()[0];
+                let (flops, out) = block.flops(cur, plain);
+                let c = block.out_channels();
                 counter.record(
                     &format!("stage{}.layers.{i}", s + 1),
                     "Bottleneck",
@@ -472,26 +467,29 @@ impl<B: Backend> CountFlops for SdaNet<B> {
                 );
                 cur = out;
             }
-            let c = stage.layers[0].bn3.gamma.dims()[0];
-            let fcs: u64 = stage.fcs.iter().map(|fc| conv_flops(fc, [1, 1]).0).sum();
-            let attention = (c * cur[0] * cur[1]) as u64 + stage.fc.flops([1, 1]).0 + fcs;
-            let params = parameter_count(&stage.fc) + stage.fcs.iter().map(parameter_count).sum::<usize>();
-            counter.record(
-                &format!("stage{}.depth_attention", s + 1),
-                "SDA",
-                params,
-                attention,
-                [c, cur[0], cur[1]],
-            );
+            if let Some(fc) = &stage.fc {
+                let c = stage.layers[0].out_channels();
+                let params = parameter_count(fc) + stage.fcs.iter().map(parameter_count).sum::<usize>();
+                counter.record(
+                    &format!("stage{}.depth_attention", s + 1),
+                    "SDA",
+                    params,
+                    stage.attention_flops(cur),
+                    [c, cur[0], cur[1]],
+                );
+            }
         }
         let pool = (2048 * cur[0] * cur[1]) as u64;
-        counter.record(
-            "bn2",
-            "AvgPool2d+BatchNorm2d",
-            parameter_count(&self.bn2),
-            pool + bn_flops(2048, [1, 1]),
-            [2048, 1, 1],
-        );
+        match &self.bn2 {
+            Some(bn2) => counter.record(
+                "bn2",
+                "AvgPool2d+BatchNorm2d",
+                parameter_count(bn2),
+                pool + bn_flops(2048, [1, 1]),
+                [2048, 1, 1],
+            ),
+            None => counter.record("avgpool", "AdaptiveAvgPool2d", 0, pool, [2048, 1, 1]),
+        }
         let classes = self.fc.weight.dims()[1];
         counter.record(
             "fc",

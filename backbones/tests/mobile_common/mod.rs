@@ -87,18 +87,24 @@ pub fn input(shape: [usize; 4]) -> Tensor<B, 4> {
 
 /// A safetensors file (in memory) holding every float tensor of the reference state_dict, formula-valued.
 pub fn formula_safetensors(keys: &[(String, Vec<usize>)]) -> Vec<u8> {
+    named_formula_safetensors(
+        keys.iter()
+            .filter(|(k, _)| !k.ends_with("num_batches_tracked"))
+            .map(|(k, s)| (k.clone(), k.clone(), s.clone())),
+    )
+}
+
+/// A safetensors file (in memory) of F32 tensors `(name in the file, key whose formula values it holds, shape)`.
+pub fn named_formula_safetensors(tensors: impl Iterator<Item = (String, String, Vec<usize>)>) -> Vec<u8> {
     let mut header = serde_json::Map::new();
     let mut data = Vec::new();
-    for (key, shape) in keys {
-        if key.ends_with("num_batches_tracked") {
-            continue;
-        }
+    for (name, key, shape) in tensors {
         let start = data.len();
-        for v in formula_value(key, shape) {
+        for v in formula_value(&key, &shape) {
             data.extend_from_slice(&v.to_le_bytes());
         }
         header.insert(
-            key.clone(),
+            name,
             serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [start, data.len()]}),
         );
     }
@@ -110,6 +116,27 @@ pub fn formula_safetensors(keys: &[(String, Vec<usize>)]) -> Vec<u8> {
     bytes.extend(header);
     bytes.extend(data);
     bytes
+}
+
+/// Every level of `model` on a `batch x 3 x hw x hw` input has the shape its spec says (every strided layer pads
+/// "same": `hw / stride` exactly for these sizes), at strides 4/8/16/32 named c2..c5.
+pub fn check_levels<M: attndet_backbones::Backbone<B>>(model: &M, batch: usize, hw: usize) {
+    let x = Tensor::<B, 4>::zeros([batch, 3, hw, hw], &Default::default());
+    let levels = model.forward_features(x);
+    let specs = model.feature_specs();
+    assert_eq!(levels.len(), specs.len());
+    for (level, spec) in levels.iter().zip(&specs) {
+        assert_eq!(
+            level.dims(),
+            [batch, spec.channels, hw / spec.stride, hw / spec.stride],
+            "{}",
+            spec.name
+        );
+    }
+    let strides: Vec<usize> = specs.iter().map(|s| s.stride).collect();
+    assert_eq!(strides, [4, 8, 16, 32]);
+    let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["c2", "c3", "c4", "c5"]);
 }
 
 /// Load formula weights into `model` through the zoo's strict loader and `key_map`: every tensor of the model
