@@ -61,10 +61,8 @@ pub fn batch_norm_train<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Tenso
     let device = centred.device();
     let running_mean = bn.running_mean.value_sync().to_device(&device);
     let running_var = bn.running_var.value_sync().to_device(&device);
-    bn.running_mean.update(
-        running_mean.mul_scalar(1.0 - momentum)
-            + mean.detach().reshape([c]).mul_scalar(momentum),
-    );
+    bn.running_mean
+        .update(running_mean.mul_scalar(1.0 - momentum) + mean.detach().reshape([c]).mul_scalar(momentum));
     bn.running_var.update(
         running_var.mul_scalar(1.0 - momentum)
             + var.clone().detach().reshape([c]).mul_scalar(momentum * unbiased),
@@ -142,8 +140,12 @@ mod tests {
     fn training_mode_equals_burns_batch_norm_and_pytorch_running_var() {
         let device = Default::default();
         let mut bn: BatchNorm<A> = BatchNormConfig::new(3).init(&device);
-        bn.gamma = bn.gamma.map(|_| Tensor::from_floats([0.5, 1.0, 2.0], &device).require_grad());
-        bn.beta = bn.beta.map(|_| Tensor::from_floats([0.0, -1.0, 3.0], &device).require_grad());
+        bn.gamma = bn
+            .gamma
+            .map(|_| Tensor::from_floats([0.5, 1.0, 2.0], &device).require_grad());
+        bn.beta = bn
+            .beta
+            .map(|_| Tensor::from_floats([0.0, -1.0, 3.0], &device).require_grad());
         let values: Vec<f32> = (0..2 * 3 * 2 * 3).map(|i| ((i * 7) % 11) as f32 - 4.0).collect();
         let x = || {
             Tensor::<A, 4>::from_data(TensorData::new(values.clone(), [2, 3, 2, 3]), &device).require_grad()
@@ -157,12 +159,19 @@ mod tests {
         let ours_mean = bn.running_mean.value_sync().into_data();
         let ours_var: Vec<f32> = bn.running_var.value_sync().into_data().to_vec().unwrap();
         let reference: BatchNorm<A> = BatchNormConfig::new(3).init(&device);
-        let reference = BatchNorm { gamma: bn.gamma.clone(), beta: bn.beta.clone(), ..reference };
+        let reference = BatchNorm {
+            gamma: bn.gamma.clone(),
+            beta: bn.beta.clone(),
+            ..reference
+        };
         let theirs = reference.forward(x_burn.clone());
         ours.clone()
             .into_data()
             .assert_approx_eq::<f32>(&theirs.clone().into_data(), Default::default());
-        ours_mean.assert_approx_eq::<f32>(&reference.running_mean.value_sync().into_data(), Default::default());
+        ours_mean.assert_approx_eq::<f32>(
+            &reference.running_mean.value_sync().into_data(),
+            Default::default(),
+        );
         let g_ours = (ours * weights.clone()).sum().backward();
         let g_theirs = (theirs * weights).sum().backward();
         x_ours.grad(&g_ours).unwrap().into_data().assert_approx_eq::<f32>(
@@ -173,7 +182,10 @@ mod tests {
         let burn_var: Vec<f32> = reference.running_var.value_sync().into_data().to_vec().unwrap();
         for (o, b) in ours_var.iter().zip(&burn_var) {
             let biased = (b - 0.9) / 0.1;
-            assert!((o - (0.9 + 0.1 * biased * 12.0 / 11.0)).abs() < 1e-5, "{o} vs {b}");
+            assert!(
+                (o - (0.9 + 0.1 * biased * 12.0 / 11.0)).abs() < 1e-5,
+                "{o} vs {b}"
+            );
         }
     }
 

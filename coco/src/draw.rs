@@ -116,7 +116,11 @@ pub fn draw_label(img: &mut RgbImage, x: i32, y: i32, text: &str, background: [u
 /// and the factor (1 when it is already large enough) by which coordinates must be multiplied.
 pub fn enlarge_small(img: RgbImage, min_side: u32) -> (RgbImage, u32) {
     let short = img.width().min(img.height());
-    let factor = if short == 0 { 1 } else { min_side.div_ceil(short).max(1) };
+    let factor = if short == 0 {
+        1
+    } else {
+        min_side.div_ceil(short).max(1)
+    };
     if factor == 1 {
         return (img, 1);
     }

@@ -62,7 +62,9 @@ pub struct BackboneConfig {
     pub frozen_stages: i32,
     /// Keep BatchNorm statistics frozen while training (mmdetection's `norm_eval`).
     pub norm_eval: bool,
-    /// Initial weights: a PyTorch (`.pth`, `.pth.tar`, `.pt`) or safetensors checkpoint. `null`: random init.
+    /// Initial weights: a PyTorch (`.pth`, `.pth.tar`, `.pt`) or safetensors checkpoint of the backbone, with or
+    /// without its classifier head, or a whole mmdetection detector checkpoint (its `backbone.*` tensors).
+    /// `null`: random init.
     #[serde(default)]
     pub init_checkpoint: Option<String>,
 }
