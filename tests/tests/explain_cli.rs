@@ -69,8 +69,13 @@ fn explain_prints_dca_connection_weights_and_sda_depth_attention() {
             (a - *alpha as f64).abs() < 1e-6 && (b - *beta as f64).abs() < 1e-6,
             "{row}"
         );
-        let ratio = row["beta_ratio"].as_f64().unwrap();
-        assert!((ratio - b / (a + b)).abs() < 1e-6, "{row}");
+        // computed in f32 by the binary: relative tolerance, since alpha + beta of random weights can be near
+        // zero (a ratio of -223 was seen)
+        let (ratio, expected_ratio) = (row["beta_ratio"].as_f64().unwrap(), b / (a + b));
+        assert!(
+            (ratio - expected_ratio).abs() <= 1e-4 * expected_ratio.abs().max(1.0),
+            "{row}"
+        );
     }
     assert_eq!(rows[0]["block"], 1);
     // The table view prints the same report.
