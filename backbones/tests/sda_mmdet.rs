@@ -35,12 +35,31 @@ fn detector_checkpoint(fixture: &Fixture, prefix: &str, detector: bool) -> Vec<u
     named_formula_safetensors(backbone.chain(others))
 }
 
-fn write(name: &str, bytes: &[u8]) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("attndet-sda-mmdet-{}", std::process::id()));
+/// A checkpoint file in its own temp dir, removed when dropped.
+struct TempFile {
+    dir: std::path::PathBuf,
+    path: std::path::PathBuf,
+}
+
+impl std::ops::Deref for TempFile {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn write(name: &str, bytes: &[u8]) -> TempFile {
+    let dir = std::env::temp_dir().join(format!("attndet-sda-mmdet-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
     std::fs::write(&path, bytes).unwrap();
-    path
+    TempFile { dir, path }
 }
 
 fn build(name: &str) -> (BackboneArch, AnyBackbone<B>) {
