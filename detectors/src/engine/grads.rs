@@ -1,7 +1,7 @@
 //! Gradient post-processing before the optimizer step: coupled weight decay restricted to conv/linear
 //! weights, and global-norm clipping (`torch.nn.utils.clip_grad_norm_`; burn's built-in clipping is per tensor).
 
-use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
+use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
@@ -35,49 +35,46 @@ pub fn add_weight_decay_to_weights<B: AutodiffBackend, M: AutodiffModule<B>>(
     });
 }
 
+/// A function applied to one gradient, whatever its rank.
+trait GradFn<B: Backend> {
+    fn apply<const D: usize>(&self, grad: Tensor<B, D>) -> Tensor<B, D>;
+}
+
+/// Replace the gradient of every parameter of `model` (of any rank) by `f(gradient)`.
+fn map_grads<B, M, F>(model: &M, grads: &mut GradientsParams, f: F)
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+    F: GradFn<B::InnerBackend>,
+{
+    struct MapGrads<'a, F> {
+        grads: &'a mut GradientsParams,
+        f: F,
+    }
+    impl<B: AutodiffBackend, F: GradFn<B::InnerBackend>> ModuleVisitor<B> for MapGrads<'_, F> {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+            if let Some(g) = self.grads.remove::<B::InnerBackend, D>(p.id) {
+                self.grads.register::<B::InnerBackend, D>(p.id, self.f.apply(g));
+            }
+        }
+    }
+    model.visit(&mut MapGrads { grads, f });
+}
+
 /// Store every gradient in a dense row-major layout. Backward passes may hand back permuted views (the
 /// CPU backend's convolution weight gradients are); every elementwise op the optimizer and the clipping then
 /// run on such a view walks strided indices, an order of magnitude slower than on a dense buffer. Flattening
 /// copies a view once (and is free for a dense tensor), so each step pays one copy instead of many slow passes.
 pub fn make_contiguous<B: AutodiffBackend, M: AutodiffModule<B>>(model: &M, grads: &mut GradientsParams) {
-    fn dense<B: Backend, const D: usize>(g: &mut GradientsParams, id: ParamId) {
-        if let Some(t) = g.remove::<B, D>(id) {
-            let dims = t.dims();
-            let n = t.shape().num_elements();
-            g.register::<B, D>(id, t.reshape([n]).reshape(dims));
+    struct Dense;
+    impl<B: Backend> GradFn<B> for Dense {
+        fn apply<const D: usize>(&self, grad: Tensor<B, D>) -> Tensor<B, D> {
+            let dims = grad.dims();
+            let n = grad.shape().num_elements();
+            grad.reshape([n]).reshape(dims)
         }
     }
-    let mut ranks = ParamRanks(Vec::new());
-    model.visit(&mut ranks);
-    for &(id, rank) in &ranks.0 {
-        match rank {
-            1 => dense::<B::InnerBackend, 1>(grads, id),
-            2 => dense::<B::InnerBackend, 2>(grads, id),
-            3 => dense::<B::InnerBackend, 3>(grads, id),
-            4 => dense::<B::InnerBackend, 4>(grads, id),
-            _ => {}
-        }
-    }
-}
-
-struct ParamRanks(Vec<(ParamId, usize)>);
-
-impl<B: Backend> ModuleVisitor<B> for ParamRanks {
-    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
-        self.0.push((p.id, D));
-    }
-}
-
-fn sq_norm<B: Backend, const D: usize>(g: &GradientsParams, id: ParamId) -> Option<Tensor<B, 1>> {
-    // `t * t`, not `square()`: on the CPU backend `square` goes through a broadcasting power kernel that
-    // walks strided indices
-    g.get::<B, D>(id).map(|t| (t.clone() * t).sum())
-}
-
-fn scale<B: Backend, const D: usize>(g: &mut GradientsParams, id: ParamId, s: f64) {
-    if let Some(t) = g.remove::<B, D>(id) {
-        g.register::<B, D>(id, t.mul_scalar(s));
-    }
+    map_grads::<B, M, _>(model, grads, Dense);
 }
 
 /// Global L2 norm of all gradients (a 1-element tensor on the device, `None` when there are none).
@@ -85,25 +82,26 @@ pub fn global_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     model: &M,
     grads: &GradientsParams,
 ) -> Option<Tensor<B::InnerBackend, 1>> {
-    let mut ranks = ParamRanks(Vec::new());
-    model.visit(&mut ranks);
-    let mut total: Option<Tensor<B::InnerBackend, 1>> = None;
-    for &(id, rank) in &ranks.0 {
-        let sq = match rank {
-            1 => sq_norm::<B::InnerBackend, 1>(grads, id),
-            2 => sq_norm::<B::InnerBackend, 2>(grads, id),
-            3 => sq_norm::<B::InnerBackend, 3>(grads, id),
-            4 => sq_norm::<B::InnerBackend, 4>(grads, id),
-            _ => None,
-        };
-        if let Some(sq) = sq {
-            total = Some(match total {
-                Some(t) => t + sq,
-                None => sq,
-            });
+    struct SumOfSquares<'a, B: Backend> {
+        grads: &'a GradientsParams,
+        total: Option<Tensor<B, 1>>,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for SumOfSquares<'_, B::InnerBackend> {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+            // `t * t`, not `square()`: on the CPU backend `square` goes through a broadcasting power kernel
+            // that walks strided indices
+            if let Some(t) = self.grads.get::<B::InnerBackend, D>(p.id) {
+                let sq = (t.clone() * t).sum();
+                self.total = Some(match self.total.take() {
+                    Some(total) => total + sq,
+                    None => sq,
+                });
+            }
         }
     }
-    total.map(|t| t.sqrt())
+    let mut sum = SumOfSquares { grads, total: None };
+    model.visit(&mut sum);
+    sum.total.map(|t| t.sqrt())
 }
 
 /// Scale all gradients so that their global L2 norm is at most `max_norm` (torch's `clip_grad_norm_`:
@@ -113,6 +111,12 @@ pub fn clip_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     grads: &mut GradientsParams,
     max_norm: f64,
 ) -> f32 {
+    struct Scale(f64);
+    impl<B: Backend> GradFn<B> for Scale {
+        fn apply<const D: usize>(&self, grad: Tensor<B, D>) -> Tensor<B, D> {
+            grad.mul_scalar(self.0)
+        }
+    }
     let Some(norm) = global_grad_norm::<B, M>(model, grads) else {
         return 0.0;
     };
@@ -120,17 +124,7 @@ pub fn clip_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     let norm = norm.into_scalar().elem::<f32>();
     let coef = max_norm / (norm as f64 + 1e-6);
     if coef < 1.0 {
-        let mut ranks = ParamRanks(Vec::new());
-        model.visit(&mut ranks);
-        for &(id, rank) in &ranks.0 {
-            match rank {
-                1 => scale::<B::InnerBackend, 1>(grads, id, coef),
-                2 => scale::<B::InnerBackend, 2>(grads, id, coef),
-                3 => scale::<B::InnerBackend, 3>(grads, id, coef),
-                4 => scale::<B::InnerBackend, 4>(grads, id, coef),
-                _ => {}
-            }
-        }
+        map_grads::<B, M, _>(model, grads, Scale(coef));
     }
     norm
 }
@@ -212,6 +206,27 @@ mod tests {
             .to_vec()
             .unwrap();
         assert!((w[0] - 3.1).abs() < 1e-5 && (w[1] - 4.2).abs() < 1e-5 && (b[0] - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn dense_gradients_keep_their_values_and_shapes() {
+        let lin = linear();
+        let mut g = grads_of(&lin);
+        // dW as a transposed view of [[3, 4]], the kind of layout a backward pass may hand back
+        g.remove::<Flex, 2>(lin.weight.id);
+        let view = Tensor::<Flex, 2>::from_floats([[3.0, 4.0]], &Default::default()).transpose();
+        g.register::<Flex, 2>(lin.weight.id, view);
+        make_contiguous::<A, _>(&lin, &mut g);
+        // dW = [3, 4]^T, db = [1], as computed in grads_of
+        let w = g.get::<Flex, 2>(lin.weight.id).unwrap();
+        assert_eq!(w.dims(), [2, 1]);
+        assert_eq!(w.into_data().to_vec::<f32>().unwrap(), vec![3.0, 4.0]);
+        let b = g.get::<Flex, 1>(lin.bias.as_ref().unwrap().id).unwrap();
+        assert_eq!(b.into_data().to_vec::<f32>().unwrap(), vec![1.0]);
+        // no gradients at all: nothing to do
+        let mut none = GradientsParams::new();
+        make_contiguous::<A, _>(&lin, &mut none);
+        assert!(none.is_empty());
     }
 
     #[test]
