@@ -9,12 +9,12 @@
 
 use std::time::Instant;
 
-use attndet_backbones::layers::{gap, stem_max_pool};
+use attndet_backbones::fused::conv_bn_act;
+use attndet_backbones::layers::{Activation, gap, stem_max_pool};
 use attndet_backbones::resnet::attention::Carry;
-use attndet_backbones::{AnyBackbone, BackboneArch, Classifier, NormMode, norm::batch_norm};
+use attndet_backbones::{AnyBackbone, BackboneArch, Classifier, NormMode};
 use burn::backend::Flex;
 use burn::prelude::*;
-use burn::tensor::activation::relu;
 
 type B = Flex;
 
@@ -54,7 +54,7 @@ fn main() {
         let mode = NormMode::Auto;
         let mut times = Vec::new();
         let t = Instant::now();
-        let y = relu(batch_norm(&net.bn1, net.conv1.forward(x.clone()), mode));
+        let y = conv_bn_act(&net.conv1, Some(&net.bn1), x.clone(), mode, Activation::Relu);
         let mut y = stem_max_pool(y);
         let _ = y.clone().into_data();
         times.push(t.elapsed().as_secs_f64() * 1e3);

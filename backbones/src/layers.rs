@@ -3,7 +3,39 @@
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer, PaddingConfig2d};
 use burn::prelude::*;
-use burn::tensor::module::{adaptive_avg_pool2d, max_pool2d};
+use burn::tensor::activation::relu;
+use burn::tensor::module::adaptive_avg_pool2d;
+
+/// The activation after a convolution's BatchNorm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `max(x, 0)`.
+    Relu,
+    /// `min(max(x, 0), 6)` (MobileNetV2).
+    Relu6,
+    /// No activation (the linear bottleneck's projection).
+    Identity,
+}
+
+impl Activation {
+    /// Apply the activation.
+    pub fn apply<B: Backend, const D: usize>(self, x: Tensor<B, D>) -> Tensor<B, D> {
+        match self {
+            Activation::Relu => relu(x),
+            Activation::Relu6 => x.clamp(0.0, 6.0),
+            Activation::Identity => x,
+        }
+    }
+
+    /// The activation as a clamp `[lo, hi]` (infinite bounds where it has none).
+    pub fn bounds(self) -> (f32, f32) {
+        match self {
+            Activation::Relu => (0.0, f32::INFINITY),
+            Activation::Relu6 => (0.0, 6.0),
+            Activation::Identity => (f32::NEG_INFINITY, f32::INFINITY),
+        }
+    }
+}
 
 /// `nn.Conv2d(c_in, c_out, k, stride, padding=pad, dilation, groups, bias)` with Kaiming-normal (fan-out)
 /// initialisation, as the reference code initialises its convolutions.
@@ -64,5 +96,5 @@ pub fn gmp<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
 
 /// The ResNet stem's max pool: 3x3, stride 2, padding 1.
 pub fn stem_max_pool<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
-    max_pool2d(x, [3, 3], [2, 2], [1, 1], [1, 1], false)
+    crate::fused::max_pool2d(x, [3, 3], [2, 2], [1, 1])
 }

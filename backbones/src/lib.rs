@@ -42,6 +42,8 @@ pub mod checkpoint;
 pub mod cost;
 pub mod error;
 pub mod formula;
+pub mod fused;
+pub mod kernels;
 pub mod layers;
 pub mod mnasnet;
 pub mod mobile_attention;

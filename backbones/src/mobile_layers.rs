@@ -10,29 +10,10 @@ use burn::tensor::activation::relu;
 
 use crate::FeatureSpec;
 use crate::cost::{Chw, CostCounter, parameter_count};
-use crate::norm::{NormMode, batch_norm};
+use crate::fused::conv_bn_act;
+use crate::norm::NormMode;
 
-/// The activation after a convolution's BatchNorm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    /// `max(x, 0)`.
-    Relu,
-    /// `min(max(x, 0), 6)` (MobileNetV2).
-    Relu6,
-    /// No activation (the linear bottleneck's projection).
-    Identity,
-}
-
-impl Activation {
-    /// Apply the activation.
-    pub fn apply<B: Backend, const D: usize>(self, x: Tensor<B, D>) -> Tensor<B, D> {
-        match self {
-            Activation::Relu => relu(x),
-            Activation::Relu6 => x.clamp(0.0, 6.0),
-            Activation::Identity => x,
-        }
-    }
-}
+pub use crate::layers::Activation;
 
 /// Convolution (no bias) + BatchNorm + activation, PyTorch's `Sequential(Conv2d, BatchNorm2d, act)`.
 #[derive(Module, Debug)]
@@ -66,7 +47,7 @@ impl<B: Backend> ConvBnAct<B> {
     /// # Shapes
     /// - `x`: `[N, cin, H, W]` -> `[N, cout, H / stride, W / stride]` (rounded up)
     pub fn forward(&self, x: Tensor<B, 4>, norm: NormMode) -> Tensor<B, 4> {
-        self.act.apply(batch_norm(&self.bn, self.conv.forward(x), norm))
+        conv_bn_act(&self.conv, Some(&self.bn), x, norm, self.act)
     }
 
     /// FLOPs for an `[h, w]` input and the output size.

@@ -3,13 +3,14 @@
 use burn::nn::BatchNorm;
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
-use burn::tensor::activation::relu;
 
 use super::attention::{Attention, Carry};
 use super::sk::SkBottleneck;
 use crate::cost::{Chw, CostCounter};
+use crate::fused::{add_act, conv_bn_act};
+use crate::layers::Activation::{Identity, Relu};
 use crate::layers::{batch_norm, conv_nobias};
-use crate::norm::{NormMode, batch_norm as bn};
+use crate::norm::NormMode;
 
 /// The projection shortcut: 1x1 convolution (strided) + BatchNorm. Reference keys `downsample.0`, `downsample.1`.
 #[derive(Module, Debug)]
@@ -32,7 +33,7 @@ impl<B: Backend> Downsample<B> {
     /// # Shapes
     /// - `x`: `[N, C_in, H, W]` -> `[N, C_out, H / stride, W / stride]`
     pub fn forward(&self, x: Tensor<B, 4>, mode: NormMode) -> Tensor<B, 4> {
-        bn(&self.bn, self.conv.forward(x), mode)
+        conv_bn_act(&self.conv, Some(&self.bn), x, mode, Identity)
     }
 
     pub(crate) fn count(&self, c: &mut CostCounter, x: Chw) -> Chw {
@@ -114,13 +115,13 @@ impl<B: Backend> BasicBlock<B> {
             Some(d) => d.forward(x.clone(), mode),
             None => x.clone(),
         };
-        let out = relu(bn(&self.bn1, self.conv1.forward(x), mode));
-        let out = bn(&self.bn2, self.conv2.forward(out), mode);
+        let out = conv_bn_act(&self.conv1, Some(&self.bn1), x, mode, Relu);
+        let out = conv_bn_act(&self.conv2, Some(&self.bn2), out, mode, Identity);
         let (out, carry) = match &self.attn {
             Some(a) => a.forward(out, carry, mode),
             None => (out, carry),
         };
-        (relu(out + identity), carry)
+        (add_act(out, identity, Relu), carry)
     }
 
     fn count(&self, c: &mut CostCounter, x: Chw, prev: Option<Chw>) -> Chw {
@@ -164,14 +165,14 @@ impl<B: Backend> Bottleneck<B> {
             Some(d) => d.forward(x.clone(), mode),
             None => x.clone(),
         };
-        let out = relu(bn(&self.bn1, self.conv1.forward(x), mode));
-        let out = relu(bn(&self.bn2, self.conv2.forward(out), mode));
-        let out = bn(&self.bn3, self.conv3.forward(out), mode);
+        let out = conv_bn_act(&self.conv1, Some(&self.bn1), x, mode, Relu);
+        let out = conv_bn_act(&self.conv2, Some(&self.bn2), out, mode, Relu);
+        let out = conv_bn_act(&self.conv3, Some(&self.bn3), out, mode, Identity);
         let (out, carry) = match &self.attn {
             Some(a) => a.forward(out, carry, mode),
             None => (out, carry),
         };
-        (relu(out + identity), carry)
+        (add_act(out, identity, Relu), carry)
     }
 
     fn count(&self, c: &mut CostCounter, x: Chw, prev: Option<Chw>) -> Chw {

@@ -13,7 +13,6 @@ pub mod sk;
 use burn::nn::conv::Conv2d;
 use burn::nn::{BatchNorm, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::relu;
 
 use self::attention::{Attention, Carry, Cbam, ChannelGate, Eca, Gc, Ge, Se, SpatialGate};
 use self::block::{BasicBlock, Block, BlockShape, Bottleneck};
@@ -23,8 +22,9 @@ use self::sk::SkBottleneck;
 use crate::checkpoint::KeyMap;
 use crate::cost::{Chw, CostCounter, CountFlops};
 use crate::error::BackboneError;
-use crate::layers::{batch_norm, conv2d, gap, stem_max_pool};
-use crate::norm::{NormMode, batch_norm as bn};
+use crate::fused::conv_bn_act;
+use crate::layers::{Activation, batch_norm, conv2d, gap, stem_max_pool};
+use crate::norm::NormMode;
 use crate::{Backbone, FeatureSpec};
 
 /// Reference key names -> our module paths, as literal `(reference, ours)` substrings, for a network of the
@@ -227,7 +227,7 @@ impl<B: Backend> ResNet<B> {
     /// - `x`: `[N, 3, H, W]` -> `[N, C_i, H / s_i, W / s_i]` for s = 4, 8, 16, 32 (PyTorch's floor/ceil rules of
     ///   the strided layers: `H = 224` gives 56, 28, 14, 7; `H = 800` gives 200, 100, 50, 25)
     pub fn forward_stages(&self, x: Tensor<B, 4>) -> Vec<Tensor<B, 4>> {
-        let x = relu(bn(&self.bn1, self.conv1.forward(x), self.mode_of(0)));
+        let x = conv_bn_act(&self.conv1, Some(&self.bn1), x, self.mode_of(0), Activation::Relu);
         let mut x = stem_max_pool(x);
         let mut carry = Carry::empty();
         let mut outs = Vec::with_capacity(4);

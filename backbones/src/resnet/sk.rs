@@ -16,6 +16,8 @@ use burn::tensor::activation::{relu, softmax};
 use super::attention::Carry;
 use super::block::{BlockShape, Downsample};
 use crate::cost::{Chw, CostCounter};
+use crate::fused::{add_act, conv_bn_act};
+use crate::layers::Activation::{Identity, Relu};
 use crate::layers::{batch_norm, conv_nobias, conv2d, gap};
 use crate::norm::{NormMode, batch_norm as bn};
 
@@ -147,9 +149,9 @@ impl<B: Backend> SkBottleneck<B> {
             Some(d) => d.forward(x.clone(), mode),
             None => x.clone(),
         };
-        let out = relu(bn(&self.bn1, self.conv1.forward(x), mode));
-        let d1 = relu(bn(&self.bn2, self.conv2.forward(out.clone()), mode));
-        let d2 = relu(bn(&self.bn2g, self.conv2g.forward(out), mode));
+        let out = conv_bn_act(&self.conv1, Some(&self.bn1), x, mode, Relu);
+        let d1 = conv_bn_act(&self.conv2, Some(&self.bn2), out.clone(), mode, Relu);
+        let d2 = conv_bn_act(&self.conv2g, Some(&self.bn2g), out, mode, Relu);
         let [n, p, _, _] = d1.dims();
         let mut g1 = gap(d1.clone());
         let mut g2 = gap(d2.clone());
@@ -174,8 +176,8 @@ impl<B: Backend> SkBottleneck<B> {
         } else {
             Carry::empty()
         };
-        let out = bn(&self.bn3, self.conv3.forward(d1 + d2), mode);
-        (relu(out + identity), carry)
+        let out = conv_bn_act(&self.conv3, Some(&self.bn3), d1 + d2, mode, Identity);
+        (add_act(out, identity, Relu), carry)
     }
 
     /// Record the cost (`prev`: the previous block's branch shape, `None` in the network's first block).

@@ -17,6 +17,7 @@ use burn::prelude::*;
 use burn::tensor::activation::{relu, sigmoid};
 
 use super::SdaVariant;
+use crate::fused::{self, conv_bn_act};
 use crate::mobile_layers::{
     Activation, ConvBnAct, bn_flops, conv_flops, conv_out, conv2d, global_avg, linear_flops,
 };
@@ -70,7 +71,7 @@ impl<B: Backend> Res2Split<B> {
                 Some(prev) if self.pool.is_none() => prev + group,
                 _ => group,
             };
-            let y = relu(batch_norm(bn, conv.forward(input), norm));
+            let y = conv_bn_act(conv, Some(bn), input, norm, Activation::Relu);
             outputs.push(y.clone());
             previous = Some(y);
         }
@@ -220,11 +221,12 @@ impl<B: Backend> SdaBottleneck<B> {
     /// # Shapes
     /// - `x`: `[N, cin, H, W]` -> `[N, 4p, H / s, W / s]`
     pub fn forward(&self, x: Tensor<B, 4>, norm: NormMode) -> Tensor<B, 4> {
-        let y = relu(batch_norm(&self.bn1, self.conv1.forward(x.clone()), norm));
+        let y = conv_bn_act(&self.conv1, Some(&self.bn1), x.clone(), norm, Activation::Relu);
         let y = match (&self.res2, &self.bn2) {
             (Some(res2), _) => res2.forward(y, norm),
             (None, bn2) => {
-                let levels: Vec<Tensor<B, 4>> = self.conv2.iter().map(|c| c.forward(y.clone())).collect();
+                let levels: Vec<Tensor<B, 4>> =
+                    self.conv2.iter().map(|c| fused::conv(c, y.clone())).collect();
                 let y = Tensor::cat(levels, 1);
                 match bn2 {
                     Some(bn) => relu(batch_norm(bn, y, norm)),
@@ -232,16 +234,16 @@ impl<B: Backend> SdaBottleneck<B> {
                 }
             }
         };
-        let mut y = batch_norm(&self.bn3, self.conv3.forward(y), norm);
+        let mut y = conv_bn_act(&self.conv3, Some(&self.bn3), y, norm, Activation::Identity);
         if let Some(se) = &self.se {
             let [n, c, _, _] = y.dims();
             let att = sigmoid(se.fc2.forward(relu(se.fc1.forward(global_avg(y.clone())))));
             y = y * att.reshape([n, c, 1, 1]);
         }
         let shortcut = match (&self.downsample_pool, &self.downsample) {
-            (Some(pool), Some(down)) => down.forward(pool.forward(x), norm),
+            (Some(pool), Some(down)) => down.forward(fused::max_pool(pool, x), norm),
             (None, Some(down)) => down.forward(x, norm),
-            (Some(pool), None) => pool.forward(x),
+            (Some(pool), None) => fused::max_pool(pool, x),
             (None, None) => x,
         };
         y + shortcut

@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::KeyMap;
 use crate::cost::{Chw, CostCounter, CountFlops, parameter_count};
 use crate::error::BackboneError;
+use crate::fused::{self, conv_bn_act};
 use crate::mobile_layers::{
     Activation, ConvBnAct, bn_flops, conv_flops, conv_out, conv2d, global_avg, leak_key_map, linear_flops,
 };
@@ -368,9 +369,9 @@ impl<B: Backend> SdaNet<B> {
             Some(k) if stage <= k => NormMode::Frozen,
             _ => self.norm,
         };
-        let mut x = relu(batch_norm(&self.bn1, self.conv1.forward(x), frozen(0)));
+        let mut x = conv_bn_act(&self.conv1, Some(&self.bn1), x, frozen(0), Activation::Relu);
         if let Some(pool) = &self.maxpool {
-            x = pool.forward(x);
+            x = fused::max_pool(pool, x);
         }
         let mut levels = Vec::with_capacity(4);
         let mut weights = Vec::with_capacity(4);

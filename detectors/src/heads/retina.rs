@@ -6,11 +6,13 @@
 //! `-log((1 - p) / p)` with the prior probability `p = 0.01`, so that every anchor starts as background with
 //! confidence 0.99 and the focal loss is not swamped by the easy negatives in the first iterations.
 
+use attndet_backbones::fused;
+use attndet_backbones::layers::Activation;
+use attndet_backbones::norm::NormMode;
 use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Initializer, PaddingConfig2d};
 use burn::prelude::*;
-use burn::tensor::activation::relu;
 
 /// Sizes of a [`RetinaHead`].
 #[derive(Debug, Clone, PartialEq)]
@@ -103,9 +105,14 @@ impl<B: Backend> RetinaHead<B> {
     /// - x: `[N, C_in, H, W]`
     /// - output: class logits `[N, A * K, H, W]`, box deltas `[N, A * 4, H, W]`
     pub fn forward_level(&self, x: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        let cls = self.cls_convs.iter().fold(x.clone(), |t, c| relu(c.forward(t)));
-        let reg = self.reg_convs.iter().fold(x, |t, c| relu(c.forward(t)));
-        (self.retina_cls.forward(cls), self.retina_reg.forward(reg))
+        // `fused`: on the CPU backend at inference the conv + ReLU run as one multi-threaded kernel.
+        let conv_relu = |t, c| fused::conv_bn_act(c, None, t, NormMode::Auto, Activation::Relu);
+        let cls = self.cls_convs.iter().fold(x.clone(), conv_relu);
+        let reg = self.reg_convs.iter().fold(x, conv_relu);
+        (
+            fused::conv(&self.retina_cls, cls),
+            fused::conv(&self.retina_reg, reg),
+        )
     }
 
     /// Outputs of every level, flattened in anchor order (location-major: `(y * W + x) * A + a`).

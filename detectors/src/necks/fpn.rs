@@ -5,7 +5,7 @@
 //! - `LastLevelP6P7(in, out)` (RetinaNet): `add_extra_convs: "on_input"` (or `"on_output"` when torchvision's
 //!   `use_P5`, i.e. `in == out`), `relu_before_extra_convs: true`, `num_outs = levels + 2`.
 
-use attndet_backbones::FeatureSpec;
+use attndet_backbones::{FeatureSpec, fused};
 use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Initializer, PaddingConfig2d};
@@ -224,7 +224,7 @@ impl<B: Backend> Fpn<B> {
             .lateral_convs
             .iter()
             .enumerate()
-            .map(|(i, c)| c.forward(inputs[start + i].clone()))
+            .map(|(i, c)| fused::conv(c, inputs[start + i].clone()))
             .collect();
         for i in (1..used).rev() {
             let [_, _, h, w] = laterals[i - 1].dims();
@@ -238,7 +238,7 @@ impl<B: Backend> Fpn<B> {
         let mut outs: Vec<Tensor<B, 4>> = laterals
             .iter()
             .zip(&self.fpn_convs)
-            .map(|(x, c)| c.forward(x.clone()))
+            .map(|(x, c)| fused::conv(c, x.clone()))
             .collect();
         let num_outs = l.cfg.num_outs;
         if num_outs > used {
@@ -255,7 +255,7 @@ impl<B: Backend> Fpn<B> {
                         ExtraConvs::OnLateral => laterals[used - 1].clone(),
                         _ => outs[used - 1].clone(),
                     };
-                    outs.push(self.fpn_convs[used].forward(x));
+                    outs.push(fused::conv(&self.fpn_convs[used], x));
                     for i in used + 1..num_outs {
                         let prev = outs[outs.len() - 1].clone();
                         let prev = if l.cfg.relu_before_extra_convs {
@@ -263,7 +263,7 @@ impl<B: Backend> Fpn<B> {
                         } else {
                             prev
                         };
-                        outs.push(self.fpn_convs[i].forward(prev));
+                        outs.push(fused::conv(&self.fpn_convs[i], prev));
                     }
                 }
             }

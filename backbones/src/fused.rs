@@ -1,0 +1,405 @@
+//! Convolution + BatchNorm + activation as one step, max pooling and residual sums, computed by
+//! [`crate::kernels`] on the CPU backend.
+//!
+//! Layers call [`conv_bn_act`] (or [`conv`]) instead of `Conv2d::forward`. On `Flex` (burn's CPU backend
+//! without autodiff, i.e. inference) the convolution, the inference BatchNorm and the activation run as one
+//! fused, multi-threaded kernel; on every other backend, and under autodiff (training needs burn's backward),
+//! it is exactly `act(batch_norm(conv.forward(x)))`. burn 0.21 has no hook to replace one backend op for one
+//! backend inside generic model code, so the choice is made here by the backend's type: the fused path only
+//! ever sees `Flex` tensors, and both paths compute the same function (tested against each other, and the
+//! PyTorch parity fixtures run through the fused one).
+
+use std::any::{Any, TypeId};
+
+use burn::backend::Flex;
+use burn::nn::conv::Conv2d;
+use burn::nn::pool::MaxPool2d;
+use burn::nn::{BatchNorm, PaddingConfig2d};
+use burn::prelude::*;
+use burn::tensor::TensorPrimitive;
+use burn_flex::FlexTensor;
+
+use crate::kernels::{self, conv::ConvGeometry, conv::Epilogue, pool::PoolGeometry};
+use crate::layers::Activation;
+use crate::norm::{NormMode, batch_norm};
+
+/// `act(bn(conv(x)))`, with `bn` skipped when `None`. The BatchNorm follows `mode` (see [`batch_norm`]).
+///
+/// # Shapes
+/// - `x`: `[N, C_in, H, W]` -> `[N, C_out, H_out, W_out]`
+pub fn conv_bn_act<B: Backend>(
+    conv: &Conv2d<B>,
+    bn: Option<&BatchNorm<B>>,
+    x: Tensor<B, 4>,
+    mode: NormMode,
+    act: Activation,
+) -> Tensor<B, 4> {
+    if let Some(geometry) = fusable(conv, &x) {
+        return fused(conv, bn, x, geometry, act);
+    }
+    let y = conv.forward(x);
+    let y = match bn {
+        Some(bn) => batch_norm(bn, y, mode),
+        None => y,
+    };
+    act.apply(y)
+}
+
+/// `conv(x)` (with its bias), through the fused kernel on the CPU backend.
+///
+/// # Shapes
+/// - `x`: `[N, C_in, H, W]` -> `[N, C_out, H_out, W_out]`
+pub fn conv<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    conv_bn_act(conv, None, x, NormMode::Auto, Activation::Identity)
+}
+
+/// `act(a + b)`, the residual sum of a block.
+///
+/// # Shapes
+/// - `a`, `b`: the same shape, output that shape
+pub fn add_act<B: Backend, const D: usize>(
+    a: Tensor<B, D>,
+    b: Tensor<B, D>,
+    act: Activation,
+) -> Tensor<B, D> {
+    if !is_flex::<B>() || a.dims() != b.dims() {
+        return act.apply(a + b);
+    }
+    let shape = a.shape();
+    let (a, b) = (to_flex(a), to_flex(b));
+    let (lo, hi) = act.bounds();
+    let out = kernels::eltwise::add_clamp(&dense(&a), &dense(&b), lo, hi);
+    from_flex(FlexTensor::from_data(TensorData::new(out, shape)))
+}
+
+/// `MaxPool2d(kernel, stride, padding)` (dilation 1, floor mode), PyTorch's semantics.
+///
+/// # Shapes
+/// - `x`: `[N, C, H, W]` -> `[N, C, (H + 2 p - k) / s + 1, (W + 2 p - k) / s + 1]`
+pub fn max_pool2d<B: Backend>(
+    x: Tensor<B, 4>,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+) -> Tensor<B, 4> {
+    if !is_flex::<B>() {
+        return burn::tensor::module::max_pool2d(x, kernel, stride, padding, [1, 1], false);
+    }
+    let [n, c, h, w] = x.dims();
+    let geometry = PoolGeometry {
+        planes: n * c,
+        in_hw: [h, w],
+        kernel,
+        stride,
+        padding,
+    };
+    let [oh, ow] = geometry.out_hw();
+    let out = kernels::pool::max_pool2d(&dense(&to_flex(x)), &geometry);
+    from_flex(FlexTensor::from_data(TensorData::new(out, [n, c, oh, ow])))
+}
+
+/// `pool.forward(x)`, through [`max_pool2d`] when the pool is one it covers (symmetric padding, no
+/// dilation, floor mode).
+///
+/// # Shapes
+/// - `x`: `[N, C, H, W]` -> pooled
+pub fn max_pool<B: Backend>(pool: &MaxPool2d, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let padding = match pool.padding {
+        PaddingConfig2d::Valid => Some([0, 0]),
+        PaddingConfig2d::Explicit(top, left, bottom, right) if top == bottom && left == right => {
+            Some([top, left])
+        }
+        _ => None,
+    };
+    match padding {
+        Some(p)
+            if pool.dilation == [1, 1]
+                && !pool.ceil_mode
+                && 2 * p[0] <= pool.kernel_size[0]
+                && 2 * p[1] <= pool.kernel_size[1] =>
+        {
+            max_pool2d(x, pool.kernel_size, pool.stride, p)
+        }
+        _ => pool.forward(x),
+    }
+}
+
+/// Whether `B` is `Flex`, the CPU backend without autodiff, whose tensors the kernels can work on.
+fn is_flex<B: Backend>() -> bool {
+    TypeId::of::<B>() == TypeId::of::<Flex>()
+}
+
+/// The kernel's geometry when this call can take the fused path: the backend is `Flex` (so no autodiff),
+/// the padding symmetric, and the convolution not depthwise-like (a grouped convolution with few input
+/// channels per group makes GEMMs with a tiny inner dimension, which burn's depthwise kernel does better).
+fn fusable<B: Backend>(conv: &Conv2d<B>, x: &Tensor<B, 4>) -> Option<ConvGeometry> {
+    if !is_flex::<B>() {
+        return None;
+    }
+    let padding = match conv.padding {
+        PaddingConfig2d::Valid => [0, 0],
+        PaddingConfig2d::Explicit(top, left, bottom, right) if top == bottom && left == right => [top, left],
+        _ => return None,
+    };
+    let [c_out, c_in_per_group, kh, kw] = conv.weight.dims();
+    let [batch, c_in, h, w] = x.dims();
+    if (conv.groups > 1 && c_in_per_group < 8) || c_in != c_in_per_group * conv.groups {
+        return None;
+    }
+    Some(ConvGeometry {
+        batch,
+        c_in,
+        in_hw: [h, w],
+        c_out,
+        kernel: [kh, kw],
+        stride: conv.stride,
+        padding,
+        dilation: conv.dilation,
+        groups: conv.groups,
+    })
+}
+
+fn fused<B: Backend>(
+    conv: &Conv2d<B>,
+    bn: Option<&BatchNorm<B>>,
+    x: Tensor<B, 4>,
+    geometry: ConvGeometry,
+    act: Activation,
+) -> Tensor<B, 4> {
+    let x = to_flex(x);
+    let weight = to_flex(conv.weight.val());
+    let bias = conv.bias.as_ref().map(|b| host(b.val()));
+    // Inference BatchNorm is `y * scale + shift` with scale = gamma / sqrt(var + eps) and
+    // shift = beta - mean * scale, exactly as `norm::batch_norm_frozen` computes it; a conv bias b becomes
+    // part of the shift: (acc + b) * scale + shift.
+    let (scale, mut shift) = match bn {
+        Some(bn) => {
+            let gamma = host(bn.gamma.val());
+            let beta = host(bn.beta.val());
+            let mean = host(bn.running_mean.value_sync());
+            let var = host(bn.running_var.value_sync());
+            let scale: Vec<f32> = gamma
+                .iter()
+                .zip(&var)
+                .map(|(g, v)| g / (v + bn.epsilon as f32).sqrt())
+                .collect();
+            let shift = beta
+                .iter()
+                .zip(&mean)
+                .zip(&scale)
+                .map(|((b, m), s)| b - m * s)
+                .collect();
+            (Some(scale), Some(shift))
+        }
+        None => (None, None),
+    };
+    if let Some(bias) = bias {
+        shift = Some(match (&scale, shift) {
+            (Some(s), Some(t)) => bias.iter().zip(s).zip(t).map(|((b, s), t)| b * s + t).collect(),
+            _ => bias,
+        });
+    }
+    let (lo, hi) = act.bounds();
+    let epilogue = Epilogue {
+        scale: scale.as_deref(),
+        shift: shift.as_deref(),
+        lo,
+        hi,
+    };
+    let out = kernels::conv::conv2d(&dense(&x), &dense(&weight), &geometry, &epilogue);
+    from_flex(FlexTensor::from_data(TensorData::new(out, geometry.out_shape())))
+}
+
+/// The `Flex` tensor behind a tensor of a backend known (by [`fusable`]) to be `Flex`.
+fn to_flex<B: Backend, const D: usize>(t: Tensor<B, D>) -> FlexTensor {
+    let primitive: Box<dyn Any> = Box::new(t.into_primitive().tensor());
+    *primitive
+        .downcast::<FlexTensor>()
+        .expect("fused path taken on a backend other than Flex")
+}
+
+/// The inverse of [`to_flex`].
+fn from_flex<B: Backend, const D: usize>(t: FlexTensor) -> Tensor<B, D> {
+    let primitive: Box<dyn Any> = Box::new(t);
+    let primitive = primitive
+        .downcast::<B::FloatTensorPrimitive>()
+        .expect("fused path taken on a backend other than Flex");
+    Tensor::from_primitive(TensorPrimitive::Float(*primitive))
+}
+
+/// The values of a `Flex` tensor in row-major order, copied only if it is a strided view.
+fn dense(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
+    match t.as_slice::<f32>() {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(
+            t.to_contiguous()
+                .as_slice::<f32>()
+                .map(<[f32]>::to_vec)
+                .unwrap_or_default(),
+        ),
+    }
+}
+
+/// A small `Flex` parameter vector on the host.
+fn host<B: Backend>(t: Tensor<B, 1>) -> Vec<f32> {
+    dense(&to_flex(t)).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::{batch_norm as new_bn, conv2d as new_conv};
+    use burn::backend::Autodiff;
+    use burn::tensor::Distribution;
+
+    type A = Autodiff<Flex>;
+
+    /// A BatchNorm with non-trivial statistics and affine parameters.
+    fn bn_with_stats<B: Backend>(c: usize, device: &B::Device) -> BatchNorm<B> {
+        let mut bn = new_bn::<B>(c, device);
+        let ramp = |a: f32, b: f32| {
+            Tensor::<B, 1>::from_floats(
+                (0..c).map(|i| a + b * i as f32).collect::<Vec<_>>().as_slice(),
+                device,
+            )
+        };
+        bn.gamma = bn.gamma.map(|_| ramp(0.5, 0.1));
+        bn.beta = bn.beta.map(|_| ramp(-0.3, 0.05));
+        bn.running_mean = burn::module::RunningState::new(ramp(0.2, -0.02));
+        bn.running_var = burn::module::RunningState::new(ramp(0.7, 0.03));
+        bn
+    }
+
+    /// The fused path on `Flex` against the unfused one, computed on `Autodiff<Flex>` (which never takes the
+    /// fused path) with the same weights, in `Frozen` mode (= inference BatchNorm). Square kernels; the
+    /// batch and input size of `g` are used as given.
+    fn compare(g: ConvGeometry, bias: bool) {
+        let device = Default::default();
+        let (c_in, c_out, hw) = (g.c_in, g.c_out, g.in_hw);
+        let conv = new_conv::<Flex>(
+            c_in,
+            c_out,
+            g.kernel[0],
+            g.stride[0],
+            g.padding[0],
+            g.dilation[0],
+            g.groups,
+            bias,
+            &device,
+        );
+        let bn = bn_with_stats::<Flex>(c_out, &device);
+        let x = Tensor::<Flex, 4>::random(
+            [g.batch, c_in, hw[0], hw[1]],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        assert_eq!(fusable(&conv, &x), Some(g));
+        for (bn_used, act) in [
+            (Some(&bn), Activation::Relu),
+            (None, Activation::Identity),
+            (Some(&bn), Activation::Relu6),
+        ] {
+            let got = conv_bn_act(&conv, bn_used, x.clone(), NormMode::Auto, act);
+            let conv_a = Conv2d::<A> {
+                weight: burn::module::Param::from_tensor(Tensor::from_data(
+                    conv.weight.val().into_data(),
+                    &device,
+                )),
+                bias: conv.bias.as_ref().map(|b| {
+                    burn::module::Param::from_tensor(Tensor::from_data(b.val().into_data(), &device))
+                }),
+                stride: conv.stride,
+                kernel_size: conv.kernel_size,
+                dilation: conv.dilation,
+                groups: conv.groups,
+                padding: conv.padding.clone(),
+            };
+            let bn_a = bn_with_stats::<A>(c_out, &device);
+            let x_a = Tensor::<A, 4>::from_data(x.clone().into_data(), &device);
+            assert!(fusable(&conv_a, &x_a).is_none());
+            let want = conv_bn_act(&conv_a, bn_used.map(|_| &bn_a), x_a, NormMode::Frozen, act);
+            assert_eq!(got.dims(), want.dims());
+            got.into_data()
+                .assert_approx_eq::<f32>(&want.into_data(), burn::tensor::Tolerance::absolute(1e-4));
+        }
+    }
+
+    /// A `k x k` convolution of a batch of two.
+    fn case(c_in: usize, c_out: usize, hw: [usize; 2], k: usize, stride: usize, pad: usize) -> ConvGeometry {
+        ConvGeometry {
+            batch: 2,
+            c_in,
+            in_hw: hw,
+            c_out,
+            kernel: [k, k],
+            stride: [stride, stride],
+            padding: [pad, pad],
+            dilation: [1, 1],
+            groups: 1,
+        }
+    }
+
+    #[test]
+    fn fused_equals_conv_batchnorm_activation() {
+        compare(case(8, 16, [9, 7], 3, 1, 1), false);
+        compare(case(16, 8, [10, 11], 3, 2, 1), true);
+        compare(case(16, 24, [5, 6], 1, 1, 0), false);
+        compare(case(3, 8, [15, 12], 7, 2, 3), false); // the ResNet stem
+        compare(
+            ConvGeometry {
+                groups: 2,
+                ..case(32, 16, [6, 6], 3, 1, 1)
+            },
+            true,
+        );
+        compare(
+            ConvGeometry {
+                dilation: [2, 2],
+                ..case(16, 16, [9, 9], 3, 1, 2)
+            },
+            true,
+        );
+    }
+
+    #[test]
+    fn residual_sum_and_max_pool_equal_burns() {
+        let device = Default::default();
+        let a = Tensor::<Flex, 4>::random([2, 3, 9, 7], Distribution::Normal(0.0, 1.0), &device);
+        let b = Tensor::<Flex, 4>::random([2, 3, 9, 7], Distribution::Normal(0.0, 1.0), &device);
+        for act in [Activation::Relu, Activation::Relu6, Activation::Identity] {
+            let want = act.apply(a.clone() + b.clone());
+            add_act(a.clone(), b.clone(), act)
+                .into_data()
+                .assert_eq(&want.into_data(), true);
+        }
+        for (k, s, p) in [(3, 2, 1), (2, 2, 0), (3, 1, 1)] {
+            let want = burn::tensor::module::max_pool2d(a.clone(), [k, k], [s, s], [p, p], [1, 1], false);
+            max_pool2d(a.clone(), [k, k], [s, s], [p, p])
+                .into_data()
+                .assert_eq(&want.into_data(), true);
+        }
+    }
+
+    #[test]
+    fn depthwise_and_asymmetric_padding_stay_on_burns_kernel() {
+        let device = Default::default();
+        let x = Tensor::<Flex, 4>::zeros([1, 16, 4, 4], &device);
+        let depthwise = new_conv::<Flex>(16, 16, 3, 1, 1, 1, 16, false, &device);
+        assert!(fusable(&depthwise, &x).is_none());
+        let mut asym = new_conv::<Flex>(16, 16, 3, 1, 1, 1, 1, false, &device);
+        asym.padding = PaddingConfig2d::Explicit(0, 0, 1, 1);
+        assert!(fusable(&asym, &x).is_none());
+        let y = conv(&asym, x);
+        assert_eq!(y.dims(), [1, 16, 3, 3]);
+    }
+
+    #[test]
+    fn empty_batch_gives_an_empty_output() {
+        let device = Default::default();
+        let conv = new_conv::<Flex>(8, 4, 3, 1, 1, 1, 1, false, &device);
+        let bn = bn_with_stats::<Flex>(4, &device);
+        let x = Tensor::<Flex, 4>::zeros([0, 8, 5, 5], &device);
+        let y = conv_bn_act(&conv, Some(&bn), x, NormMode::Auto, Activation::Relu);
+        assert_eq!(y.dims(), [0, 4, 5, 5]);
+    }
+}
