@@ -56,6 +56,25 @@ pub struct ClassifyArgs {
     pub images: Vec<PathBuf>,
 }
 
+/// torchvision's `Compose([Resize(256), CenterCrop(224)])` on a PIL image: the shorter side becomes 256 (the
+/// longer one `int(256 * long / short)`) with antialiased bilinear resampling (a triangle filter whose support
+/// grows with the downscale factor, as PIL's), then the centre 224x224, offsets `int(round((size - 224) / 2))` with Python's
+/// half-to-even rounding.
+/// Within one grey level of torchvision's output (test below). The image must not be empty.
+fn resize_center_crop(img: &image::RgbImage) -> image::RgbImage {
+    let (w, h) = img.dimensions();
+    let (nw, nh) = if w <= h {
+        (256, (256.0 * h as f64 / w as f64) as u32)
+    } else {
+        ((256.0 * w as f64 / h as f64) as u32, 256)
+    };
+    let resized = image::imageops::resize(img, nw, nh, FilterType::Triangle);
+    // Python's round() rounds halves to even: (293 - 224) / 2 = 34.5 gives 34, not 35.
+    let left = ((nw as f64 - 224.0) / 2.0).round_ties_even() as u32;
+    let top = ((nh as f64 - 224.0) / 2.0).round_ties_even() as u32;
+    image::imageops::crop_imm(&resized, left, top, 224, 224).to_image()
+}
+
 /// Decode and preprocess one image into a normalised `[3, H, W]` buffer (channel-major).
 pub fn preprocess(path: &Path, resize: bool) -> anyhow::Result<(Vec<f32>, [usize; 2])> {
     let img = image::open(path)
@@ -69,17 +88,7 @@ pub fn preprocess(path: &Path, resize: bool) -> anyhow::Result<(Vec<f32>, [usize
                 path.display()
             )));
         }
-        // torchvision Resize(256): the shorter side becomes 256, the longer one int(256 * long / short).
-        let (nw, nh) = if w <= h {
-            (256, (256.0 * h as f64 / w as f64) as u32)
-        } else {
-            ((256.0 * w as f64 / h as f64) as u32, 256)
-        };
-        let resized = image::imageops::resize(&img, nw, nh, FilterType::Triangle);
-        // CenterCrop(224): offsets int(round((size - 224) / 2)).
-        let left = ((nw as f64 - 224.0) / 2.0).round() as u32;
-        let top = ((nh as f64 - 224.0) / 2.0).round() as u32;
-        image::imageops::crop_imm(&resized, left, top, 224, 224).to_image()
+        resize_center_crop(&img)
     } else {
         img
     };
@@ -214,4 +223,45 @@ fn run_on<B: Backend>(args: &ClassifyArgs, device: &B::Device) -> anyhow::Result
         println!("{}", serde_json::to_string(&doc)?);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The test images of `tools/scripts/classify_resize_fixture.py`: R a horizontal ramp, G a vertical one,
+    /// B a 16-pixel checkerboard of 20 and 220.
+    fn pattern(w: u32, h: u32) -> image::RgbImage {
+        image::RgbImage::from_fn(w, h, |x, y| {
+            let b = if (x / 16 + y / 16) % 2 == 0 { 20 } else { 220 };
+            image::Rgb([(x * 255 / (w - 1)) as u8, (y * 255 / (h - 1)) as u8, b])
+        })
+    }
+
+    /// Against torchvision 0.29 / PIL 13 (`python3 tools/scripts/classify_resize_fixture.py --out
+    /// tools/tests/fixtures`): a downscale (333x290 -> 293x256, whose crop offset 34.5 rounds to even) and an
+    /// upscale (120x90 -> 341x256). PIL resamples in 8-bit fixed point, so a value may be off by one grey level
+    /// (measured: 37 and 20 of the 150,528 values, by exactly one); a wrong filter, size or crop offset is off
+    /// by tens of levels along the checkerboard's edges.
+    #[test]
+    fn resize_and_crop_match_torchvision() {
+        for (name, w, h) in [("resize_down", 333, 290), ("resize_up", 120, 90)] {
+            let path = format!(
+                "{}/tests/fixtures/classify_{name}.png",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            let want = image::open(&path).unwrap().to_rgb8();
+            let got = resize_center_crop(&pattern(w, h));
+            assert_eq!(got.dimensions(), want.dimensions());
+            let diffs: Vec<i32> = got
+                .as_raw()
+                .iter()
+                .zip(want.as_raw())
+                .map(|(&a, &b)| (i32::from(a) - i32::from(b)).abs())
+                .collect();
+            let max = diffs.iter().max().copied().unwrap_or(0);
+            let mean = diffs.iter().sum::<i32>() as f64 / diffs.len() as f64;
+            assert!(max <= 1 && mean <= 0.01, "{name}: max {max}, mean {mean:.4}");
+        }
+    }
 }
