@@ -1,17 +1,26 @@
-//! Convolution + BatchNorm + activation as one step, max pooling and residual sums, computed by
-//! [`crate::kernels`] on the CPU backend.
+//! Convolution + BatchNorm + activation, max pooling and residual sums on the CPU kernels of
+//! [`crate::kernels`].
 //!
-//! Layers call [`conv_bn_act`] (or [`conv`]) instead of `Conv2d::forward`. On `Flex` (burn's CPU backend
-//! without autodiff, i.e. inference) the convolution, the inference BatchNorm and the activation run as one
-//! fused, multi-threaded kernel; on every other backend, and under autodiff (training needs burn's backward),
-//! it is exactly `act(batch_norm(conv.forward(x)))`. burn 0.21 has no hook to replace one backend op for one
-//! backend inside generic model code, so the choice is made here by the backend's type: the fused path only
-//! ever sees `Flex` tensors, and both paths compute the same function (tested against each other, and the
-//! PyTorch parity fixtures run through the fused one).
+//! Layers call [`conv_bn_act`] (or [`conv`], [`max_pool2d`], [`add_act`]) instead of burn's modules and ops.
+//! The backend's type picks the implementation:
+//! - `Flex` (burn's CPU backend without autodiff, i.e. inference): the convolution, the inference BatchNorm
+//!   and the activation run as one fused, multi-threaded kernel; pooling and residual sums on theirs;
+//! - `Autodiff<Flex>` (training on the CPU): the convolution is an autodiff op whose forward and backward
+//!   are the kernels of [`crate::kernels::conv`] and [`crate::kernels::conv_grad`]; BatchNorm, activation and
+//!   the rest stay burn ops;
+//! - any other backend (CUDA): burn's own `act(batch_norm(conv.forward(x)))`.
+//!
+//! burn 0.21 has no hook to replace one backend op for one backend inside generic model code, so the choice
+//! is made here by `TypeId`; the kernels only ever see `Flex` tensors. All paths compute the same function
+//! (tested against each other, gradients included; the PyTorch parity fixtures run through the fused one).
 
 use std::any::{Any, TypeId};
 
-use burn::backend::Flex;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::{Autodiff, Flex};
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::MaxPool2d;
 use burn::nn::{BatchNorm, PaddingConfig2d};
@@ -34,10 +43,12 @@ pub fn conv_bn_act<B: Backend>(
     mode: NormMode,
     act: Activation,
 ) -> Tensor<B, 4> {
-    if let Some(geometry) = fusable(conv, &x) {
-        return fused(conv, bn, x, geometry, act);
-    }
-    let y = conv.forward(x);
+    let geometry = kernel_geometry(conv, &x);
+    let y = match geometry {
+        Some(geometry) if is_flex::<B>() => return fused(conv, bn, x, geometry, act),
+        Some(geometry) if is_autodiff_flex::<B>() => conv_autodiff(conv, x, geometry),
+        _ => conv.forward(x),
+    };
     let y = match bn {
         Some(bn) => batch_norm(bn, y, mode),
         None => y,
@@ -129,13 +140,18 @@ fn is_flex<B: Backend>() -> bool {
     TypeId::of::<B>() == TypeId::of::<Flex>()
 }
 
-/// The kernel's geometry when this call can take the fused path: the backend is `Flex` (so no autodiff),
-/// the padding symmetric, and the convolution not depthwise-like (a grouped convolution with few input
-/// channels per group makes GEMMs with a tiny inner dimension, which burn's depthwise kernel does better).
-fn fusable<B: Backend>(conv: &Conv2d<B>, x: &Tensor<B, 4>) -> Option<ConvGeometry> {
-    if !is_flex::<B>() {
-        return None;
-    }
+/// The CPU backend under autodiff, as the trainer builds it.
+type AutodiffFlex = Autodiff<Flex>;
+
+/// Whether `B` is `Autodiff<Flex>`.
+fn is_autodiff_flex<B: Backend>() -> bool {
+    TypeId::of::<B>() == TypeId::of::<AutodiffFlex>()
+}
+
+/// The kernel's geometry when the CPU kernels can compute this convolution: symmetric padding, and not
+/// depthwise-like (a grouped convolution with few input channels per group makes GEMMs with a tiny inner
+/// dimension, which burn's depthwise kernel does better).
+fn kernel_geometry<B: Backend>(conv: &Conv2d<B>, x: &Tensor<B, 4>) -> Option<ConvGeometry> {
     let padding = match conv.padding {
         PaddingConfig2d::Valid => [0, 0],
         PaddingConfig2d::Explicit(top, left, bottom, right) if top == bottom && left == right => [top, left],
@@ -210,21 +226,83 @@ fn fused<B: Backend>(
     from_flex(FlexTensor::from_data(TensorData::new(out, geometry.out_shape())))
 }
 
-/// The `Flex` tensor behind a tensor of a backend known (by [`fusable`]) to be `Flex`.
-fn to_flex<B: Backend, const D: usize>(t: Tensor<B, D>) -> FlexTensor {
+/// `conv(x)` on `Autodiff<Flex>` as an autodiff op running the CPU kernels both ways; the bias (if any) is
+/// added by burn.
+fn conv_autodiff<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, geometry: ConvGeometry) -> Tensor<B, 4> {
+    let x = downcast::<B, AutodiffFlex, 4>(x);
+    let weight = downcast::<B, AutodiffFlex, 4>(conv.weight.val());
+    let out = kernels::conv::conv2d(
+        &dense(&x.primitive),
+        &dense(&weight.primitive),
+        &geometry,
+        &Epilogue::NONE,
+    );
+    let out = FlexTensor::from_data(TensorData::new(out, geometry.out_shape()));
+    let y = match ConvBackward
+        .prepare::<NoCheckpointing>([x.node.clone(), weight.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish((x.primitive, weight.primitive, geometry), out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    let y: Tensor<B, 4> = upcast::<AutodiffFlex, B, 4>(y);
+    match &conv.bias {
+        Some(bias) => y + bias.val().reshape([1, geometry.c_out, 1, 1]),
+        None => y,
+    }
+}
+
+/// Backward step of [`conv_autodiff`]: parents (input, weights), state (input, weights, geometry).
+#[derive(Debug)]
+struct ConvBackward;
+
+impl Backward<Flex, 2> for ConvBackward {
+    type State = (FlexTensor, FlexTensor, ConvGeometry);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let [input, weights] = ops.parents;
+        let dy = grads.consume::<Flex>(&ops.node);
+        let dy = dense(&dy);
+        let (x, w, g) = ops.state;
+        if let Some(node) = input {
+            let dx = kernels::conv_grad::conv2d_grad_input(&dy, &dense(&w), &g);
+            let shape = [g.batch, g.c_in, g.in_hw[0], g.in_hw[1]];
+            grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(dx, shape)));
+        }
+        if let Some(node) = weights {
+            let dw = kernels::conv_grad::conv2d_grad_weight(&dense(&x), &dy, &g);
+            let shape = w.layout().shape().clone();
+            grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(dw, shape)));
+        }
+    }
+}
+
+/// The primitive of a tensor of backend `B`, known (by its `TypeId`) to be backend `T`.
+fn downcast<B: Backend, T: Backend, const D: usize>(t: Tensor<B, D>) -> T::FloatTensorPrimitive {
     let primitive: Box<dyn Any> = Box::new(t.into_primitive().tensor());
     *primitive
-        .downcast::<FlexTensor>()
-        .expect("fused path taken on a backend other than Flex")
+        .downcast::<T::FloatTensorPrimitive>()
+        .expect("CPU kernel path taken on another backend")
+}
+
+/// A tensor of backend `B` from a primitive of backend `T`, the same type (checked by `TypeId`).
+fn upcast<T: Backend, B: Backend, const D: usize>(t: T::FloatTensorPrimitive) -> Tensor<B, D> {
+    let primitive: Box<dyn Any> = Box::new(t);
+    let primitive = primitive
+        .downcast::<B::FloatTensorPrimitive>()
+        .expect("CPU kernel path taken on another backend");
+    Tensor::from_primitive(TensorPrimitive::Float(*primitive))
+}
+
+/// The `Flex` tensor behind a tensor of a backend known (by [`is_flex`]) to be `Flex`.
+fn to_flex<B: Backend, const D: usize>(t: Tensor<B, D>) -> FlexTensor {
+    downcast::<B, Flex, D>(t)
 }
 
 /// The inverse of [`to_flex`].
 fn from_flex<B: Backend, const D: usize>(t: FlexTensor) -> Tensor<B, D> {
-    let primitive: Box<dyn Any> = Box::new(t);
-    let primitive = primitive
-        .downcast::<B::FloatTensorPrimitive>()
-        .expect("fused path taken on a backend other than Flex");
-    Tensor::from_primitive(TensorPrimitive::Float(*primitive))
+    upcast::<Flex, B, D>(t)
 }
 
 /// The values of a `Flex` tensor in row-major order, copied only if it is a strided view.
@@ -249,8 +327,8 @@ fn host<B: Backend>(t: Tensor<B, 1>) -> Vec<f32> {
 mod tests {
     use super::*;
     use crate::layers::{batch_norm as new_bn, conv2d as new_conv};
-    use burn::backend::Autodiff;
     use burn::tensor::Distribution;
+    use burn::tensor::activation::relu;
 
     type A = Autodiff<Flex>;
 
@@ -263,64 +341,89 @@ mod tests {
                 device,
             )
         };
-        bn.gamma = bn.gamma.map(|_| ramp(0.5, 0.1));
-        bn.beta = bn.beta.map(|_| ramp(-0.3, 0.05));
+        bn.gamma = bn.gamma.map(|_| ramp(0.5, 0.1).require_grad());
+        bn.beta = bn.beta.map(|_| ramp(-0.3, 0.05).require_grad());
         bn.running_mean = burn::module::RunningState::new(ramp(0.2, -0.02));
         bn.running_var = burn::module::RunningState::new(ramp(0.7, 0.03));
         bn
     }
 
-    /// The fused path on `Flex` against the unfused one, computed on `Autodiff<Flex>` (which never takes the
-    /// fused path) with the same weights, in `Frozen` mode (= inference BatchNorm). Square kernels; the
-    /// batch and input size of `g` are used as given.
-    fn compare(g: ConvGeometry, bias: bool) {
-        let device = Default::default();
-        let (c_in, c_out, hw) = (g.c_in, g.c_out, g.in_hw);
-        let conv = new_conv::<Flex>(
-            c_in,
-            c_out,
+    /// A convolution of geometry `g` (square kernel) with Kaiming-initialised weights.
+    fn conv_of<B: Backend>(g: &ConvGeometry, bias: bool, device: &B::Device) -> Conv2d<B> {
+        new_conv::<B>(
+            g.c_in,
+            g.c_out,
             g.kernel[0],
             g.stride[0],
             g.padding[0],
             g.dilation[0],
             g.groups,
             bias,
-            &device,
-        );
-        let bn = bn_with_stats::<Flex>(c_out, &device);
+            device,
+        )
+    }
+
+    /// The fused path on `Flex` against burn's `Conv2d::forward` + inference BatchNorm + activation with the
+    /// same module.
+    fn compare(g: ConvGeometry, bias: bool) {
+        let device = Default::default();
+        let conv = conv_of::<Flex>(&g, bias, &device);
+        let bn = bn_with_stats::<Flex>(g.c_out, &device);
         let x = Tensor::<Flex, 4>::random(
-            [g.batch, c_in, hw[0], hw[1]],
+            [g.batch, g.c_in, g.in_hw[0], g.in_hw[1]],
             Distribution::Normal(0.0, 1.0),
             &device,
         );
-        assert_eq!(fusable(&conv, &x), Some(g));
+        assert_eq!(kernel_geometry(&conv, &x), Some(g));
         for (bn_used, act) in [
             (Some(&bn), Activation::Relu),
             (None, Activation::Identity),
             (Some(&bn), Activation::Relu6),
         ] {
             let got = conv_bn_act(&conv, bn_used, x.clone(), NormMode::Auto, act);
-            let conv_a = Conv2d::<A> {
-                weight: burn::module::Param::from_tensor(Tensor::from_data(
-                    conv.weight.val().into_data(),
-                    &device,
-                )),
-                bias: conv.bias.as_ref().map(|b| {
-                    burn::module::Param::from_tensor(Tensor::from_data(b.val().into_data(), &device))
-                }),
-                stride: conv.stride,
-                kernel_size: conv.kernel_size,
-                dilation: conv.dilation,
-                groups: conv.groups,
-                padding: conv.padding.clone(),
-            };
-            let bn_a = bn_with_stats::<A>(c_out, &device);
-            let x_a = Tensor::<A, 4>::from_data(x.clone().into_data(), &device);
-            assert!(fusable(&conv_a, &x_a).is_none());
-            let want = conv_bn_act(&conv_a, bn_used.map(|_| &bn_a), x_a, NormMode::Frozen, act);
+            let y = conv.forward(x.clone());
+            let want = act.apply(bn_used.map_or(y.clone(), |bn| batch_norm(bn, y, NormMode::Frozen)));
             assert_eq!(got.dims(), want.dims());
             got.into_data()
                 .assert_approx_eq::<f32>(&want.into_data(), burn::tensor::Tolerance::absolute(1e-4));
+        }
+    }
+
+    /// Training on `Autodiff<Flex>`: output and every gradient (input, weights, bias, BatchNorm affine) of
+    /// `sum(conv_bn_act(x) * u)` against burn's conv + training BatchNorm + ReLU on the same module.
+    fn compare_training(g: ConvGeometry) {
+        let device = Default::default();
+        let conv = conv_of::<A>(&g, true, &device);
+        let bn = bn_with_stats::<A>(g.c_out, &device);
+        let shape = [g.batch, g.c_in, g.in_hw[0], g.in_hw[1]];
+        let x = Tensor::<A, 4>::random(shape, Distribution::Normal(0.0, 1.0), &device).require_grad();
+        assert_eq!(kernel_geometry(&conv, &x), Some(g));
+        let u = Tensor::<A, 4>::random(g.out_shape(), Distribution::Normal(0.0, 1.0), &device);
+        let ours = conv_bn_act(&conv, Some(&bn), x.clone(), NormMode::Auto, Activation::Relu);
+        let burns = relu(batch_norm(&bn, conv.forward(x.clone()), NormMode::Auto));
+        ours.clone().into_data().assert_approx_eq::<f32>(
+            &burns.clone().into_data(),
+            burn::tensor::Tolerance::absolute(1e-4),
+        );
+        let grads_ours = (ours * u.clone()).sum().backward();
+        let grads_burn = (burns * u).sum().backward();
+        let pairs = [
+            (x.grad(&grads_ours).unwrap(), x.grad(&grads_burn).unwrap()),
+            (
+                conv.weight.grad(&grads_ours).unwrap(),
+                conv.weight.grad(&grads_burn).unwrap(),
+            ),
+        ];
+        for (a, b) in pairs {
+            a.into_data()
+                .assert_approx_eq::<f32>(&b.into_data(), burn::tensor::Tolerance::absolute(1e-3));
+        }
+        let bias = conv.bias.as_ref().unwrap();
+        for (p, name) in [(bias, "bias"), (&bn.gamma, "gamma"), (&bn.beta, "beta")] {
+            let (a, b) = (p.grad(&grads_ours).unwrap(), p.grad(&grads_burn).unwrap());
+            assert_eq!(a.dims(), b.dims(), "{name}");
+            a.into_data()
+                .assert_approx_eq::<f32>(&b.into_data(), burn::tensor::Tolerance::absolute(1e-3));
         }
     }
 
@@ -362,6 +465,38 @@ mod tests {
     }
 
     #[test]
+    fn training_path_equals_burns_conv_with_gradients() {
+        compare_training(case(8, 16, [9, 7], 3, 1, 1));
+        compare_training(case(16, 8, [10, 11], 3, 2, 1));
+        compare_training(case(16, 24, [5, 6], 1, 1, 0));
+        compare_training(case(3, 8, [15, 12], 7, 2, 3));
+        compare_training(ConvGeometry {
+            groups: 2,
+            ..case(32, 16, [6, 6], 3, 1, 1)
+        });
+    }
+
+    #[test]
+    fn frozen_weights_and_constant_inputs_get_no_gradient() {
+        let device = Default::default();
+        let g = case(8, 8, [5, 5], 3, 1, 1);
+        let conv = conv_of::<A>(&g, false, &device);
+        let frozen = Conv2d::<A> {
+            weight: conv.weight.clone().set_require_grad(false),
+            ..conv.clone()
+        };
+        let x = Tensor::<A, 4>::random([2, 8, 5, 5], Distribution::Normal(0.0, 1.0), &device);
+        // Neither the input nor the weights are tracked: the op is recorded untracked.
+        let y = super::conv(&frozen, x.clone());
+        assert!(!y.is_require_grad());
+        // Only the input is tracked: it gets a gradient, the frozen weights none.
+        let x = x.require_grad();
+        let grads = super::conv(&frozen, x.clone()).sum().backward();
+        assert!(x.grad(&grads).is_some());
+        assert!(frozen.weight.grad(&grads).is_none());
+    }
+
+    #[test]
     fn residual_sum_and_max_pool_equal_burns() {
         let device = Default::default();
         let a = Tensor::<Flex, 4>::random([2, 3, 9, 7], Distribution::Normal(0.0, 1.0), &device);
@@ -385,10 +520,10 @@ mod tests {
         let device = Default::default();
         let x = Tensor::<Flex, 4>::zeros([1, 16, 4, 4], &device);
         let depthwise = new_conv::<Flex>(16, 16, 3, 1, 1, 1, 16, false, &device);
-        assert!(fusable(&depthwise, &x).is_none());
+        assert!(kernel_geometry(&depthwise, &x).is_none());
         let mut asym = new_conv::<Flex>(16, 16, 3, 1, 1, 1, 1, false, &device);
         asym.padding = PaddingConfig2d::Explicit(0, 0, 1, 1);
-        assert!(fusable(&asym, &x).is_none());
+        assert!(kernel_geometry(&asym, &x).is_none());
         let y = conv(&asym, x);
         assert_eq!(y.dims(), [1, 16, 3, 3]);
     }

@@ -64,21 +64,21 @@ impl ConvGeometry {
         [self.batch, self.c_out, oh, ow]
     }
 
-    fn c_in_per_group(&self) -> usize {
+    pub(super) fn c_in_per_group(&self) -> usize {
         self.c_in / self.groups
     }
 
-    fn c_out_per_group(&self) -> usize {
+    pub(super) fn c_out_per_group(&self) -> usize {
         self.c_out / self.groups
     }
 
     /// Rows of the column matrix (= columns of a group's weight matrix): `C_in / groups * kh * kw`.
-    fn col_rows(&self) -> usize {
+    pub(super) fn col_rows(&self) -> usize {
         self.c_in_per_group() * self.kernel[0] * self.kernel[1]
     }
 
     /// A 1x1, stride-1, unpadded convolution reads its input as the column matrix.
-    fn is_pointwise(&self) -> bool {
+    pub(super) fn is_pointwise(&self) -> bool {
         self.kernel == [1, 1] && self.stride == [1, 1] && self.padding == [0, 0]
     }
 }
@@ -133,20 +133,27 @@ const MIN_CHANNEL_BLOCK: usize = 16;
 
 /// A raw pointer to the output buffer that tasks writing disjoint blocks may share.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(super) struct OutPtr(pub(super) *mut f32);
 // SAFETY: every task writes a block of the output no other task touches (distinct (image, channel range,
 // pixel range) triples), and the buffer outlives the parallel section.
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+impl OutPtr {
+    /// The pointer (a method, so closures capture the `Sync` wrapper rather than its raw field).
+    pub(super) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// One tile of output pixels of one (image, group).
 #[derive(Clone, Copy)]
-struct Tile {
-    image: usize,
-    group: usize,
+pub(super) struct Tile {
+    pub(super) image: usize,
+    pub(super) group: usize,
     /// Flattened output pixels `start..end`.
-    start: usize,
-    end: usize,
+    pub(super) start: usize,
+    pub(super) end: usize,
 }
 
 /// Convolve `x` with `weight` and apply `epilogue`.
@@ -333,14 +340,39 @@ unsafe fn gemm_block(
 
 /// Fill row `r` = (input channel, ky, kx) of a tile's column matrix: the input pixel each output pixel of the
 /// tile sees through that kernel tap, 0 in the padding.
-fn im2col_row(x: &[f32], g: &ConvGeometry, tile: &Tile, r: usize, dst: &mut [f32]) {
+pub(super) fn im2col_row(x: &[f32], g: &ConvGeometry, tile: &Tile, r: usize, dst: &mut [f32]) {
+    let [h, w] = g.in_hw;
+    let channel = tile.image * g.c_in + tile.group * g.c_in_per_group() + r / (g.kernel[0] * g.kernel[1]);
+    let plane = &x[channel * h * w..(channel + 1) * h * w];
+    tap_runs(g, r, tile.start..tile.end, |cols, src| {
+        let seg = &mut dst[cols];
+        match src {
+            None => seg.fill(0.0),
+            Some((first, 1)) => seg.copy_from_slice(&plane[first..first + seg.len()]),
+            Some((first, step)) => {
+                for (j, v) in seg.iter_mut().enumerate() {
+                    *v = plane[first + j * step];
+                }
+            }
+        }
+    });
+}
+
+/// The runs of output pixels `pixels` (flattened `oy * W_out + ox`) and what kernel tap `r` (`(ci, ky, kx)`
+/// flattened, as the column-matrix rows) reads for them: `f(cols, None)` for pixels whose tap falls in the
+/// padding, `f(cols, Some((first, step)))` for a run reading input plane positions `first + j * step`.
+/// `cols` are offsets from `pixels.start`. The runs cover `pixels` in order.
+pub(super) fn tap_runs(
+    g: &ConvGeometry,
+    r: usize,
+    pixels: std::ops::Range<usize>,
+    mut f: impl FnMut(std::ops::Range<usize>, Option<(usize, usize)>),
+) {
     let [kh, kw] = g.kernel;
-    let (ci, tap) = (r / (kh * kw), r % (kh * kw));
+    let tap = r % (kh * kw);
     let (ky, kx) = (tap / kw, tap % kw);
     let [h, w] = g.in_hw;
     let [_, ow] = g.out_hw();
-    let channel = tile.image * g.c_in + tile.group * g.c_in_per_group() + ci;
-    let plane = &x[channel * h * w..(channel + 1) * h * w];
     // Input column of output column `ox` is `ox * sw + dx` (as a signed offset).
     let dx = (kx * g.dilation[1]) as isize - g.padding[1] as isize;
     let dy = (ky * g.dilation[0]) as isize - g.padding[0] as isize;
@@ -352,31 +384,28 @@ fn im2col_row(x: &[f32], g: &ConvGeometry, tile: &Tile, r: usize, dst: &mut [f32
     } else {
         0
     };
-    let mut p = tile.start;
-    let mut dst = &mut dst[..tile.end - tile.start];
-    while p < tile.end {
+    let base = pixels.start;
+    let mut p = pixels.start;
+    while p < pixels.end {
         let (oy, ox0) = (p / ow, p % ow);
-        let ox1 = ow.min(ox0 + (tile.end - p));
-        let (seg, rest) = dst.split_at_mut(ox1 - ox0);
+        let ox1 = ow.min(ox0 + (pixels.end - p));
+        let at = |ox: usize| p - base + ox - ox0;
         let iy = (oy * g.stride[0]) as isize + dy;
         if iy < 0 || iy >= h as isize || lo_x >= hi_x {
-            seg.fill(0.0);
+            f(at(ox0)..at(ox1), None);
         } else {
-            let src = &plane[iy as usize * w..(iy as usize + 1) * w];
             let (a, b) = (lo_x.clamp(ox0, ox1), hi_x.clamp(ox0, ox1));
-            seg[..a - ox0].fill(0.0);
-            seg[b - ox0..].fill(0.0);
-            let inner = &mut seg[a - ox0..b - ox0];
-            let first = (a * sw) as isize + dx;
-            if sw == 1 {
-                inner.copy_from_slice(&src[first as usize..first as usize + inner.len()]);
-            } else {
-                for (j, v) in inner.iter_mut().enumerate() {
-                    *v = src[first as usize + j * sw];
-                }
+            if a > ox0 {
+                f(at(ox0)..at(a), None);
+            }
+            if b > a {
+                let first = iy as usize * w + ((a * sw) as isize + dx) as usize;
+                f(at(a)..at(b), Some((first, sw)));
+            }
+            if ox1 > b {
+                f(at(b)..at(ox1), None);
             }
         }
-        dst = rest;
         p += ox1 - ox0;
     }
 }

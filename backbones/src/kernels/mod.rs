@@ -6,5 +6,6 @@
 //! against its definition written out as plain loops.
 
 pub mod conv;
+pub mod conv_grad;
 pub mod eltwise;
 pub mod pool;
