@@ -79,7 +79,7 @@ pub fn add_act<B: Backend, const D: usize>(
     let shape = a.shape();
     let (a, b) = (to_flex(a), to_flex(b));
     let (lo, hi) = act.bounds();
-    let out = kernels::eltwise::add_clamp(&dense(&a), &dense(&b), lo, hi);
+    let out = kernels::eltwise::add_clamp(&flex_values(&a), &flex_values(&b), lo, hi);
     from_flex(FlexTensor::from_data(TensorData::new(out, shape)))
 }
 
@@ -105,7 +105,7 @@ pub fn max_pool2d<B: Backend>(
         padding,
     };
     let [oh, ow] = geometry.out_hw();
-    let out = kernels::pool::max_pool2d(&dense(&to_flex(x)), &geometry);
+    let out = kernels::pool::max_pool2d(&flex_values(&to_flex(x)), &geometry);
     from_flex(FlexTensor::from_data(TensorData::new(out, [n, c, oh, ow])))
 }
 
@@ -222,7 +222,7 @@ fn fused<B: Backend>(
         lo,
         hi,
     };
-    let out = kernels::conv::conv2d(&dense(&x), &dense(&weight), &geometry, &epilogue);
+    let out = kernels::conv::conv2d(&flex_values(&x), &flex_values(&weight), &geometry, &epilogue);
     from_flex(FlexTensor::from_data(TensorData::new(out, geometry.out_shape())))
 }
 
@@ -232,8 +232,8 @@ fn conv_autodiff<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, geometry: ConvGe
     let x = downcast::<B, AutodiffFlex, 4>(x);
     let weight = downcast::<B, AutodiffFlex, 4>(conv.weight.val());
     let out = kernels::conv::conv2d(
-        &dense(&x.primitive),
-        &dense(&weight.primitive),
+        &flex_values(&x.primitive),
+        &flex_values(&weight.primitive),
         &geometry,
         &Epilogue::NONE,
     );
@@ -263,15 +263,15 @@ impl Backward<Flex, 2> for ConvBackward {
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
         let [input, weights] = ops.parents;
         let dy = grads.consume::<Flex>(&ops.node);
-        let dy = dense(&dy);
+        let dy = flex_values(&dy);
         let (x, w, g) = ops.state;
         if let Some(node) = input {
-            let dx = kernels::conv_grad::conv2d_grad_input(&dy, &dense(&w), &g);
+            let dx = kernels::conv_grad::conv2d_grad_input(&dy, &flex_values(&w), &g);
             let shape = [g.batch, g.c_in, g.in_hw[0], g.in_hw[1]];
             grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(dx, shape)));
         }
         if let Some(node) = weights {
-            let dw = kernels::conv_grad::conv2d_grad_weight(&dense(&x), &dy, &g);
+            let dw = kernels::conv_grad::conv2d_grad_weight(&flex_values(&x), &dy, &g);
             let shape = w.layout().shape().clone();
             grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(dw, shape)));
         }
@@ -305,8 +305,9 @@ fn from_flex<B: Backend, const D: usize>(t: FlexTensor) -> Tensor<B, D> {
     upcast::<Flex, B, D>(t)
 }
 
-/// The values of a `Flex` tensor in row-major order, copied only if it is a strided view.
-fn dense(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
+/// The values of an f32 `Flex` tensor in row-major order, copied only if it is a strided view (empty for
+/// another dtype). For CPU kernels written against plain slices.
+pub fn flex_values(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
     match t.as_slice::<f32>() {
         Some(s) => std::borrow::Cow::Borrowed(s),
         None => std::borrow::Cow::Owned(
@@ -320,12 +321,13 @@ fn dense(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
 
 /// A small `Flex` parameter vector on the host.
 fn host<B: Backend>(t: Tensor<B, 1>) -> Vec<f32> {
-    dense(&to_flex(t)).into_owned()
+    flex_values(&to_flex(t)).into_owned()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::testing::square_conv;
     use crate::layers::{batch_norm as new_bn, conv2d as new_conv};
     use burn::tensor::Distribution;
     use burn::tensor::activation::relu;
@@ -427,38 +429,23 @@ mod tests {
         }
     }
 
-    /// A `k x k` convolution of a batch of two.
-    fn case(c_in: usize, c_out: usize, hw: [usize; 2], k: usize, stride: usize, pad: usize) -> ConvGeometry {
-        ConvGeometry {
-            batch: 2,
-            c_in,
-            in_hw: hw,
-            c_out,
-            kernel: [k, k],
-            stride: [stride, stride],
-            padding: [pad, pad],
-            dilation: [1, 1],
-            groups: 1,
-        }
-    }
-
     #[test]
     fn fused_equals_conv_batchnorm_activation() {
-        compare(case(8, 16, [9, 7], 3, 1, 1), false);
-        compare(case(16, 8, [10, 11], 3, 2, 1), true);
-        compare(case(16, 24, [5, 6], 1, 1, 0), false);
-        compare(case(3, 8, [15, 12], 7, 2, 3), false); // the ResNet stem
+        compare(square_conv(2, 8, [9, 7], 16, 3, 1, 1), false);
+        compare(square_conv(2, 16, [10, 11], 8, 3, 2, 1), true);
+        compare(square_conv(2, 16, [5, 6], 24, 1, 1, 0), false);
+        compare(square_conv(2, 3, [15, 12], 8, 7, 2, 3), false); // the ResNet stem
         compare(
             ConvGeometry {
                 groups: 2,
-                ..case(32, 16, [6, 6], 3, 1, 1)
+                ..square_conv(2, 32, [6, 6], 16, 3, 1, 1)
             },
             true,
         );
         compare(
             ConvGeometry {
                 dilation: [2, 2],
-                ..case(16, 16, [9, 9], 3, 1, 2)
+                ..square_conv(2, 16, [9, 9], 16, 3, 1, 2)
             },
             true,
         );
@@ -466,20 +453,20 @@ mod tests {
 
     #[test]
     fn training_path_equals_burns_conv_with_gradients() {
-        compare_training(case(8, 16, [9, 7], 3, 1, 1));
-        compare_training(case(16, 8, [10, 11], 3, 2, 1));
-        compare_training(case(16, 24, [5, 6], 1, 1, 0));
-        compare_training(case(3, 8, [15, 12], 7, 2, 3));
+        compare_training(square_conv(2, 8, [9, 7], 16, 3, 1, 1));
+        compare_training(square_conv(2, 16, [10, 11], 8, 3, 2, 1));
+        compare_training(square_conv(2, 16, [5, 6], 24, 1, 1, 0));
+        compare_training(square_conv(2, 3, [15, 12], 8, 7, 2, 3));
         compare_training(ConvGeometry {
             groups: 2,
-            ..case(32, 16, [6, 6], 3, 1, 1)
+            ..square_conv(2, 32, [6, 6], 16, 3, 1, 1)
         });
     }
 
     #[test]
     fn frozen_weights_and_constant_inputs_get_no_gradient() {
         let device = Default::default();
-        let g = case(8, 8, [5, 5], 3, 1, 1);
+        let g = square_conv(2, 8, [5, 5], 8, 3, 1, 1);
         let conv = conv_of::<A>(&g, false, &device);
         let frozen = Conv2d::<A> {
             weight: conv.weight.clone().set_require_grad(false),

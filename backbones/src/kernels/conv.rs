@@ -20,6 +20,8 @@
 
 use rayon::prelude::*;
 
+use super::Strided;
+
 /// Geometry of a 2-D convolution (PyTorch's `Conv2d` arguments plus the input size).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConvGeometry {
@@ -310,26 +312,12 @@ unsafe fn gemm_block(
     // SAFETY: bounds asserted above and by construction of the output (`N * C_out * pixels` values).
     unsafe {
         let dst = out.0.add(dst_offset);
-        gemm::gemm(
-            channels.len(),
-            width,
-            rows,
-            dst,
-            1,
-            pixels as isize,
+        super::gemm(
+            [channels.len(), width, rows],
+            Strided::rows(dst, pixels),
+            Strided::rows(lhs.as_ptr(), rows),
+            Strided::rows(rhs.as_ptr(), rhs_rs),
             false,
-            lhs.as_ptr(),
-            1,
-            rows as isize,
-            rhs.as_ptr(),
-            1,
-            rhs_rs as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
         );
         for (i, c) in (first..first + channels.len()).enumerate() {
             let row = std::slice::from_raw_parts_mut(dst.add(i * pixels), width);
@@ -413,6 +401,7 @@ pub(super) fn tap_runs(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::testing::{square_conv as geometry, values};
 
     /// Convolution straight from its definition:
     /// `y[n, co, oy, ox] = sum_{ci, ky, kx} w[co, ci, ky, kx] * x[n, g*cig + ci, oy*s - p + ky*d, ox*s - p + kx*d]`.
@@ -450,41 +439,6 @@ mod tests {
             }
         }
         y
-    }
-
-    /// Deterministic values in [-1, 1) from an integer hash.
-    fn values(len: usize, seed: u32) -> Vec<f32> {
-        (0..len as u32)
-            .map(|i| {
-                let h = (i ^ seed)
-                    .wrapping_mul(2_654_435_761)
-                    .rotate_left(13)
-                    .wrapping_mul(40_503);
-                (h >> 8) as f32 / (1u32 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
-
-    fn geometry(
-        batch: usize,
-        c_in: usize,
-        hw: [usize; 2],
-        c_out: usize,
-        k: usize,
-        s: usize,
-        p: usize,
-    ) -> ConvGeometry {
-        ConvGeometry {
-            batch,
-            c_in,
-            in_hw: hw,
-            c_out,
-            kernel: [k, k],
-            stride: [s, s],
-            padding: [p, p],
-            dilation: [1, 1],
-            groups: 1,
-        }
     }
 
     fn check(g: ConvGeometry) {

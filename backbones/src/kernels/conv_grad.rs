@@ -13,6 +13,7 @@
 
 use rayon::prelude::*;
 
+use super::Strided;
 use super::conv::{COL_BUDGET, ConvGeometry, OutPtr, Tile, im2col_row, tap_runs};
 
 /// Split `0..len` into about `parts` ranges of at least `min` (fewer when `len` is small).
@@ -95,26 +96,13 @@ pub fn conv2d_grad_weight(x: &[f32], dy: &[f32], g: &ConvGeometry) -> Vec<f32> {
                     );
                     // SAFETY: tasks write disjoint (channel, row) blocks of `dw`; operand bounds asserted above.
                     unsafe {
-                        gemm::gemm(
-                            c.len(),
-                            r.len(),
-                            len,
-                            dw_ptr.get().add((group * cog + c.start) * rows + r.start),
-                            1,
-                            rows as isize,
+                        super::gemm(
+                            [c.len(), r.len(), len],
+                            Strided::rows(dw_ptr.get().add((group * cog + c.start) * rows + r.start), rows),
+                            Strided::rows(lhs.as_ptr().add(c.start * pixels), pixels),
+                            // cols^T: element (pixel j, row r) of the column matrix is cols[r * rhs_rs + j].
+                            Strided::transposed(rhs.as_ptr().add(r.start * rhs_rs), rhs_rs),
                             true,
-                            lhs.as_ptr().add(c.start * pixels),
-                            1,
-                            pixels as isize,
-                            rhs.as_ptr().add(r.start * rhs_rs),
-                            rhs_rs as isize,
-                            1,
-                            1.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
-                            gemm::Parallelism::None,
                         );
                     }
                 });
@@ -174,26 +162,12 @@ pub fn conv2d_grad_input(dy: &[f32], weight: &[f32], g: &ConvGeometry) -> Vec<f3
                     // SAFETY: tasks write disjoint (row, pixel) blocks of `dst` (dX planes of this image and
                     // group, or `dcols`); W_g^T is read through strides (element (k, c) = weights[c * rows + k]).
                     unsafe {
-                        gemm::gemm(
-                            r.len(),
-                            p.len(),
-                            cog,
-                            dst.get().add(r.start * dst_rs + p.start),
-                            1,
-                            dst_rs as isize,
+                        super::gemm(
+                            [r.len(), p.len(), cog],
+                            Strided::rows(dst.get().add(r.start * dst_rs + p.start), dst_rs),
+                            Strided::transposed(weights.as_ptr().add(r.start), rows),
+                            Strided::rows(grad.as_ptr().add(p.start), pixels),
                             false,
-                            weights.as_ptr().add(r.start),
-                            rows as isize,
-                            1,
-                            grad.as_ptr().add(p.start),
-                            1,
-                            pixels as isize,
-                            0.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
-                            gemm::Parallelism::None,
                         );
                     }
                 });
@@ -226,33 +200,7 @@ pub fn conv2d_grad_input(dy: &[f32], weight: &[f32], g: &ConvGeometry) -> Vec<f3
 mod tests {
     use super::*;
     use crate::kernels::conv::{Epilogue, conv2d};
-
-    /// Deterministic values in [-1, 1) from an integer hash.
-    fn values(len: usize, seed: u32) -> Vec<f32> {
-        (0..len as u32)
-            .map(|i| {
-                let h = (i ^ seed)
-                    .wrapping_mul(2_654_435_761)
-                    .rotate_left(13)
-                    .wrapping_mul(40_503);
-                (h >> 8) as f32 / (1u32 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
-
-    fn geometry(c_in: usize, hw: [usize; 2], c_out: usize, k: usize, s: usize, p: usize) -> ConvGeometry {
-        ConvGeometry {
-            batch: 2,
-            c_in,
-            in_hw: hw,
-            c_out,
-            kernel: [k, k],
-            stride: [s, s],
-            padding: [p, p],
-            dilation: [1, 1],
-            groups: 1,
-        }
-    }
+    use crate::kernels::testing::{square_conv, values};
 
     fn dot(a: &[f32], b: &[f32]) -> f64 {
         a.iter().zip(b).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum()
@@ -300,33 +248,33 @@ mod tests {
 
     #[test]
     fn gradients_are_the_adjoints_of_the_convolution() {
-        check(geometry(3, [9, 11], 5, 3, 1, 1));
-        check(geometry(4, [10, 7], 6, 3, 2, 1));
-        check(geometry(3, [13, 13], 8, 7, 2, 3));
-        check(geometry(8, [6, 5], 7, 1, 1, 0)); // pointwise
-        check(geometry(8, [7, 9], 4, 1, 2, 0)); // strided 1x1
-        check(geometry(2, [3, 3], 2, 3, 1, 4)); // padding wider than the kernel reach
+        check(square_conv(2, 3, [9, 11], 5, 3, 1, 1));
+        check(square_conv(2, 4, [10, 7], 6, 3, 2, 1));
+        check(square_conv(2, 3, [13, 13], 8, 7, 2, 3));
+        check(square_conv(2, 8, [6, 5], 7, 1, 1, 0)); // pointwise
+        check(square_conv(2, 8, [7, 9], 4, 1, 2, 0)); // strided 1x1
+        check(square_conv(2, 2, [3, 3], 2, 3, 1, 4)); // padding wider than the kernel reach
         check(ConvGeometry {
             dilation: [2, 2],
             groups: 3,
-            ..geometry(6, [9, 8], 9, 3, 1, 2)
+            ..square_conv(2, 6, [9, 8], 9, 3, 1, 2)
         });
         // Many pixels and rows: several column-matrix chunks and task blocks.
-        check(geometry(64, [100, 90], 20, 3, 1, 1)); // 576 rows x 9,000 pixels > COL_BUDGET
+        check(square_conv(2, 64, [100, 90], 20, 3, 1, 1)); // 576 rows x 9,000 pixels > COL_BUDGET
     }
 
     #[test]
     fn empty_inputs_give_zero_or_empty_gradients() {
         let g = ConvGeometry {
             batch: 0,
-            ..geometry(2, [3, 3], 3, 3, 1, 1)
+            ..square_conv(2, 2, [3, 3], 3, 3, 1, 1)
         };
         assert!(conv2d_grad_input(&[], &values(54, 1), &g).is_empty());
         assert_eq!(conv2d_grad_weight(&[], &[], &g), vec![0.0; 54]);
         // Kernel larger than the padded input: no output pixels, zero gradients.
         let g = ConvGeometry {
             batch: 1,
-            ..geometry(1, [2, 2], 1, 3, 1, 0)
+            ..square_conv(2, 1, [2, 2], 1, 3, 1, 0)
         };
         assert_eq!(conv2d_grad_input(&[], &[0.5; 9], &g), vec![0.0; 4]);
         assert_eq!(conv2d_grad_weight(&[1.0; 4], &[], &g), vec![0.0; 9]);

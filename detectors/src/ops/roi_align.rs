@@ -24,6 +24,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::structures::BlocksError;
+use attndet_backbones::fused::flex_values;
 
 /// RoIAlign parameters (torchvision `roi_align` arguments).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -398,23 +399,11 @@ pub fn roi_align_scatter<B: Backend>(
     rows.reshape([n, h, w, c]).permute([0, 3, 1, 2])
 }
 
-fn flex_slice(t: &burn_flex::FlexTensor) -> std::borrow::Cow<'_, [f32]> {
-    match t.as_slice::<f32>() {
-        Some(s) => std::borrow::Cow::Borrowed(s),
-        None => std::borrow::Cow::Owned(
-            t.to_contiguous()
-                .as_slice::<f32>()
-                .map(<[f32]>::to_vec)
-                .unwrap_or_default(),
-        ),
-    }
-}
-
 impl RoiAlignBackend for burn::backend::Flex {
     fn roi_align(x: FloatTensor<Self>, rois: FloatTensor<Self>, o: RoiAlignOptions) -> FloatTensor<Self> {
         let dims: [usize; 4] = x.shape().dims();
         let k = rois.shape().dims::<2>()[0];
-        let out = roi_align_forward_host(&flex_slice(&x), dims, &flex_slice(&rois), &o);
+        let out = roi_align_forward_host(&flex_values(&x), dims, &flex_values(&rois), &o);
         burn_flex::FlexTensor::from_data(TensorData::new(
             out,
             [k, dims[1], o.output_size[0], o.output_size[1]],
@@ -427,7 +416,7 @@ impl RoiAlignBackend for burn::backend::Flex {
         grad_out: FloatTensor<Self>,
         o: RoiAlignOptions,
     ) -> FloatTensor<Self> {
-        let gx = roi_align_backward_host(&flex_slice(&grad_out), x_shape, &flex_slice(&rois), &o);
+        let gx = roi_align_backward_host(&flex_values(&grad_out), x_shape, &flex_values(&rois), &o);
         burn_flex::FlexTensor::from_data(TensorData::new(gx, x_shape))
     }
 }
