@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use burn::module::{ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::store::{ApplyResult, ModuleSnapshot, PyTorchToBurnAdapter, PytorchStore, SafetensorsStore};
-use burn_store::ApplyError;
 use burn_store::pytorch::PytorchReader;
+use burn_store::{ApplyError, ModuleStore};
 
 use crate::error::{BackboneError, KeyMismatch};
 
@@ -231,8 +231,7 @@ pub fn load_pytorch<B: Backend, M: ModuleSnapshot<B>>(
     for (from, to) in key_map {
         store = store.with_key_remapping(*from, *to);
     }
-    let result = model.load_from(&mut store).map_err(|e| read_err(e.to_string()))?;
-    check_fit(result, path, model_name, fit)
+    apply_store(model, &mut store, path, model_name, fit)
 }
 
 /// Load safetensors bytes written with PyTorch naming into `model`, strictly. `origin` labels errors.
@@ -291,13 +290,7 @@ fn load_torch_bytes<B: Backend, M: ModuleSnapshot<B>>(
     for (from, to) in key_map {
         store = store.with_key_remapping(*from, *to);
     }
-    let result = model
-        .load_from(&mut store)
-        .map_err(|e| BackboneError::CheckpointRead {
-            path: origin.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-    check_fit(result, origin, model_name, fit)
+    apply_store(model, &mut store, origin, model_name, fit)
 }
 
 /// Load a safetensors file written with PyTorch naming into `model` as `fit` says.
@@ -332,13 +325,25 @@ pub fn load_safetensors<B: Backend, M: ModuleSnapshot<B>>(
         .map_indices_contiguous(false)
         .allow_partial(true)
         .validate(false);
+    apply_store(model, &mut store, path, model_name, &Fit::STRICT)
+}
+
+/// Apply a configured store to `model`, then check the result against `fit` (the tail every loader shares).
+/// `origin` labels errors.
+fn apply_store<B: Backend, M: ModuleSnapshot<B>, S: ModuleStore>(
+    model: &mut M,
+    store: &mut S,
+    origin: &Path,
+    model_name: &str,
+    fit: &Fit,
+) -> Result<LoadSummary, BackboneError> {
     let result = model
-        .load_from(&mut store)
+        .load_from(store)
         .map_err(|e| BackboneError::CheckpointRead {
-            path: path.to_path_buf(),
+            path: origin.to_path_buf(),
             reason: e.to_string(),
         })?;
-    check_fit(result, path, model_name, &Fit::STRICT)
+    check_fit(result, origin, model_name, fit)
 }
 
 /// Write `model`'s weights in our safetensors format, atomically (temporary file, then rename).
