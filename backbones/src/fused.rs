@@ -30,7 +30,7 @@ use burn_flex::FlexTensor;
 
 use crate::kernels::{self, conv::ConvGeometry, conv::Epilogue, pool::PoolGeometry};
 use crate::layers::Activation;
-use crate::norm::{NormMode, batch_norm};
+use crate::norm::{NormMode, batch_norm, frozen_affine};
 
 /// `act(bn(conv(x)))`, with `bn` skipped when `None`. The BatchNorm follows `mode` (see [`batch_norm`]).
 ///
@@ -115,14 +115,7 @@ pub fn max_pool2d<B: Backend>(
 /// # Shapes
 /// - `x`: `[N, C, H, W]` -> pooled
 pub fn max_pool<B: Backend>(pool: &MaxPool2d, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    let padding = match pool.padding {
-        PaddingConfig2d::Valid => Some([0, 0]),
-        PaddingConfig2d::Explicit(top, left, bottom, right) if top == bottom && left == right => {
-            Some([top, left])
-        }
-        _ => None,
-    };
-    match padding {
+    match symmetric_padding(&pool.padding) {
         Some(p)
             if pool.dilation == [1, 1]
                 && !pool.ceil_mode
@@ -132,6 +125,18 @@ pub fn max_pool<B: Backend>(pool: &MaxPool2d, x: Tensor<B, 4>) -> Tensor<B, 4> {
             max_pool2d(x, pool.kernel_size, pool.stride, p)
         }
         _ => pool.forward(x),
+    }
+}
+
+/// The padding `[height, width]` of a layer padded the same on both sides of each axis (the only kind the
+/// kernels take), `None` for any other.
+fn symmetric_padding(padding: &PaddingConfig2d) -> Option<[usize; 2]> {
+    match *padding {
+        PaddingConfig2d::Valid => Some([0, 0]),
+        PaddingConfig2d::Explicit(top, left, bottom, right) if top == bottom && left == right => {
+            Some([top, left])
+        }
+        _ => None,
     }
 }
 
@@ -152,11 +157,7 @@ fn is_autodiff_flex<B: Backend>() -> bool {
 /// depthwise-like (a grouped convolution with few input channels per group makes GEMMs with a tiny inner
 /// dimension, which burn's depthwise kernel does better).
 fn kernel_geometry<B: Backend>(conv: &Conv2d<B>, x: &Tensor<B, 4>) -> Option<ConvGeometry> {
-    let padding = match conv.padding {
-        PaddingConfig2d::Valid => [0, 0],
-        PaddingConfig2d::Explicit(top, left, bottom, right) if top == bottom && left == right => [top, left],
-        _ => return None,
-    };
+    let padding = symmetric_padding(&conv.padding)?;
     let [c_out, c_in_per_group, kh, kw] = conv.weight.dims();
     let [batch, c_in, h, w] = x.dims();
     if (conv.groups > 1 && c_in_per_group < 8) || c_in != c_in_per_group * conv.groups {
@@ -184,37 +185,26 @@ fn fused<B: Backend>(
 ) -> Tensor<B, 4> {
     let x = to_flex(x);
     let weight = to_flex(conv.weight.val());
-    let bias = conv.bias.as_ref().map(|b| host(b.val()));
-    // Inference BatchNorm is `y * scale + shift` with scale = gamma / sqrt(var + eps) and
-    // shift = beta - mean * scale, exactly as `norm::batch_norm_frozen` computes it; a conv bias b becomes
+    // Inference BatchNorm is the affine `y * scale + shift` of `norm::frozen_affine`; a conv bias b becomes
     // part of the shift: (acc + b) * scale + shift.
-    let (scale, mut shift) = match bn {
-        Some(bn) => {
-            let gamma = host(bn.gamma.val());
-            let beta = host(bn.beta.val());
-            let mean = host(bn.running_mean.value_sync());
-            let var = host(bn.running_var.value_sync());
-            let scale: Vec<f32> = gamma
+    let affine = bn.map(|bn| {
+        let (scale, shift) = frozen_affine(bn);
+        (host(scale), host(shift))
+    });
+    let bias = conv.bias.as_ref().map(|b| host(b.val()));
+    let (scale, shift) = match (affine, bias) {
+        (Some((scale, shift)), Some(bias)) => {
+            let shift = bias
                 .iter()
-                .zip(&var)
-                .map(|(g, v)| g / (v + bn.epsilon as f32).sqrt())
-                .collect();
-            let shift = beta
-                .iter()
-                .zip(&mean)
                 .zip(&scale)
-                .map(|((b, m), s)| b - m * s)
+                .zip(shift)
+                .map(|((b, s), t)| b * s + t)
                 .collect();
             (Some(scale), Some(shift))
         }
-        None => (None, None),
+        (Some((scale, shift)), None) => (Some(scale), Some(shift)),
+        (None, bias) => (None, bias),
     };
-    if let Some(bias) = bias {
-        shift = Some(match (&scale, shift) {
-            (Some(s), Some(t)) => bias.iter().zip(s).zip(t).map(|((b, s), t)| b * s + t).collect(),
-            _ => bias,
-        });
-    }
     let (lo, hi) = act.bounds();
     let epilogue = Epilogue {
         scale: scale.as_deref(),

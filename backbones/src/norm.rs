@@ -80,13 +80,20 @@ pub fn batch_norm_train<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Tenso
 /// - `x`: `[N, C, H, W]`, output the same
 pub fn batch_norm_frozen<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     let [n, c, _, _] = x.dims();
-    let mean = bn.running_mean.value_sync().reshape([1, c, 1, 1]);
-    let var = bn.running_var.value_sync().reshape([1, c, 1, 1]);
-    let gamma = bn.gamma.val().reshape([1, c, 1, 1]);
-    let beta = bn.beta.val().reshape([1, c, 1, 1]);
-    let scale = gamma / (var + bn.epsilon).sqrt();
-    let shift = beta - mean * scale.clone();
-    x * per_sample(scale, n) + per_sample(shift, n)
+    let (scale, shift) = frozen_affine(bn);
+    x * per_sample(scale.reshape([1, c, 1, 1]), n) + per_sample(shift.reshape([1, c, 1, 1]), n)
+}
+
+/// The per-channel affine of BatchNorm with its running statistics, `y = x * scale + shift`:
+/// `scale = gamma / sqrt(var + eps)`, `shift = beta - mean * scale`. Shared by [`batch_norm_frozen`] and
+/// the fused CPU convolution, which applies it inside its kernel.
+///
+/// # Shapes
+/// - returns `([C], [C])`
+pub fn frozen_affine<B: Backend>(bn: &BatchNorm<B>) -> (Tensor<B, 1>, Tensor<B, 1>) {
+    let scale = bn.gamma.val() / (bn.running_var.value_sync() + bn.epsilon).sqrt();
+    let shift = bn.beta.val() - bn.running_mean.value_sync() * scale.clone();
+    (scale, shift)
 }
 
 /// A per-channel `[1, C, 1, 1]` tensor repeated into a dense `[N, C, 1, 1]` one: broadcast against
