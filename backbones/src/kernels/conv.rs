@@ -20,7 +20,7 @@
 
 use rayon::prelude::*;
 
-use super::Strided;
+use super::{Strided, split, with_scratch};
 
 /// Geometry of a 2-D convolution (PyTorch's `Conv2d` arguments plus the input size).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,14 +220,15 @@ pub fn conv2d(x: &[f32], weight: &[f32], g: &ConvGeometry, epilogue: &Epilogue) 
         (COL_BUDGET / (rows * tile_pixels)).max(1)
     };
     let out_ptr = OutPtr(out.as_mut_ptr());
-    // Reuse the calling thread's column buffer: a fresh multi-megabyte allocation per layer is a fresh
-    // mmap whose pages all fault in again (measured: ~4 ms of a 60 ms ResNet-50 forward).
-    let mut cols = COLS.with(|c| c.take());
     for chunk in tiles.chunks(tiles_per_chunk) {
-        if !g.is_pointwise() {
-            cols.resize(cols.len().max(chunk.len() * rows * tile_pixels), 0.0);
-            cols[..chunk.len() * rows * tile_pixels]
-                .par_chunks_mut(rows * tile_pixels)
+        let col_len = if g.is_pointwise() {
+            0
+        } else {
+            chunk.len() * rows * tile_pixels
+        };
+        with_scratch(col_len, |cols| {
+            // Every row of every tile's column matrix is written here before the GEMMs read it.
+            cols.par_chunks_mut(rows * tile_pixels)
                 .zip(chunk)
                 .flat_map(|(col, tile)| {
                     col.par_chunks_mut(tile_pixels)
@@ -235,41 +236,29 @@ pub fn conv2d(x: &[f32], weight: &[f32], g: &ConvGeometry, epilogue: &Epilogue) 
                         .map(move |(r, dst)| (tile, r, dst))
                 })
                 .for_each(|(tile, r, dst)| im2col_row(x, g, tile, r, dst));
-        }
-        // Split over output channels as well when the chunk has too few tiles to keep every thread busy.
-        let c_out = g.c_out_per_group();
-        let blocks = (2 * threads)
-            .div_ceil(chunk.len())
-            .min(c_out.div_ceil(MIN_CHANNEL_BLOCK))
-            .max(1);
-        let block = c_out.div_ceil(blocks);
-        let cols = &cols;
-        (0..chunk.len() * blocks).into_par_iter().for_each(|task| {
-            let (t, b) = (task / blocks, task % blocks);
-            let tile = &chunk[t];
-            let channels = b * block..((b + 1) * block).min(c_out);
-            if channels.is_empty() {
-                return;
-            }
-            let (rhs, rhs_rs) = if g.is_pointwise() {
-                let offset = (tile.image * g.c_in + tile.group * rows) * pixels + tile.start;
-                (&x[offset..], pixels)
-            } else {
-                (&cols[t * rows * tile_pixels..], tile_pixels)
-            };
-            // SAFETY: see `OutPtr`; `rhs` holds `rows` rows of `rhs_rs` values from which the tile's columns
-            // are read, `weight` the group's `c_out` rows of `rows` values.
-            unsafe { gemm_block(out_ptr, g, tile, channels, weight, rhs, rhs_rs, epilogue) };
+            // Split over output channels as well when the chunk has too few tiles to keep every thread busy.
+            let blocks = split(
+                g.c_out_per_group(),
+                (2 * threads).div_ceil(chunk.len()),
+                MIN_CHANNEL_BLOCK,
+            );
+            let cols = &*cols;
+            (0..chunk.len() * blocks.len()).into_par_iter().for_each(|task| {
+                let tile = &chunk[task / blocks.len()];
+                let channels = blocks[task % blocks.len()].clone();
+                let (rhs, rhs_rs) = if g.is_pointwise() {
+                    let offset = (tile.image * g.c_in + tile.group * rows) * pixels + tile.start;
+                    (&x[offset..], pixels)
+                } else {
+                    (&cols[(task / blocks.len()) * rows * tile_pixels..], tile_pixels)
+                };
+                // SAFETY: see `OutPtr`; `rhs` holds `rows` rows of `rhs_rs` values from which the tile's
+                // columns are read, `weight` the group's `c_out` rows of `rows` values.
+                unsafe { gemm_block(out_ptr, g, tile, channels, weight, rhs, rhs_rs, epilogue) };
+            });
         });
     }
-    COLS.with(|c| c.replace(cols));
     out
-}
-
-thread_local! {
-    /// Column-matrix scratch of the thread calling [`conv2d`] (at most [`COL_BUDGET`] floats, kept between
-    /// calls). Every element a call reads it has written first, so the buffer is never cleared.
-    static COLS: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Output pixels per tile: at most [`TILE_PIXELS`], and an equal share of the map for each thread when the

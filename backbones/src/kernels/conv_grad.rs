@@ -13,18 +13,8 @@
 
 use rayon::prelude::*;
 
-use super::Strided;
 use super::conv::{COL_BUDGET, ConvGeometry, OutPtr, Tile, im2col_row, tap_runs};
-
-/// Split `0..len` into about `parts` ranges of at least `min` (fewer when `len` is small).
-fn split(len: usize, parts: usize, min: usize) -> Vec<std::ops::Range<usize>> {
-    let parts = parts.min(len.div_ceil(min.max(1))).max(1);
-    let size = len.div_ceil(parts);
-    (0..len)
-        .step_by(size.max(1))
-        .map(|s| s..(s + size).min(len))
-        .collect()
-}
+use super::{Strided, split, with_scratch};
 
 /// Pixels per chunk of column matrix: within [`COL_BUDGET`].
 fn chunk_pixels(g: &ConvGeometry, pixels: usize) -> usize {
@@ -63,48 +53,54 @@ pub fn conv2d_grad_weight(x: &[f32], dy: &[f32], g: &ConvGeometry) -> Vec<f32> {
     let channel_blocks = split(cog, 2 * threads, 16);
     let row_blocks = split(rows, (2 * threads).div_ceil(channel_blocks.len()), 64);
     let step = chunk_pixels(g, pixels);
+    let tasks: Vec<_> = channel_blocks
+        .iter()
+        .flat_map(|c| row_blocks.iter().map(move |r| (c.clone(), r.clone())))
+        .collect();
     let dw_ptr = OutPtr(dw.as_mut_ptr());
-    let mut cols = Vec::new();
     for image in 0..g.batch {
         for group in 0..g.groups {
             for start in (0..pixels).step_by(step) {
                 let end = (start + step).min(pixels);
                 let len = end - start;
-                let (rhs, rhs_rs): (&[f32], usize) = if g.is_pointwise() {
-                    (&x[(image * g.c_in + group * cig) * pixels + start..], pixels)
-                } else {
-                    cols.resize(rows * len, 0.0);
-                    let tile = Tile {
-                        image,
-                        group,
-                        start,
-                        end,
+                let col_len = if g.is_pointwise() { 0 } else { rows * len };
+                with_scratch(col_len, |cols| {
+                    let (rhs, rhs_rs): (&[f32], usize) = if g.is_pointwise() {
+                        (&x[(image * g.c_in + group * cig) * pixels + start..], pixels)
+                    } else {
+                        let tile = Tile {
+                            image,
+                            group,
+                            start,
+                            end,
+                        };
+                        cols.par_chunks_mut(len)
+                            .enumerate()
+                            .for_each(|(r, dst)| im2col_row(x, g, &tile, r, dst));
+                        (&*cols, len)
                     };
-                    cols.par_chunks_mut(len)
-                        .enumerate()
-                        .for_each(|(r, dst)| im2col_row(x, g, &tile, r, dst));
-                    (&cols, len)
-                };
-                let lhs = &dy[(image * g.c_out + group * cog) * pixels + start..];
-                let tasks: Vec<_> = channel_blocks
-                    .iter()
-                    .flat_map(|c| row_blocks.iter().map(move |r| (c.clone(), r.clone())))
-                    .collect();
-                tasks.into_par_iter().for_each(|(c, r)| {
-                    assert!(
-                        lhs.len() >= (c.end - 1) * pixels + len && rhs.len() >= (r.end - 1) * rhs_rs + len
-                    );
-                    // SAFETY: tasks write disjoint (channel, row) blocks of `dw`; operand bounds asserted above.
-                    unsafe {
-                        super::gemm(
-                            [c.len(), r.len(), len],
-                            Strided::rows(dw_ptr.get().add((group * cog + c.start) * rows + r.start), rows),
-                            Strided::rows(lhs.as_ptr().add(c.start * pixels), pixels),
-                            // cols^T: element (pixel j, row r) of the column matrix is cols[r * rhs_rs + j].
-                            Strided::transposed(rhs.as_ptr().add(r.start * rhs_rs), rhs_rs),
-                            true,
+                    let lhs = &dy[(image * g.c_out + group * cog) * pixels + start..];
+                    tasks.par_iter().for_each(|(c, r)| {
+                        assert!(
+                            lhs.len() >= (c.end - 1) * pixels + len
+                                && rhs.len() >= (r.end - 1) * rhs_rs + len
                         );
-                    }
+                        // SAFETY: tasks write disjoint (channel, row) blocks of `dw`; operand bounds asserted
+                        // above.
+                        unsafe {
+                            super::gemm(
+                                [c.len(), r.len(), len],
+                                Strided::rows(
+                                    dw_ptr.get().add((group * cog + c.start) * rows + r.start),
+                                    rows,
+                                ),
+                                Strided::rows(lhs.as_ptr().add(c.start * pixels), pixels),
+                                // cols^T: element (pixel j, row r) of the column matrix is cols[r * rhs_rs + j].
+                                Strided::transposed(rhs.as_ptr().add(r.start * rhs_rs), rhs_rs),
+                                true,
+                            );
+                        }
+                    });
                 });
             }
         }
@@ -135,7 +131,6 @@ pub fn conv2d_grad_input(dy: &[f32], weight: &[f32], g: &ConvGeometry) -> Vec<f3
     }
     let threads = rayon::current_num_threads().max(1);
     let step = chunk_pixels(g, pixels);
-    let mut dcols = Vec::new();
     for image in 0..g.batch {
         for group in 0..g.groups {
             let planes = (image * g.c_in + group * cig) * h * w..(image * g.c_in + (group + 1) * cig) * h * w;
@@ -144,52 +139,56 @@ pub fn conv2d_grad_input(dy: &[f32], weight: &[f32], g: &ConvGeometry) -> Vec<f3
                 let end = (start + step).min(pixels);
                 let len = end - start;
                 let grad = &dy[(image * g.c_out + group * cog) * pixels + start..];
-                // A 1x1 stride-1 convolution's column matrix is its input: write dX directly.
-                let (dst, dst_rs) = if g.is_pointwise() {
-                    (OutPtr(dx[planes.start + start..].as_mut_ptr()), pixels)
-                } else {
-                    dcols.resize(rows * len, 0.0);
-                    (OutPtr(dcols.as_mut_ptr()), len)
-                };
-                let row_blocks = split(rows, 2 * threads, 32);
-                let pixel_blocks = split(len, (2 * threads).div_ceil(row_blocks.len()), 64);
-                let tasks: Vec<_> = row_blocks
-                    .iter()
-                    .flat_map(|r| pixel_blocks.iter().map(move |p| (r.clone(), p.clone())))
-                    .collect();
-                tasks.into_par_iter().for_each(|(r, p)| {
-                    assert!(grad.len() >= (cog - 1) * pixels + p.end);
-                    // SAFETY: tasks write disjoint (row, pixel) blocks of `dst` (dX planes of this image and
-                    // group, or `dcols`); W_g^T is read through strides (element (k, c) = weights[c * rows + k]).
-                    unsafe {
-                        super::gemm(
-                            [r.len(), p.len(), cog],
-                            Strided::rows(dst.get().add(r.start * dst_rs + p.start), dst_rs),
-                            Strided::transposed(weights.as_ptr().add(r.start), rows),
-                            Strided::rows(grad.as_ptr().add(p.start), pixels),
-                            false,
-                        );
+                let dcols_len = if g.is_pointwise() { 0 } else { rows * len };
+                with_scratch(dcols_len, |dcols| {
+                    // A 1x1 stride-1 convolution's column matrix is its input: write dX directly.
+                    let (dst, dst_rs) = if g.is_pointwise() {
+                        (OutPtr(dx[planes.start + start..].as_mut_ptr()), pixels)
+                    } else {
+                        (OutPtr(dcols.as_mut_ptr()), len)
+                    };
+                    // The tasks cover every (row, pixel) of `dcols`, so col2im below reads only fresh values.
+                    let row_blocks = split(rows, 2 * threads, 32);
+                    let pixel_blocks = split(len, (2 * threads).div_ceil(row_blocks.len()), 64);
+                    let tasks: Vec<_> = row_blocks
+                        .iter()
+                        .flat_map(|r| pixel_blocks.iter().map(move |p| (r.clone(), p.clone())))
+                        .collect();
+                    tasks.into_par_iter().for_each(|(r, p)| {
+                        assert!(grad.len() >= (cog - 1) * pixels + p.end);
+                        // SAFETY: tasks write disjoint (row, pixel) blocks of `dst` (dX planes of this image
+                        // and group, or `dcols`); W_g^T is read through strides (element (k, c) =
+                        // weights[c * rows + k]).
+                        unsafe {
+                            super::gemm(
+                                [r.len(), p.len(), cog],
+                                Strided::rows(dst.get().add(r.start * dst_rs + p.start), dst_rs),
+                                Strided::transposed(weights.as_ptr().add(r.start), rows),
+                                Strided::rows(grad.as_ptr().add(p.start), pixels),
+                                false,
+                            );
+                        }
+                    });
+                    if !g.is_pointwise() {
+                        let taps = g.kernel[0] * g.kernel[1];
+                        let dcols = &*dcols;
+                        dx[planes.clone()]
+                            .par_chunks_mut(h * w)
+                            .enumerate()
+                            .for_each(|(ci, plane)| {
+                                for r in ci * taps..(ci + 1) * taps {
+                                    let row = &dcols[r * len..(r + 1) * len];
+                                    tap_runs(g, r, start..end, |cols, src| {
+                                        if let Some((first, step)) = src {
+                                            for (j, v) in row[cols].iter().enumerate() {
+                                                plane[first + j * step] += v;
+                                            }
+                                        }
+                                    });
+                                }
+                            });
                     }
                 });
-                if !g.is_pointwise() {
-                    let taps = g.kernel[0] * g.kernel[1];
-                    let dcols = &dcols;
-                    dx[planes.clone()]
-                        .par_chunks_mut(h * w)
-                        .enumerate()
-                        .for_each(|(ci, plane)| {
-                            for r in ci * taps..(ci + 1) * taps {
-                                let row = &dcols[r * len..(r + 1) * len];
-                                tap_runs(g, r, start..end, |cols, src| {
-                                    if let Some((first, step)) = src {
-                                        for (j, v) in row[cols].iter().enumerate() {
-                                            plane[first + j * step] += v;
-                                        }
-                                    }
-                                });
-                            }
-                        });
-                }
             }
         }
     }
