@@ -204,3 +204,24 @@ pub fn run(args: &DemoArgs, device: &DeviceArg) -> anyhow::Result<()> {
 fn json_string(s: &str) -> String {
     serde_json::Value::String(s.to_string()).to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use attndet_detectors::config::{ExperimentConfig, load_typed};
+
+    /// The embedded demo config resolves with the embedded bases alone (a base left out of
+    /// `DEMO_CONFIG_FILES` fails here) to exactly the config of the source tree.
+    #[test]
+    fn embedded_config_resolves_to_the_source_trees() {
+        let dir = std::env::temp_dir().join(format!("attndet-demo-config-{}", std::process::id()));
+        let embedded = write_embedded_config(&dir).unwrap();
+        let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../configs/retinanet/retinanet_r18_fpn_synth_demo.json");
+        let (cfg, embedded): (ExperimentConfig, _) = load_typed(&embedded, &[]).unwrap();
+        let (_, source): (ExperimentConfig, _) = load_typed(&source, &[]).unwrap();
+        std::fs::remove_dir_all(&dir).ok();
+        assert_eq!(embedded, source);
+        assert_eq!(cfg.runner.max_epochs, 18);
+    }
+}
