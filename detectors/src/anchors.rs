@@ -171,6 +171,24 @@ pub struct AnchorGenerator {
 }
 
 impl AnchorGenerator {
+    /// Check that the generator has one stride per feature level and that they are the levels' strides
+    /// (`level_strides`, finest first); the message says which differ.
+    pub fn check_level_strides(&self, level_strides: &[usize]) -> Result<(), String> {
+        if level_strides.len() != self.num_levels() {
+            return Err(format!(
+                "{} strides for {} FPN levels",
+                self.num_levels(),
+                level_strides.len()
+            ));
+        }
+        for (&level, &stride) in level_strides.iter().zip(self.strides()) {
+            if level != stride {
+                return Err(format!("{stride} for an FPN level of stride {level}"));
+            }
+        }
+        Ok(())
+    }
+
     /// Number of levels.
     pub fn num_levels(&self) -> usize {
         self.strides.len()
@@ -323,10 +341,8 @@ impl AnchorGenerator {
         let rows = metas
             .iter()
             .map(|m| {
-                Ok(Tensor::cat(
-                    self.valid_flags::<B>(featmap_sizes, m.pad_size, device)?,
-                    0,
-                ))
+                let pad = [m.pad_size.1 as usize, m.pad_size.0 as usize];
+                Ok(Tensor::cat(self.valid_flags::<B>(featmap_sizes, pad, device)?, 0))
             })
             .collect::<Result<Vec<_>, BlocksError>>()?;
         Ok(Tensor::stack(rows, 0))

@@ -12,5 +12,6 @@ pub mod losses;
 pub mod models;
 pub mod necks;
 pub mod ops;
+pub mod roi_heads;
 pub mod samplers;
 pub mod structures;

@@ -748,11 +748,13 @@ fn flat_anchors_and_batch_valid_flags() {
     assert_close(&vecf(flat), &want, 1e-6);
     let metas = [
         ImageMeta {
-            original_size: [40, 66],
-            image_size: [20, 33],
-            pad_size: [20, 33],
+            ori_size: (66, 40),
+            img_size: (33, 20),
+            scale: (0.5, 0.5),
+            pad_size: (33, 20),
+            ..ImageMeta::unscaled(1, (66, 40))
         },
-        ImageMeta::unscaled([24, 40]),
+        ImageMeta::unscaled(2, (40, 24)),
     ];
     let v = generator.batch_valid_flags::<Cpu>(&sizes, &metas, &DEV).unwrap();
     assert_eq!(v.dims(), [2, 189]);

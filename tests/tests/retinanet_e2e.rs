@@ -114,7 +114,7 @@ fn trains_evaluates_tests_and_resumes_exactly() {
         .filter(|v| v["mode"] == "val")
         .collect();
     assert_eq!(val.len(), 2);
-    assert_eq!(val[0]["bbox_stats"].as_array().unwrap().len(), 12);
+    assert_eq!(val[0]["stats"]["bbox"].as_array().unwrap().len(), 12);
     let full_losses = losses(&full.join("log.jsonl"));
     assert_eq!(full_losses.len(), 4);
     assert!(full_losses.iter().all(|(_, l)| l.is_finite() && *l > 0.0));
@@ -140,7 +140,7 @@ fn trains_evaluates_tests_and_resumes_exactly() {
     let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(v["bbox"]["stats"].as_array().unwrap().len(), 12);
     // the evaluation at the end of training saw the same model: the same AP
-    assert_eq!(v["bbox"]["stats"][0], val[1]["bbox_stats"][0]);
+    assert_eq!(v["bbox"]["stats"][0], val[1]["stats"]["bbox"][0]);
     assert!(results.exists());
 
     // stop after epoch 1, resume for epoch 2: the same losses as the uninterrupted run

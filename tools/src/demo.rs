@@ -11,7 +11,11 @@ use clap::{Args, ValueEnum};
 
 use crate::device::DeviceArg;
 use crate::errors::bad_input;
-use crate::train::{TrainArgs, TrainJob, evaluate_val, load_checkpoint_model, load_split, prepare};
+use attndet_detectors::engine::evaluate::summary_text;
+
+use crate::train::{
+    TrainArgs, TrainJob, eval_kinds, evaluate_val, load_checkpoint_model, load_split, prepare,
+};
 
 /// The demo's config and its bases, compiled into the binary (paths relative to `configs/`), so an installed
 /// binary runs the demo anywhere; they are written into the work dir and trained from there.
@@ -154,7 +158,8 @@ pub fn run(args: &DemoArgs, device: &DeviceArg) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("training wrote no checkpoint"))?;
     let model = load_checkpoint_model::<burn::backend::Flex>(&p.cfg, &ckpt, &Default::default())?;
     let val = load_split(&p.cfg, false)?;
-    let (eval, dets, preds) = evaluate_val(&model, &p.cfg, &val, &Default::default(), false)?;
+    let kinds = eval_kinds(&model, &p.cfg);
+    let (evals, preds) = evaluate_val(&model, &p.cfg, &val, &kinds, &Default::default(), false)?;
     let show = args.work_dir.join("show");
     let files: std::collections::HashMap<u64, &Path> = val
         .1
@@ -166,13 +171,16 @@ pub fn run(args: &DemoArgs, device: &DeviceArg) -> anyhow::Result<()> {
         crate::test::save_drawn(files[id], d, &val.1.category_names, 0.3, &show)?;
     }
     let results = args.work_dir.join("val_results.json");
-    attndet_coco::write_results(&results, &dets).with_context(|| format!("writing {}", results.display()))?;
+    attndet_coco::write_results(&results, &evals[0].results)
+        .with_context(|| format!("writing {}", results.display()))?;
     println!(
         "RetinaNet (ResNet-18 FPN) trained from scratch on {} synthetic images, evaluated on {}:",
         args.train_images,
         val.1.records.len()
     );
-    print!("{}", eval.summary());
+    for e in &evals {
+        print!("{}", summary_text(e));
+    }
     println!(
         "iterations {}, training {:.0} s, total {:.0} s; checkpoint {}, results {}, curves {}, drawn images {}",
         outcome.losses.len(),
@@ -184,10 +192,7 @@ pub fn run(args: &DemoArgs, device: &DeviceArg) -> anyhow::Result<()> {
         show.display()
     );
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "bbox": {"stats": eval.stats},
+        let mut v = serde_json::json!({
                 "seconds": started.elapsed().as_secs_f64(),
                 "train_seconds": train_seconds,
                 "iterations": outcome.losses.len(),
@@ -195,8 +200,11 @@ pub fn run(args: &DemoArgs, device: &DeviceArg) -> anyhow::Result<()> {
                 "detector": "retinanet",
                 "work_dir": args.work_dir,
                 "checkpoint": ckpt,
-            })
-        );
+        });
+        for e in &evals {
+            v[e.kind.name()] = serde_json::json!({ "stats": e.stats });
+        }
+        println!("{v}");
     }
     Ok(())
 }

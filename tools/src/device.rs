@@ -43,7 +43,10 @@ pub trait BackendJob {
     type Output;
 
     /// Run on backend `B` and its `device`.
-    fn run<B: burn::prelude::Backend>(self, device: &B::Device) -> anyhow::Result<Self::Output>;
+    fn run<B: attndet_detectors::models::DetBackend>(
+        self,
+        device: &B::Device,
+    ) -> anyhow::Result<Self::Output>;
 }
 
 impl DeviceArg {

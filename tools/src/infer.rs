@@ -6,7 +6,6 @@ use std::sync::Arc;
 use anyhow::Context;
 use attndet_detectors::data::DetRecord;
 use attndet_detectors::engine::evaluate::{predict_records, test_loader_options};
-use burn::prelude::*;
 use clap::Args;
 
 use crate::device::DeviceArg;
@@ -52,12 +51,12 @@ struct InferJob<'a> {
 impl crate::device::BackendJob for InferJob<'_> {
     type Output = ();
 
-    fn run<B: burn::prelude::Backend>(self, device: &B::Device) -> anyhow::Result<()> {
+    fn run<B: attndet_detectors::models::DetBackend>(self, device: &B::Device) -> anyhow::Result<()> {
         run_on::<B>(self.args, self.prepared, device)
     }
 }
 
-fn run_on<B: Backend>(
+fn run_on<B: attndet_detectors::models::DetBackend>(
     args: &InferArgs,
     p: &crate::train::Prepared,
     device: &B::Device,

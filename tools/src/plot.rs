@@ -140,7 +140,12 @@ pub fn plot_work_dir(work_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
                 name: n.to_string(),
                 points: val
                     .iter()
-                    .filter_map(|r| r.bbox_stats.get(i).map(|v| (r.epoch as f64, *v)))
+                    .filter_map(|r| {
+                        r.stats
+                            .get(&attndet_detectors::models::EvalKind::Bbox)
+                            .and_then(|s| s.get(i))
+                            .map(|v| (r.epoch as f64, *v))
+                    })
                     .collect(),
             })
             .collect();

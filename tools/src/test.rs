@@ -8,7 +8,10 @@ use clap::Args;
 
 use crate::device::DeviceArg;
 use crate::errors::bad_input;
-use crate::train::{evaluate_val, load_checkpoint_model, load_split, prepare};
+use attndet_detectors::engine::evaluate::summary_text;
+use attndet_detectors::models::EvalKind;
+
+use crate::train::{eval_kinds, evaluate_val, load_checkpoint_model, load_split, prepare};
 
 /// Arguments of `attndet test`.
 #[derive(Args, Debug)]
@@ -17,12 +20,14 @@ pub struct TestArgs {
     pub config: PathBuf,
     /// A checkpoint directory (WORK_DIR/epoch_N, WORK_DIR/best) or a work dir (its newest checkpoint).
     pub checkpoint: PathBuf,
-    /// Write the detections as a COCO results file (JSON list of {image_id, category_id, bbox, score}).
+    /// Write the detections as a COCO results file (JSON list of {image_id, category_id, bbox, score}); with
+    /// several kinds evaluated, one file each, named FILE's stem + `.KIND.json`.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Metric to compute; only `bbox` for RetinaNet.
-    #[arg(long, default_value = "bbox", value_parser = ["bbox"])]
-    pub eval: String,
+    /// What to evaluate: `bbox`, `segm`, `proposal` (several allowed: `--eval bbox segm`) [default: what the
+    /// detector predicts: bbox, or proposal for an RPN].
+    #[arg(long, num_args = 1.., value_name = "KIND")]
+    pub eval: Vec<EvalKind>,
     /// Print one JSON object `{"bbox": {"stats": [12 numbers]}, ...}` instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -52,12 +57,12 @@ struct TestJob<'a> {
 impl crate::device::BackendJob for TestJob<'_> {
     type Output = ();
 
-    fn run<B: burn::prelude::Backend>(self, device: &B::Device) -> anyhow::Result<()> {
+    fn run<B: attndet_detectors::models::DetBackend>(self, device: &B::Device) -> anyhow::Result<()> {
         run_on::<B>(self.args, self.prepared, device)
     }
 }
 
-fn run_on<B: burn::prelude::Backend>(
+fn run_on<B: attndet_detectors::models::DetBackend>(
     args: &TestArgs,
     p: &crate::train::Prepared,
     device: &B::Device,
@@ -71,7 +76,12 @@ fn run_on<B: burn::prelude::Backend>(
         )));
     }
     let started = std::time::Instant::now();
-    let (eval, dets, preds) = evaluate_val(&model, &p.cfg, &val, device, args.json)?;
+    let kinds = if args.eval.is_empty() {
+        eval_kinds(&model, &p.cfg)
+    } else {
+        args.eval.clone()
+    };
+    let (evals, preds) = evaluate_val(&model, &p.cfg, &val, &kinds, device, args.json)?;
     if let Some(dir) = &args.show_dir {
         let files: std::collections::HashMap<u64, &std::path::Path> = val
             .1
@@ -84,28 +94,48 @@ fn run_on<B: burn::prelude::Backend>(
         }
     }
     if let Some(out) = &args.out {
-        attndet_coco::write_results(out, &dets).with_context(|| format!("writing {}", out.display()))?;
+        for e in &evals {
+            let path = results_path(out, e.kind, evals.len());
+            attndet_coco::write_results(&path, &e.results)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
     }
+    let detections: usize = preds.iter().map(|(_, d)| d.len()).sum();
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "bbox": {"stats": eval.stats},
-                "images": val.1.records.len(),
-                "detections": dets.len(),
-                "seconds": started.elapsed().as_secs_f64(),
-            })
-        );
+        let mut v = serde_json::json!({
+            "images": val.1.records.len(),
+            "detections": detections,
+            "seconds": started.elapsed().as_secs_f64(),
+        });
+        for e in &evals {
+            v[e.kind.name()] = serde_json::json!({ "stats": e.stats });
+        }
+        println!("{v}");
     } else {
-        println!(
-            "bbox evaluation of {} on {} images ({} detections)",
-            args.checkpoint.display(),
-            val.1.records.len(),
-            dets.len()
-        );
-        print!("{}", eval.summary());
+        for e in &evals {
+            println!(
+                "{} evaluation of {} on {} images ({} detections)",
+                e.kind,
+                args.checkpoint.display(),
+                val.1.records.len(),
+                detections
+            );
+            print!("{}", summary_text(e));
+        }
     }
     Ok(())
+}
+
+/// Where the results of `kind` go: `out` itself when one kind is evaluated, else `out`'s stem + `.KIND.json`.
+fn results_path(out: &std::path::Path, kind: EvalKind, kinds: usize) -> PathBuf {
+    if kinds <= 1 {
+        return out.to_path_buf();
+    }
+    let stem = out
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "results".into());
+    out.with_file_name(format!("{stem}.{kind}.json"))
 }
 
 /// Draw `dets` (boxes at least `score_thr`) on the image `file` and save it under `out_dir` with the same file

@@ -6,15 +6,15 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use attndet_coco::CocoDataset;
-use attndet_detectors::config::{ExperimentConfig, ModelConfig};
+use attndet_detectors::config::ExperimentConfig;
 use attndet_detectors::data::coco::{DetDataset, records_from_coco};
 use attndet_detectors::engine::checkpoint;
 use attndet_detectors::engine::evaluate::{
-    evaluate_bbox, predict_records, test_loader_options, to_coco_detections,
+    EvalResults, evaluate_kinds, predict_records, summary_text, test_loader_options,
 };
 use attndet_detectors::engine::log::IterRecord;
 use attndet_detectors::engine::trainer::{TrainError, TrainHooks, TrainSetup, train};
-use attndet_detectors::models::{Detector, RetinaNet};
+use attndet_detectors::models::{AnyDetector, DetBackend, Detector, EvalKind};
 use burn::module::AutodiffModule;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
@@ -87,11 +87,12 @@ pub fn load_split(cfg: &ExperimentConfig, train: bool) -> anyhow::Result<(CocoDa
     Ok((coco, det))
 }
 
-/// Build the configured model on backend `B`.
-pub fn build_model<B: Backend>(cfg: &ExperimentConfig, device: &B::Device) -> anyhow::Result<RetinaNet<B>> {
-    match &cfg.model {
-        ModelConfig::RetinaNet(m) => RetinaNet::from_config(m, device).map_err(|e| bad_input(e.to_string())),
-    }
+/// Build the configured detector on backend `B`.
+pub fn build_model<B: DetBackend>(
+    cfg: &ExperimentConfig,
+    device: &B::Device,
+) -> anyhow::Result<AnyDetector<B>> {
+    AnyDetector::from_config(&cfg.model, device).map_err(|e| bad_input(e.to_string()))
 }
 
 /// Progress bar style shared by training and evaluation.
@@ -108,18 +109,27 @@ pub fn bar(len: u64, template: &str, quiet: bool) -> ProgressBar {
     pb
 }
 
-/// An evaluation, its COCO results and the per-image detections.
+/// The evaluations of each kind and the per-image detections.
 pub type EvalOutput = (
-    attndet_coco::Evaluation,
-    Vec<attndet_coco::Detection>,
+    Vec<attndet_detectors::engine::evaluate::KindEvaluation>,
     Vec<(u64, attndet_detectors::models::Detections)>,
 );
 
-/// Run inference over the val split and evaluate; prints the COCO table unless quiet.
+/// The kinds to evaluate: the config's `evaluation.metric`, else what the model predicts.
+pub fn eval_kinds<B: Backend, M: Detector<B>>(model: &M, cfg: &ExperimentConfig) -> Vec<EvalKind> {
+    if cfg.evaluation.metric.is_empty() {
+        model.eval_kinds()
+    } else {
+        cfg.evaluation.metric.clone()
+    }
+}
+
+/// Run inference over the val split and evaluate each of `kinds`; shows a progress bar unless quiet.
 pub fn evaluate_val<B: Backend, M: Detector<B>>(
     model: &M,
     cfg: &ExperimentConfig,
     val: &(CocoDataset, DetDataset),
+    kinds: &[EvalKind],
     device: &B::Device,
     quiet: bool,
 ) -> anyhow::Result<EvalOutput> {
@@ -137,9 +147,8 @@ pub fn evaluate_val<B: Backend, M: Detector<B>>(
         &mut |done, _| pb.set_position(done as u64),
     )?;
     pb.finish_and_clear();
-    let dets = to_coco_detections(&preds, &val.1.category_ids);
-    let eval = evaluate_bbox(&val.0, &dets)?;
-    Ok((eval, dets, preds))
+    let evals = evaluate_kinds(&val.0, &preds, &val.1.category_ids, kinds)?;
+    Ok((evals, preds))
 }
 
 struct CliHooks<'a, B: Backend> {
@@ -182,19 +191,23 @@ impl<'a, B: Backend, M: Detector<B>> TrainHooks<M> for CliHooks<'a, B> {
         self.bar.set_position(r.iter as u64);
     }
 
-    fn evaluate(&mut self, model: &M, epoch: usize) -> Result<Option<Vec<f64>>, String> {
+    fn evaluate(&mut self, model: &M, epoch: usize) -> Result<Option<EvalResults>, String> {
         let Some(val) = self.val else { return Ok(None) };
         self.bar.finish_and_clear();
-        let (eval, _, _) =
-            evaluate_val(model, self.cfg, val, self.device, self.quiet).map_err(|e| format!("{e:#}"))?;
+        let kinds = eval_kinds(model, self.cfg);
+        let (evals, _) = evaluate_val(model, self.cfg, val, &kinds, self.device, self.quiet)
+            .map_err(|e| format!("{e:#}"))?;
         if !self.quiet {
-            eprintln!(
-                "epoch {epoch}: bbox evaluation on {} val images\n{}",
-                val.1.records.len(),
-                eval.summary()
-            );
+            for e in &evals {
+                eprintln!(
+                    "epoch {epoch}: {} evaluation on {} val images\n{}",
+                    e.kind,
+                    val.1.records.len(),
+                    summary_text(e)
+                );
+            }
         }
-        Ok(Some(eval.stats))
+        Ok(Some(evals.into_iter().map(|e| (e.kind, e.stats)).collect()))
     }
 
     fn on_checkpoint(&mut self, dir: &Path) {
@@ -221,13 +234,14 @@ pub struct TrainOutcome {
 }
 
 /// Train on backend `B`.
-pub fn run_on<B: AutodiffBackend>(
+pub fn run_on<B: AutodiffBackend + DetBackend>(
     args: &TrainArgs,
     p: &Prepared,
     device: &B::Device,
 ) -> anyhow::Result<TrainOutcome>
 where
-    RetinaNet<B>: AutodiffModule<B, InnerModule = RetinaNet<B::InnerBackend>>,
+    B::InnerBackend: DetBackend,
+    AnyDetector<B>: AutodiffModule<B, InnerModule = AnyDetector<B::InnerBackend>>,
 {
     let cfg = &p.cfg;
     let work_dir = args.work_dir.clone().unwrap_or_else(|| {
@@ -295,10 +309,10 @@ where
         bar: ProgressBar::hidden(),
         device,
     };
-    let result = train::<B, RetinaNet<B>, _>(model, &setup, device, &mut hooks);
+    let result = train::<B, AnyDetector<B>, _>(model, &setup, device, &mut hooks);
     hooks.bar.finish_and_clear();
     let (_, summary) = result.map_err(|e| match e {
-        TrainError::Resume { .. } => bad_input(e.to_string()),
+        TrainError::Resume { .. } | TrainError::Config(_) => bad_input(e.to_string()),
         TrainError::Model(m) => bad_input(m.to_string()),
         other => anyhow::Error::new(other),
     })?;
@@ -323,7 +337,7 @@ pub struct TrainJob<'a> {
 impl BackendJob for TrainJob<'_> {
     type Output = TrainOutcome;
 
-    fn run<B: Backend>(self, device: &B::Device) -> anyhow::Result<TrainOutcome> {
+    fn run<B: DetBackend>(self, device: &B::Device) -> anyhow::Result<TrainOutcome> {
         run_on::<burn::backend::Autodiff<B>>(self.args, self.prepared, device)
     }
 }
@@ -344,11 +358,11 @@ pub fn run(args: &TrainArgs, device: &DeviceArg) -> anyhow::Result<()> {
 }
 
 /// Load a checkpoint's model into a freshly built model on `B` (inference).
-pub fn load_checkpoint_model<B: Backend>(
+pub fn load_checkpoint_model<B: DetBackend>(
     cfg: &ExperimentConfig,
     ckpt: &Path,
     device: &B::Device,
-) -> anyhow::Result<RetinaNet<B>> {
+) -> anyhow::Result<AnyDetector<B>> {
     let dir = if ckpt.join("state.json").exists() {
         ckpt.to_path_buf()
     } else if let Some(latest) = checkpoint::latest(ckpt) {

@@ -215,6 +215,29 @@ impl Evaluation {
     }
 }
 
+impl Evaluation {
+    /// mmdetection's proposal metric: `[AR@100, AR@300, AR@1000, AR_s@1000, AR_m@1000, AR_l@1000]`
+    /// (class-agnostic recall averaged over IoU 0.50:0.95; run with
+    /// [`EvalParams::proposals`](super::EvalParams::proposals), whose last maxDets is 1000).
+    pub fn proposal_stats(&self) -> Vec<f64> {
+        let last = self.params.max_dets.last().copied().unwrap_or(0);
+        let at = |area: &'static str, max_det: usize| {
+            compute(
+                self,
+                &StatDef {
+                    ap: false,
+                    iou: None,
+                    area,
+                    max_det,
+                },
+            )
+        };
+        let mut out: Vec<f64> = self.params.max_dets.iter().map(|&m| at("all", m)).collect();
+        out.extend(["small", "medium", "large"].map(|a| at(a, last)));
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

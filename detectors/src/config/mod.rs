@@ -12,10 +12,12 @@
 
 mod error;
 mod resolve;
+mod two_stage;
 mod typed;
 
 pub use error::ConfigError;
 pub use resolve::{apply_override, deep_merge, load_resolved, parse_override_value, strip_delete_markers};
+pub use two_stage::*;
 pub use typed::*;
 
 use std::path::Path;

@@ -150,7 +150,9 @@ fn shipped_configs_resolve_and_type_check() {
         let path = configs_dir().join("retinanet").join(name);
         let (cfg, _): (ExperimentConfig, _) =
             load_typed(&path, &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let ModelConfig::RetinaNet(m) = &cfg.model;
+        let ModelConfig::RetinaNet(m) = &cfg.model else {
+            panic!("{name}: expected RetinaNet");
+        };
         assert_eq!(m.bbox_head.num_classes, 80);
         assert_eq!(m.neck.add_extra_convs, crate::necks::ExtraConvs::OnInput);
         let OptimizerConfig::Sgd(sgd) = &cfg.optimizer else {
@@ -168,7 +170,9 @@ fn shipped_configs_resolve_and_type_check() {
         &[],
     )
     .unwrap();
-    let ModelConfig::RetinaNet(m) = cfg.model;
+    let ModelConfig::RetinaNet(m) = cfg.model else {
+        panic!("expected RetinaNet");
+    };
     assert_eq!(m.backbone.name, "dca_se_resnet50");
 }
 

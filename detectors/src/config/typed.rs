@@ -34,6 +34,43 @@ pub struct ExperimentConfig {
 pub enum ModelConfig {
     /// RetinaNet (Lin et al. 2017): backbone + FPN + dense focal-loss head.
     RetinaNet(RetinaNetConfig),
+    /// A region proposal network alone: its detections are class-agnostic proposals.
+    #[serde(rename = "RPN")]
+    Rpn(super::RpnConfig),
+    /// Faster R-CNN (Ren et al. 2015): backbone + FPN + RPN + a RoI head.
+    #[serde(rename = "FasterRCNN")]
+    FasterRcnn(super::TwoStageConfig),
+}
+
+impl ModelConfig {
+    /// The backbone of any detector.
+    pub fn backbone(&self) -> &BackboneConfig {
+        match self {
+            Self::RetinaNet(c) => &c.backbone,
+            Self::Rpn(c) => &c.backbone,
+            Self::FasterRcnn(c) => &c.backbone,
+        }
+    }
+
+    /// The backbone of any detector, to change it.
+    pub fn backbone_mut(&mut self) -> &mut BackboneConfig {
+        match self {
+            Self::RetinaNet(c) => &mut c.backbone,
+            Self::Rpn(c) => &mut c.backbone,
+            Self::FasterRcnn(c) => &mut c.backbone,
+        }
+    }
+
+    /// Object classes the detector predicts (1 for an RPN: "object").
+    pub fn num_classes(&self) -> usize {
+        match self {
+            Self::RetinaNet(c) => c.bbox_head.num_classes,
+            Self::Rpn(_) => 1,
+            Self::FasterRcnn(c) => match &c.roi_head {
+                super::RoiHeadConfig::Standard(h) => h.bbox_head.num_classes,
+            },
+        }
+    }
 }
 
 /// RetinaNet with mmdetection's field names.
@@ -279,8 +316,75 @@ pub struct RunnerConfig {
 pub struct EvaluationConfig {
     /// Evaluate every N epochs (0: never during training).
     pub interval: usize,
-    /// Keep `best.ckpt` for the highest bbox AP.
-    pub save_best: bool,
+    /// What to evaluate (`["bbox"]`, `["bbox", "segm"]`, `["proposal"]`); empty: what the detector predicts.
+    #[serde(default)]
+    pub metric: Vec<crate::models::EvalKind>,
+    /// Keep `WORK_DIR/best` for the best value of a metric: `true` for the first evaluated metric's main
+    /// figure (AP, or AR@1000 for proposals), a name such as `"bbox_mAP"`, `"segm_mAP"`, `"bbox_mAP_50"` or
+    /// `"proposal_AR@1000"`, or `false`.
+    pub save_best: SaveBest,
+}
+
+/// The `evaluation.save_best` rule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SaveBest {
+    /// `true`: the first metric's main figure; `false`: no best checkpoint.
+    Enabled(bool),
+    /// A named figure.
+    Metric(String),
+}
+
+impl SaveBest {
+    /// The figure to maximise, given the evaluated kinds (`None` when off). `(kind, index into its stats,
+    /// name)`.
+    ///
+    /// # Errors
+    /// An unknown name, or a kind that is not evaluated, naming the field.
+    pub fn target(
+        &self,
+        kinds: &[crate::models::EvalKind],
+    ) -> Result<Option<(crate::models::EvalKind, usize, String)>, String> {
+        use crate::models::EvalKind;
+        let name = match self {
+            Self::Enabled(false) => return Ok(None),
+            Self::Enabled(true) => match kinds.first() {
+                None => return Ok(None),
+                Some(EvalKind::Proposal) => "proposal_AR@1000".to_string(),
+                Some(k) => format!("{k}_mAP"),
+            },
+            Self::Metric(m) => m.clone(),
+        };
+        let (kind, figure) = name.split_once('_').ok_or_else(|| {
+            format!(
+                "evaluation.save_best: `{name}` is not of the form bbox_mAP, segm_mAP_50, proposal_AR@1000"
+            )
+        })?;
+        let kind: EvalKind = kind
+            .parse()
+            .map_err(|e| format!("evaluation.save_best: `{name}`: {e}"))?;
+        let index = match (kind, figure) {
+            (EvalKind::Proposal, "AR@100") => 0,
+            (EvalKind::Proposal, "AR@300") => 1,
+            (EvalKind::Proposal, "AR@1000") => 2,
+            (EvalKind::Bbox | EvalKind::Segm, "mAP") => 0,
+            (EvalKind::Bbox | EvalKind::Segm, "mAP_50") => 1,
+            (EvalKind::Bbox | EvalKind::Segm, "mAP_75") => 2,
+            _ => {
+                return Err(format!(
+                    "evaluation.save_best: unknown figure `{figure}` of {kind} (bbox/segm: mAP, mAP_50, \
+                     mAP_75; proposal: AR@100, AR@300, AR@1000)"
+                ));
+            }
+        };
+        if !kinds.contains(&kind) {
+            return Err(format!(
+                "evaluation.save_best: `{name}`, but {kind} is not evaluated (evaluated: {})",
+                kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        Ok(Some((kind, index, name)))
+    }
 }
 
 /// Checkpointing.

@@ -13,6 +13,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::transforms::{self, ImageMeta, Sample};
 use crate::config::PipelineConfig;
+use crate::structures::GroundTruth;
 
 /// One image of a dataset and its annotations in contiguous label space.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,12 +48,10 @@ pub struct Batch {
 pub struct BatchItem {
     /// Metadata (sizes, scale, flip).
     pub meta: ImageMeta,
-    /// Boxes `[x1, y1, x2, y2]` in the resized image.
-    pub boxes: Vec<[f32; 4]>,
-    /// Class indices.
-    pub labels: Vec<usize>,
-    /// Crowd regions in the resized image.
-    pub ignore: Vec<[f32; 4]>,
+    /// Ground truth in the transformed image.
+    pub gt: GroundTruth,
+    /// Seed of the model's random choices for this image (see [`Sample::seed`]).
+    pub seed: u64,
 }
 
 /// An image that cannot be used.
@@ -146,6 +145,7 @@ pub fn load_sample(r: &DetRecord, pipeline: &PipelineConfig, flip: bool) -> Resu
         labels: r.labels.clone(),
         ignore: r.ignore.clone(),
         masks: Vec::new(),
+        seed: 0,
         meta: ImageMeta {
             image_id: r.image_id,
             file: r.file.clone(),
@@ -196,9 +196,13 @@ pub fn collate(samples: Vec<Sample>, pipeline: &PipelineConfig) -> Batch {
         );
         items.push(BatchItem {
             meta: s.meta,
-            boxes: s.boxes,
-            labels: s.labels,
-            ignore: s.ignore,
+            gt: GroundTruth {
+                boxes: s.boxes,
+                labels: s.labels,
+                ignore: s.ignore,
+                masks: None,
+            },
+            seed: s.seed,
         });
     }
     Batch {
@@ -303,10 +307,11 @@ fn make_batch(
     let mut samples = Vec::with_capacity(indices.len());
     for &i in indices {
         // the flip of image i in this epoch depends only on (seed, epoch, i)
-        let flip = opts.flip_prob > 0.0
-            && epoch_rng(opts.seed, epoch, 2 + i as u64).random::<f64>() < opts.flip_prob;
+        let mut rng = epoch_rng(opts.seed, epoch, 2 + i as u64);
+        let flip = opts.flip_prob > 0.0 && rng.random::<f64>() < opts.flip_prob;
+        let seed = rng.random::<u64>();
         match load_sample(&records[i], &opts.pipeline, flip) {
-            Ok(s) => samples.push(s),
+            Ok(s) => samples.push(Sample { seed, ..s }),
             Err(_) if opts.skip_bad_images => {
                 skipped.fetch_add(1, Ordering::SeqCst);
             }
@@ -472,7 +477,7 @@ mod tests {
             let [n, c, h, w] = batch.shape;
             assert_eq!((c, h % 32, w % 32), (3, 0, 0));
             for (i, s) in batch.samples.iter().enumerate() {
-                let b = s.boxes[0];
+                let b = s.gt.boxes[0];
                 let (cx, cy) = (((b[0] + b[2]) / 2.0) as usize, ((b[1] + b[3]) / 2.0) as usize);
                 assert_eq!(
                     batch.images[i * 3 * h * w + cy * w + cx],

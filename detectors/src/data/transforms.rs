@@ -19,27 +19,13 @@ pub struct Sample {
     pub masks: Vec<GrayImage>,
     /// Where the image came from and what was done to it.
     pub meta: ImageMeta,
+    /// Seed of this image's random choices inside the model in this epoch (training-target sampling): a
+    /// function of the run's seed, the epoch and the image alone, so that the sampled targets do not depend
+    /// on the batch the image lands in, on the number of replicas, or on where a run was resumed.
+    pub seed: u64,
 }
 
-/// Per-image metadata carried with a batch: what maps detections back to the original image.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ImageMeta {
-    /// COCO image id.
-    pub image_id: u64,
-    /// Image file.
-    pub file: std::path::PathBuf,
-    /// Original `(width, height)`.
-    pub ori_size: (u32, u32),
-    /// `(width, height)` after resizing (before padding).
-    pub img_size: (u32, u32),
-    /// `(sx, sy)`: resized = original * scale.
-    pub scale: (f32, f32),
-    /// Whether the image was flipped horizontally.
-    pub flipped: bool,
-    /// `(width, height)` of this image padded to the size divisor (mmdetection `pad_shape`): anchors beyond
-    /// it are invalid. Set when batching.
-    pub pad_size: (u32, u32),
-}
+pub use crate::structures::ImageMeta;
 
 /// The size an image of `(w, h)` gets under mmdetection's keep-ratio rescale to `scale = [long, short]`:
 /// the largest factor with long side <= long and short side <= short, sizes rounded to the nearest pixel.
@@ -169,6 +155,7 @@ mod tests {
             labels: (0..boxes.len()).collect(),
             ignore: vec![],
             masks,
+            seed: 0,
             meta: ImageMeta {
                 image_id: 1,
                 file: "painted.png".into(),

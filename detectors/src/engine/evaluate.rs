@@ -1,5 +1,6 @@
 //! Inference over a dataset split and COCO bbox evaluation with the `attndet-coco` evaluator.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use attndet_coco::{CocoDataset, Detection, EvalParams, Evaluation, IouType};
@@ -8,7 +9,7 @@ use burn::prelude::*;
 use super::trainer::batch_tensor;
 use crate::config::ExperimentConfig;
 use crate::data::{DetRecord, EpochLoader, ImageError, LoaderOptions};
-use crate::models::{Detections, Detector, ModelError};
+use crate::models::{Detections, Detector, EvalKind, ModelError};
 
 /// Why an evaluation failed.
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +52,8 @@ pub fn predict_records<B: Backend, M: Detector<B>>(
     let mut out = Vec::with_capacity(total);
     for batch in EpochLoader::start(records, opts, 0, 0) {
         let batch = batch?;
-        let dets = model.predict(batch_tensor::<B>(&batch, device), &batch.samples)?;
+        let metas: Vec<_> = batch.samples.iter().map(|s| s.meta.clone()).collect();
+        let dets = model.predict(batch_tensor::<B>(&batch, device), &metas)?;
         out.extend(batch.samples.iter().map(|s| s.meta.image_id).zip(dets));
         progress(out.len(), total);
     }
@@ -84,6 +86,101 @@ pub fn evaluate_bbox(gt: &CocoDataset, dets: &[Detection]) -> Result<Evaluation,
     Ok(attndet_coco::evaluate(gt, dets, &EvalParams::new(IouType::Bbox))?)
 }
 
+/// Evaluation results keyed by what was evaluated: the 12 COCO stats for bbox and segm, mmdetection's six
+/// proposal figures (AR@100/300/1000, AR_s/m/l@1000) for proposals.
+pub type EvalResults = BTreeMap<EvalKind, Vec<f64>>;
+
+/// One evaluated kind: the evaluation (for its printable summary), its stats, and the results it scored.
+#[derive(Debug)]
+pub struct KindEvaluation {
+    /// What was evaluated.
+    pub kind: EvalKind,
+    /// The full evaluation.
+    pub evaluation: Evaluation,
+    /// Its stats (see [`EvalResults`]).
+    pub stats: Vec<f64>,
+    /// The COCO results entries that were scored.
+    pub results: Vec<Detection>,
+}
+
+/// Evaluate per-image detections against `gt` for each of `kinds`.
+///
+/// # Errors
+/// [`EvalError::Model`] when segm is asked of detections without masks; evaluator errors.
+pub fn evaluate_kinds(
+    gt: &CocoDataset,
+    preds: &[(u64, Detections)],
+    category_ids: &[u64],
+    kinds: &[EvalKind],
+) -> Result<Vec<KindEvaluation>, EvalError> {
+    kinds
+        .iter()
+        .map(|&kind| {
+            let (results, params) = match kind {
+                EvalKind::Bbox => (
+                    to_coco_detections(preds, category_ids),
+                    EvalParams::new(IouType::Bbox),
+                ),
+                EvalKind::Proposal => {
+                    // class-agnostic: every proposal counts for the first category, categories pooled
+                    let first = category_ids.first().copied().unwrap_or(1);
+                    let agnostic: Vec<(u64, Detections)> = preds
+                        .iter()
+                        .map(|(id, d)| {
+                            (
+                                *id,
+                                Detections {
+                                    labels: vec![0; d.len()],
+                                    ..d.clone()
+                                },
+                            )
+                        })
+                        .collect();
+                    (to_coco_detections(&agnostic, &[first]), EvalParams::proposals())
+                }
+                EvalKind::Segm => {
+                    return Err(EvalError::Model(ModelError(
+                        "segm evaluation: this detector predicts no masks".into(),
+                    )));
+                }
+            };
+            let evaluation = attndet_coco::evaluate(gt, &results, &params)?;
+            let stats = match kind {
+                EvalKind::Proposal => evaluation.proposal_stats(),
+                _ => evaluation.stats.clone(),
+            };
+            Ok(KindEvaluation {
+                kind,
+                evaluation,
+                stats,
+                results,
+            })
+        })
+        .collect()
+}
+
+/// A printable summary of one evaluated kind: the COCO table, or the proposal recall lines.
+pub fn summary_text(e: &KindEvaluation) -> String {
+    match e.kind {
+        EvalKind::Proposal => {
+            let names = [
+                "AR@100",
+                "AR@300",
+                "AR@1000",
+                "AR_s@1000",
+                "AR_m@1000",
+                "AR_l@1000",
+            ];
+            names
+                .iter()
+                .zip(&e.stats)
+                .map(|(n, v)| format!(" {n:<10} = {v:.3}\n"))
+                .collect()
+        }
+        _ => e.evaluation.summary(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,6 +191,7 @@ mod tests {
             boxes: vec![[1.0, 2.0, 11.0, 22.0]],
             scores: vec![0.5],
             labels: vec![1],
+            masks: None,
         };
         let c = to_coco_detections(&[(9, d), (10, Detections::default())], &[3, 8]);
         assert_eq!(c.len(), 1);

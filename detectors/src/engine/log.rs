@@ -38,8 +38,9 @@ pub struct IterRecord {
 pub struct EvalRecord {
     /// Epoch evaluated (1-based).
     pub epoch: usize,
-    /// The 12 COCO summary stats (AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl).
-    pub bbox_stats: Vec<f64>,
+    /// The stats of each evaluated kind: for bbox and segm the 12 COCO summary stats (AP, AP50, AP75, APs, APm,
+    /// APl, AR1, AR10, AR100, ARs, ARm, ARl), for proposals AR@100, AR@300, AR@1000, AR_s/m/l@1000.
+    pub stats: crate::engine::evaluate::EvalResults,
 }
 
 /// A line of the log.
@@ -144,7 +145,7 @@ mod tests {
             .unwrap();
         log.append(&LogLine::Val(EvalRecord {
             epoch: 1,
-            bbox_stats: vec![0.5; 12],
+            stats: [(crate::models::EvalKind::Bbox, vec![0.5; 12])].into(),
         }))
         .unwrap();
         let lines = read_log(log.path()).unwrap();

@@ -18,6 +18,7 @@ use super::log::{EvalRecord, IterRecord, JsonLog, LogLine, resident_memory_mb};
 use super::schedule::{LrSchedule, auto_scaled_lr};
 use crate::config::{ExperimentConfig, OptimizerConfig};
 use crate::data::{Batch, DetRecord, EpochLoader, ImageError, LoaderOptions};
+use crate::engine::evaluate::EvalResults;
 use crate::models::{Detector, ModelError};
 
 /// Why training stopped early.
@@ -58,6 +59,9 @@ pub enum TrainError {
     /// The evaluation hook failed.
     #[error("evaluation failed: {0}")]
     Eval(String),
+    /// A config value does not fit the model (named in the message).
+    #[error("{0}")]
+    Config(String),
     /// The resume checkpoint belongs to a different setup.
     #[error("cannot resume from {path}: {message}")]
     Resume {
@@ -93,8 +97,8 @@ pub trait TrainHooks<M> {
     fn on_epoch_start(&mut self, _epoch: usize, _iters: usize) {}
     /// An iteration finished.
     fn on_iter(&mut self, _rec: &IterRecord) {}
-    /// Evaluate `model` after `epoch`; returns the 12 COCO bbox stats (or `None` to skip).
-    fn evaluate(&mut self, _model: &M, _epoch: usize) -> Result<Option<Vec<f64>>, String> {
+    /// Evaluate `model` after `epoch`; returns the stats of each evaluated kind (or `None` to skip).
+    fn evaluate(&mut self, _model: &M, _epoch: usize) -> Result<Option<EvalResults>, String> {
         Ok(None)
     }
     /// A checkpoint was written.
@@ -112,12 +116,12 @@ pub struct TrainSummary {
     pub iters: usize,
     /// Last checkpoint.
     pub last_checkpoint: Option<PathBuf>,
-    /// Best bbox AP and its epoch.
+    /// Best value of the `evaluation.save_best` figure and its epoch.
     pub best: Option<(f64, usize)>,
     /// Loss of every iteration run in this process (for tests of exact resume).
     pub losses: Vec<f64>,
     /// The last evaluation's stats.
-    pub last_eval: Option<Vec<f64>>,
+    pub last_eval: Option<EvalResults>,
 }
 
 /// Loader options of the training split.
@@ -257,6 +261,16 @@ where
         };
         last_checkpoint = Some(dir.clone());
     }
+    let kinds = if cfg.evaluation.metric.is_empty() {
+        model.eval_kinds()
+    } else {
+        cfg.evaluation.metric.clone()
+    };
+    let best_rule = cfg
+        .evaluation
+        .save_best
+        .target(&kinds)
+        .map_err(TrainError::Config)?;
     let schedule = LrSchedule::new(state.base_lr, &cfg.lr_config);
     let opts = train_loader_options(cfg);
     let mut losses = Vec::new();
@@ -340,13 +354,19 @@ where
             if let Some(stats) = hooks.evaluate(&inner, done).map_err(TrainError::Eval)? {
                 log.append(&LogLine::Val(EvalRecord {
                     epoch: done,
-                    bbox_stats: stats.clone(),
+                    stats: stats.clone(),
                 }))
                 .map_err(io_err(log.path()))?;
-                let ap = stats.first().copied().unwrap_or(0.0);
-                if state.best.is_none_or(|(best, _)| ap > best) {
-                    state.best = Some((ap, done));
-                    improved = true;
+                if let Some((kind, index, _)) = &best_rule {
+                    let value = stats
+                        .get(kind)
+                        .and_then(|s| s.get(*index))
+                        .copied()
+                        .unwrap_or(0.0);
+                    if state.best.is_none_or(|(best, _)| value > best) {
+                        state.best = Some((value, done));
+                        improved = true;
+                    }
                 }
                 last_eval = Some(stats);
             }
@@ -358,12 +378,12 @@ where
             hooks.on_checkpoint(&dir);
             last_checkpoint = Some(dir);
         }
-        if improved && cfg.evaluation.save_best {
+        if improved {
             let dir = setup.work_dir.join("best");
             checkpoint::save::<B, M, _>(&dir, &model, &optim, &state)?;
-            if let Some((ap, e)) = state.best {
+            if let (Some((value, e)), Some((_, _, name))) = (state.best, &best_rule) {
                 hooks.on_message(&format!(
-                    "best bbox AP {ap:.4} at epoch {e}: saved {}",
+                    "best {name} {value:.4} at epoch {e}: saved {}",
                     dir.display()
                 ));
             }

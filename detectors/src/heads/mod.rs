@@ -1,3 +1,5 @@
 //! Dense and RoI heads.
 
+pub mod dense;
 pub mod retina;
+pub mod rpn;

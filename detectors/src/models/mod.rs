@@ -1,11 +1,25 @@
-//! Detectors: the trait the engine trains and evaluates, and the models.
+//! Detectors: the trait the engine trains and evaluates, the one enum of every detector, and the models.
+//!
+//! A new detector is a module implementing [`Detector`] and an arm of [`AnyDetector`] (built from its
+//! [`ModelConfig`] arm): the engine and the tools only ever see [`AnyDetector`].
 
 use burn::prelude::*;
 
+use crate::config::ModelConfig;
 use crate::data::BatchItem;
+use crate::ops::RoiAlignBackend;
+use crate::structures::ImageMeta;
 
 pub mod retinanet;
+pub mod two_stage;
 pub use retinanet::RetinaNet;
+pub use two_stage::{Rpn, TwoStage};
+
+/// The backends the detectors run on: every burn backend with a RoIAlign (Flex, CUDA, and `Autodiff` of
+/// either). The one bound that generic detector code needs.
+pub trait DetBackend: RoiAlignBackend {}
+
+impl<B: RoiAlignBackend> DetBackend for B {}
 
 /// Detections of one image, in the coordinates of the original (unresized, unflipped) image.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -16,6 +30,21 @@ pub struct Detections {
     pub scores: Vec<f32>,
     /// 0-based class indices.
     pub labels: Vec<usize>,
+    /// Instance masks at the original image size, one per box (detectors with a mask branch); `None`
+    /// otherwise.
+    pub masks: Option<Vec<attndet_coco::mask::Rle>>,
+}
+
+impl Detections {
+    /// Number of detections.
+    pub fn len(&self) -> usize {
+        self.boxes.len()
+    }
+
+    /// Whether there is no detection.
+    pub fn is_empty(&self) -> bool {
+        self.boxes.is_empty()
+    }
 }
 
 /// Named loss terms of one batch; the total is their sum.
@@ -40,44 +69,165 @@ impl<B: Backend> Losses<B> {
 #[error("{0}")]
 pub struct ModelError(pub String);
 
+/// What a detector's predictions are evaluated as: the COCO IoU types, and proposal recall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EvalKind {
+    /// Box AP (the 12 COCO stats).
+    Bbox,
+    /// Mask AP.
+    Segm,
+    /// Class-agnostic box recall of region proposals (AR@100/300/1000, and small/medium/large AR@1000).
+    Proposal,
+}
+
+impl EvalKind {
+    /// The name used in configs, logs and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Bbox => "bbox",
+            Self::Segm => "segm",
+            Self::Proposal => "proposal",
+        }
+    }
+}
+
+impl std::fmt::Display for EvalKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for EvalKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "bbox" => Ok(Self::Bbox),
+            "segm" => Ok(Self::Segm),
+            "proposal" => Ok(Self::Proposal),
+            _ => Err(format!("unknown metric `{s}`: expected bbox, segm or proposal")),
+        }
+    }
+}
+
 /// What the engine needs from a detector.
 pub trait Detector<B: Backend> {
     /// Training losses of a batch.
     ///
     /// # Shapes
-    /// - images: `[N, 3, H, W]`, normalised and padded; `items`: N entries with boxes in the resized image
+    /// - images: `[N, 3, H, W]`, normalised and padded; `items`: N entries with the ground truth in the
+    ///   transformed image
     fn losses(&self, images: Tensor<B, 4>, items: &[BatchItem]) -> Result<Losses<B>, ModelError>;
 
     /// Detections of a batch, mapped back to each original image.
     ///
     /// # Shapes
-    /// - images: `[N, 3, H, W]`; output: N entries
-    fn predict(&self, images: Tensor<B, 4>, items: &[BatchItem]) -> Result<Vec<Detections>, ModelError>;
+    /// - images: `[N, 3, H, W]`; metas: N entries; output: N entries
+    fn predict(&self, images: Tensor<B, 4>, metas: &[ImageMeta]) -> Result<Vec<Detections>, ModelError>;
+
+    /// What the predictions are evaluated as, the main metric first (bbox for box detectors, bbox and segm
+    /// with a mask branch, proposal for a region proposal network alone).
+    fn eval_kinds(&self) -> Vec<EvalKind> {
+        vec![EvalKind::Bbox]
+    }
 }
 
-/// Map a box from the transformed image back to the original: undo the flip (in the resized frame), then the
-/// scale, and clip to the original size.
-pub fn to_original(b: [f32; 4], meta: &crate::data::transforms::ImageMeta) -> [f32; 4] {
-    let (w, _) = meta.img_size;
-    let b = if meta.flipped {
-        [w as f32 - b[2], b[1], w as f32 - b[0], b[3]]
+/// Every detector of the zoo, built from its [`ModelConfig`] arm.
+#[allow(clippy::large_enum_variant)]
+#[derive(Module, Debug)]
+pub enum AnyDetector<B: Backend> {
+    /// RetinaNet.
+    RetinaNet(RetinaNet<B>),
+    /// A region proposal network alone.
+    Rpn(Rpn<B>),
+    /// Faster R-CNN (and the two-stage detectors built on its seam).
+    TwoStage(TwoStage<B>),
+}
+
+impl<B: DetBackend> AnyDetector<B> {
+    /// Build the configured detector (backbone weights from its `init_checkpoint` when given).
+    pub fn from_config(cfg: &ModelConfig, device: &B::Device) -> Result<Self, ModelError> {
+        Ok(match cfg {
+            ModelConfig::RetinaNet(c) => Self::RetinaNet(RetinaNet::from_config(c, device)?),
+            ModelConfig::Rpn(c) => Self::Rpn(Rpn::from_config(c, device)?),
+            ModelConfig::FasterRcnn(c) => Self::TwoStage(TwoStage::from_config(c, device)?),
+        })
+    }
+
+    /// The detector's type name, as in configs (`"type"`).
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::RetinaNet(_) => "RetinaNet",
+            Self::Rpn(_) => "RPN",
+            Self::TwoStage(_) => "FasterRCNN",
+        }
+    }
+}
+
+impl<B: DetBackend> Detector<B> for AnyDetector<B> {
+    fn losses(&self, images: Tensor<B, 4>, items: &[BatchItem]) -> Result<Losses<B>, ModelError> {
+        match self {
+            Self::RetinaNet(m) => m.losses(images, items),
+            Self::Rpn(m) => m.losses(images, items),
+            Self::TwoStage(m) => m.losses(images, items),
+        }
+    }
+
+    fn predict(&self, images: Tensor<B, 4>, metas: &[ImageMeta]) -> Result<Vec<Detections>, ModelError> {
+        match self {
+            Self::RetinaNet(m) => m.predict(images, metas),
+            Self::Rpn(m) => m.predict(images, metas),
+            Self::TwoStage(m) => m.predict(images, metas),
+        }
+    }
+
+    fn eval_kinds(&self) -> Vec<EvalKind> {
+        match self {
+            Self::RetinaNet(m) => m.eval_kinds(),
+            Self::Rpn(m) => m.eval_kinds(),
+            Self::TwoStage(m) => m.eval_kinds(),
+        }
+    }
+}
+
+/// Build a configured backbone: from the zoo, weights from `init_checkpoint` when given (head-less and
+/// whole-detector checkpoints, mmdetection's `backbone.*`, are accepted too), norm_eval and frozen stages
+/// applied.
+pub fn build_backbone<B: Backend>(
+    cfg: &crate::config::BackboneConfig,
+    device: &B::Device,
+) -> Result<attndet_backbones::AnyBackbone<B>, ModelError> {
+    use attndet_backbones::{Backbone, BackboneArch, NormMode};
+    let arch = BackboneArch::parse(&cfg.name).map_err(|e| ModelError(format!("model.backbone.name: {e}")))?;
+    let mut backbone = arch
+        .build::<B>(device)
+        .map_err(|e| ModelError(format!("model.backbone: {e}")))?;
+    if let Some(path) = &cfg.init_checkpoint {
+        backbone
+            .load_backbone_weights(&arch, std::path::Path::new(path))
+            .map_err(|e| ModelError(format!("model.backbone.init_checkpoint {path}: {e}")))?;
+    }
+    let backbone = backbone.with_norm_mode(if cfg.norm_eval {
+        NormMode::Frozen
     } else {
-        b
-    };
-    let (sx, sy) = meta.scale;
-    let (ow, oh) = (meta.ori_size.0 as f32, meta.ori_size.1 as f32);
-    [
-        (b[0] / sx).clamp(0.0, ow),
-        (b[1] / sy).clamp(0.0, oh),
-        (b[2] / sx).clamp(0.0, ow),
-        (b[3] / sy).clamp(0.0, oh),
-    ]
+        NormMode::Auto
+    });
+    Ok(if cfg.frozen_stages >= 0 {
+        backbone.with_frozen_stages(cfg.frozen_stages as usize)
+    } else {
+        backbone
+    })
+}
+
+/// Map a box from the transformed image back to the original (see [`ImageMeta::to_original`]).
+pub fn to_original(b: [f32; 4], meta: &ImageMeta) -> [f32; 4] {
+    meta.to_original(b)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::transforms::ImageMeta;
 
     #[test]
     fn boxes_map_back_through_scale_and_flip() {

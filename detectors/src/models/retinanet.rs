@@ -3,22 +3,22 @@
 //! assignment (0.5 / 0.4), and inference with per-level top-k, a score threshold, class-aware NMS and a
 //! per-image cap, mapped back to the original image.
 
-use std::path::Path;
-
-use attndet_backbones::{AnyBackbone, Backbone, BackboneArch, NormMode};
+use attndet_backbones::{AnyBackbone, Backbone};
 use burn::prelude::*;
 use burn::tensor::activation::sigmoid;
 
-use super::{Detections, Detector, Losses, ModelError, to_original};
+use super::{Detections, Detector, Losses, ModelError};
 use crate::anchors::AnchorGenerator;
 use crate::assigners::MaxIouAssigner;
 use crate::coders::DeltaXywhCoder;
 use crate::config::{DenseTestConfig, RetinaNetConfig};
 use crate::data::BatchItem;
+use crate::heads::dense::{LevelOnHost, Sampling, dense_targets, image_candidates};
 use crate::heads::retina::{RetinaHead, RetinaHeadSizes};
 use crate::losses::{FocalLoss, L1Loss};
 use crate::necks::Fpn;
 use crate::ops::batched_nms_host;
+use crate::structures::ImageMeta;
 
 /// The non-trainable parts: anchors, coder, assigner, losses and test settings (constants of the module).
 #[derive(Debug, Clone)]
@@ -51,25 +51,7 @@ impl<B: Backend> RetinaNet<B> {
     /// Build from a config: backbone from the zoo (weights from `init_checkpoint` when given), frozen stages
     /// and norm_eval applied, neck and head sized from the backbone's feature specs.
     pub fn from_config(cfg: &RetinaNetConfig, device: &B::Device) -> Result<Self, ModelError> {
-        let arch = BackboneArch::parse(&cfg.backbone.name)
-            .map_err(|e| ModelError(format!("model.backbone.name: {e}")))?;
-        let mut backbone = arch.build::<B>(device).map_err(model_err)?;
-        if let Some(path) = &cfg.backbone.init_checkpoint {
-            // head-less and whole-detector checkpoints (mmdetection's `backbone.*`) are accepted too
-            backbone
-                .load_backbone_weights(&arch, Path::new(path))
-                .map_err(|e| ModelError(format!("model.backbone.init_checkpoint {path}: {e}")))?;
-        }
-        let backbone = backbone.with_norm_mode(if cfg.backbone.norm_eval {
-            NormMode::Frozen
-        } else {
-            NormMode::Auto
-        });
-        let backbone = if cfg.backbone.frozen_stages >= 0 {
-            backbone.with_frozen_stages(cfg.backbone.frozen_stages as usize)
-        } else {
-            backbone
-        };
+        let backbone = super::build_backbone::<B>(&cfg.backbone, device)?;
         let neck = cfg
             .neck
             .init::<B>(&backbone.feature_specs(), device)
@@ -79,22 +61,10 @@ impl<B: Backend> RetinaNet<B> {
             .anchor_generator
             .init()
             .map_err(|e| ModelError(format!("model.bbox_head.anchor_generator: {e}")))?;
-        let levels = neck.output_specs();
-        if levels.len() != anchors.num_levels() {
-            return Err(ModelError(format!(
-                "model.bbox_head.anchor_generator: {} strides for {} FPN levels",
-                anchors.num_levels(),
-                levels.len()
-            )));
-        }
-        for (spec, &stride) in levels.iter().zip(anchors.strides()) {
-            if spec.stride != stride {
-                return Err(ModelError(format!(
-                    "model.bbox_head.anchor_generator.strides: {stride} for an FPN level of stride {}",
-                    spec.stride
-                )));
-            }
-        }
+        let strides: Vec<usize> = neck.output_specs().iter().map(|s| s.stride).collect();
+        anchors
+            .check_level_strides(&strides)
+            .map_err(|e| ModelError(format!("model.bbox_head.anchor_generator.strides: {e}")))?;
         let num_anchors = anchors.num_base_anchors()[0];
         let bbox_head = RetinaHeadSizes {
             in_channels: cfg.neck.out_channels,
@@ -143,98 +113,10 @@ impl<B: Backend> RetinaNet<B> {
         let sizes = pyramid.iter().map(|p| [p.dims()[2], p.dims()[3]]).collect();
         Ok((self.bbox_head.forward(&pyramid), sizes))
     }
-
-    /// Classification and box targets of one image.
-    ///
-    /// # Shapes
-    /// - anchors: `[T, 4]`, valid: `[T]`
-    /// - output: labels `[T]` (class, or K for background), label weights `[T]` (0 for ignored anchors),
-    ///   box targets `[T, 4]` (encoded deltas, 0 for non-positives), positive mask as floats `[T, 1]`
-    fn targets(
-        &self,
-        anchors: Tensor<B, 2>,
-        valid: Tensor<B, 1, Bool>,
-        item: &BatchItem,
-    ) -> Result<ImageTargets<B>, ModelError> {
-        let device = anchors.device();
-        let t = anchors.dims()[0];
-        let k = self.bbox_head.num_classes() as i64;
-        let gt = rows_tensor::<B>(&item.boxes, &device);
-        let labels: Vec<i64> = item.labels.iter().map(|&l| l as i64).collect();
-        if let Some(&bad) = labels.iter().find(|&&l| l >= k) {
-            return Err(ModelError(format!(
-                "{}: label {bad} but the head has {k} classes",
-                item.meta.file.display()
-            )));
-        }
-        let m = labels.len();
-        let gt_labels =
-            Tensor::<B, 1, Int>::from_data(TensorData::new(labels, [m]).convert::<B::IntElem>(), &device);
-        let ignore = (!item.ignore.is_empty()).then(|| rows_tensor::<B>(&item.ignore, &device));
-        let assign = self
-            .parts
-            .assigner
-            .assign(anchors.clone(), gt.clone(), gt_labels, ignore, Some(valid))
-            .map_err(model_err)?;
-        let pos = assign.positive();
-        let neg = assign.negative();
-        let cls_labels = assign
-            .labels
-            .clone()
-            .mask_where(pos.clone().bool_not(), Tensor::full([t], k, &device));
-        let weights = pos.clone().bool_or(neg).float();
-        let pos_f = pos.clone().float().reshape([t, 1]);
-        let box_targets = if m == 0 {
-            Tensor::zeros([t, 4], &device)
-        } else {
-            let matched = gt.select(0, assign.gt_index_or_zero());
-            let enc = self.parts.coder.encode(anchors, matched).map_err(model_err)?;
-            // non-positives may pair an anchor with an unrelated box: zero them (weight 0 would not cancel NaN)
-            enc.mask_where(
-                pos.bool_not().reshape([t, 1]).expand([t, 4]),
-                Tensor::zeros([t, 4], &device),
-            )
-        };
-        Ok(ImageTargets {
-            labels: cls_labels,
-            weights,
-            box_targets,
-            positive: pos_f,
-        })
-    }
 }
 
 /// Head outputs per level (`([N, A_l, K], [N, A_l, 4])`) and the levels' `[H_l, W_l]`.
 pub type HeadOutputs<B> = (Vec<(Tensor<B, 3>, Tensor<B, 3>)>, Vec<[usize; 2]>);
-
-/// Training targets of one image over all `T` anchors.
-struct ImageTargets<B: Backend> {
-    /// `[T]`: class, or K for background.
-    labels: Tensor<B, 1, Int>,
-    /// `[T]`: 1 for positives and negatives, 0 for ignored anchors.
-    weights: Tensor<B, 1>,
-    /// `[T, 4]`: encoded deltas of positives, 0 elsewhere.
-    box_targets: Tensor<B, 2>,
-    /// `[T, 1]`: 1 for positives.
-    positive: Tensor<B, 2>,
-}
-
-/// One level's outputs of a whole batch, read back to the host for post-processing.
-struct LevelOnHost {
-    /// Sigmoid scores `[N, T_l, K]`, row-major.
-    scores: Vec<f32>,
-    /// Deltas `[N, T_l, 4]`.
-    deltas: Vec<f32>,
-    /// Anchors `[T_l, 4]`.
-    anchors: Vec<f32>,
-    /// Anchors of the level.
-    t: usize,
-}
-
-fn rows_tensor<B: Backend>(rows: &[[f32; 4]], device: &B::Device) -> Tensor<B, 2> {
-    let flat: Vec<f32> = rows.iter().flatten().copied().collect();
-    Tensor::from_data(TensorData::new(flat, [rows.len(), 4]), device)
-}
 
 impl<B: Backend> Detector<B> for RetinaNet<B> {
     fn losses(&self, images: Tensor<B, 4>, items: &[BatchItem]) -> Result<Losses<B>, ModelError> {
@@ -260,22 +142,33 @@ impl<B: Backend> Detector<B> for RetinaNet<B> {
         let reg = Tensor::cat(outs.into_iter().map(|(_, r)| r).collect(), 1); // [N, T, 4]
         let (mut labels, mut weights, mut box_t, mut pos) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for item in items {
-            let pad = [
-                h.min(item.meta.pad_size.1 as usize),
-                w.min(item.meta.pad_size.0 as usize),
-            ];
+            if let Some(&bad) = item.gt.labels.iter().find(|&&l| l >= k) {
+                return Err(ModelError(format!(
+                    "{}: label {bad} but the head has {k} classes",
+                    item.meta.file.display()
+                )));
+            }
             let valid = Tensor::cat(
                 self.parts
                     .anchors
-                    .valid_flags::<B>(&sizes, pad, &device)
+                    .valid_flags::<B>(&sizes, item.meta.pad_hw([h, w]), &device)
                     .map_err(model_err)?,
                 0,
             );
-            let t = self.targets(anchors.clone(), valid, item)?;
+            let t = dense_targets::<B, rand_chacha::ChaCha8Rng>(
+                anchors.clone(),
+                valid,
+                &item.gt,
+                k,
+                false,
+                &self.parts.assigner,
+                &self.parts.coder,
+                Sampling::All,
+            )?;
             labels.push(t.labels);
-            weights.push(t.weights);
+            weights.push(t.label_weights);
             box_t.push(t.box_targets);
-            pos.push(t.positive);
+            pos.push(t.box_weights);
         }
         let labels = Tensor::cat(labels, 0);
         let weights = Tensor::cat(weights, 0);
@@ -298,7 +191,7 @@ impl<B: Backend> Detector<B> for RetinaNet<B> {
         })
     }
 
-    fn predict(&self, images: Tensor<B, 4>, items: &[BatchItem]) -> Result<Vec<Detections>, ModelError> {
+    fn predict(&self, images: Tensor<B, 4>, metas: &[ImageMeta]) -> Result<Vec<Detections>, ModelError> {
         let device = images.device();
         let (outs, sizes) = self.forward_head(images)?;
         let anchors = self
@@ -311,82 +204,27 @@ impl<B: Backend> Detector<B> for RetinaNet<B> {
         // one host read per level of the whole batch's scores and deltas
         let host: Vec<LevelOnHost> = outs
             .into_iter()
-            .zip(&anchors)
-            .map(|((c, r), a)| {
-                let t = a.dims()[0];
-                let scores: Vec<f32> = sigmoid(c)
-                    .into_data()
-                    .convert::<f32>()
-                    .to_vec()
-                    .unwrap_or_default();
-                let deltas: Vec<f32> = r.into_data().convert::<f32>().to_vec().unwrap_or_default();
-                let anchors: Vec<f32> = a
-                    .clone()
-                    .into_data()
-                    .convert::<f32>()
-                    .to_vec()
-                    .unwrap_or_default();
-                LevelOnHost {
-                    scores,
-                    deltas,
-                    anchors,
-                    t,
-                }
-            })
+            .zip(anchors)
+            .map(|((c, r), a)| LevelOnHost::read(sigmoid(c), r, a))
             .collect();
-        let mut results = Vec::with_capacity(items.len());
-        for (i, item) in items.iter().enumerate() {
-            let (mut boxes, mut scores, mut labels) = (Vec::new(), Vec::new(), Vec::new());
-            for LevelOnHost {
-                scores: level_scores,
-                deltas: level_deltas,
-                anchors: level_anchors,
-                t,
-            } in &host
-            {
-                let s = &level_scores[i * t * k..(i + 1) * t * k];
-                // candidates above the threshold, the top nms_pre of them (mmdetection filter_scores_and_topk)
-                let mut cand: Vec<usize> = (0..t * k).filter(|&j| s[j] > test.score_thr as f32).collect();
-                cand.sort_by(|&a, &b| s[b].total_cmp(&s[a]).then(a.cmp(&b)));
-                cand.truncate(test.nms_pre);
-                if cand.is_empty() {
-                    continue;
-                }
-                let anchor_rows: Vec<f32> = cand
-                    .iter()
-                    .flat_map(|&j| level_anchors[(j / k) * 4..(j / k) * 4 + 4].to_vec())
-                    .collect();
-                let delta_rows: Vec<f32> = cand
-                    .iter()
-                    .flat_map(|&j| level_deltas[(i * t + j / k) * 4..(i * t + j / k) * 4 + 4].to_vec())
-                    .collect();
-                let c = cand.len();
-                let a = Tensor::<B, 2>::from_data(TensorData::new(anchor_rows, [c, 4]), &device);
-                let d = Tensor::<B, 2>::from_data(TensorData::new(delta_rows, [c, 4]), &device);
-                let (iw, ih) = item.meta.img_size;
-                let decoded = self
-                    .parts
-                    .coder
-                    .decode(a, d, Some([ih as usize, iw as usize]))
-                    .map_err(model_err)?;
-                let decoded: Vec<f32> = decoded.into_data().convert::<f32>().to_vec().unwrap_or_default();
-                for (n, &j) in cand.iter().enumerate() {
-                    boxes.push([
-                        decoded[n * 4],
-                        decoded[n * 4 + 1],
-                        decoded[n * 4 + 2],
-                        decoded[n * 4 + 3],
-                    ]);
-                    scores.push(s[j]);
-                    labels.push((j % k) as i64);
-                }
-            }
-            let keep = batched_nms_host(&boxes, &scores, &labels, test.nms_iou_thr as f32);
+        let mut results = Vec::with_capacity(metas.len());
+        for (i, meta) in metas.iter().enumerate() {
+            let c = image_candidates::<B>(
+                &host,
+                i,
+                k,
+                test.score_thr as f32,
+                test.nms_pre,
+                &self.parts.coder,
+                meta.img_hw(),
+                &device,
+            )?;
+            let keep = batched_nms_host(&c.boxes, &c.scores, &c.labels, test.nms_iou_thr as f32);
             let mut det = Detections::default();
             for &j in keep.iter().take(test.max_per_img) {
-                det.boxes.push(to_original(boxes[j], &item.meta));
-                det.scores.push(scores[j]);
-                det.labels.push(labels[j] as usize);
+                det.boxes.push(meta.to_original(c.boxes[j]));
+                det.scores.push(c.scores[j]);
+                det.labels.push(c.labels[j] as usize);
             }
             results.push(det);
         }
@@ -398,7 +236,8 @@ impl<B: Backend> Detector<B> for RetinaNet<B> {
 mod tests {
     use super::*;
     use crate::config::{ModelConfig, apply_override, from_value_with_path, load_resolved};
-    use crate::data::transforms::ImageMeta;
+    use crate::structures::GroundTruth;
+    use attndet_backbones::BackboneArch;
     use burn::backend::{Autodiff, Flex};
 
     type A = Autodiff<Flex>;
@@ -419,7 +258,9 @@ mod tests {
         ] {
             apply_override(&mut v, o).unwrap();
         }
-        let ModelConfig::RetinaNet(cfg) = from_value_with_path(&v["model"], "tiny").unwrap();
+        let ModelConfig::RetinaNet(cfg) = from_value_with_path(&v["model"], "tiny").unwrap() else {
+            panic!("the RetinaNet base config is a RetinaNet")
+        };
         cfg
     }
 
@@ -434,9 +275,12 @@ mod tests {
                 flipped: false,
                 pad_size: (64, 64),
             },
-            boxes,
-            labels,
-            ignore: vec![],
+            gt: GroundTruth {
+                boxes,
+                labels,
+                ..Default::default()
+            },
+            seed: 0,
         }
     }
 
@@ -491,7 +335,7 @@ mod tests {
         let mut it = item(vec![], vec![]);
         it.meta.ori_size = (32, 32);
         it.meta.scale = (2.0, 2.0);
-        let dets = model.predict(images, &[it.clone(), it]).unwrap();
+        let dets = model.predict(images, &[it.meta.clone(), it.meta]).unwrap();
         assert_eq!(dets.len(), 2);
         assert_eq!(dets[0].boxes.len(), 5);
         assert!(dets[0].boxes.iter().flatten().all(|&c| (0.0..=32.0).contains(&c)));
@@ -501,7 +345,7 @@ mod tests {
         let dets = model
             .predict(
                 Tensor::<Flex, 4>::zeros([1, 3, 64, 64], &device),
-                &[item(vec![], vec![])],
+                &[item(vec![], vec![]).meta],
             )
             .unwrap();
         assert!(dets[0].boxes.is_empty());
@@ -565,7 +409,8 @@ mod tests {
             last.0 < 0.1 * first.0 && last.1 < 0.5 * first.1,
             "losses first {first:?} last {last:?}"
         );
-        let dets = model.valid().predict(images.inner(), &items).unwrap();
+        let metas: Vec<ImageMeta> = items.iter().map(|i| i.meta.clone()).collect();
+        let dets = model.valid().predict(images.inner(), &metas).unwrap();
         for (d, (gt, label)) in dets.iter().zip([(box_a, 0), (box_b, 2)]) {
             assert!(!d.boxes.is_empty(), "no detection for {gt:?}");
             let iou = iou_xyxy(d.boxes[0], gt);

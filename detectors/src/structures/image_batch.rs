@@ -1,35 +1,6 @@
 use burn::prelude::*;
 
-/// Sizes of one image of a batch, each `[height, width]` in pixels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ImageMeta {
-    /// Size of the image as loaded from disk (before resizing); predictions are scaled back to it.
-    pub original_size: [usize; 2],
-    /// Size after resizing, before padding (mmdetection `img_shape`); boxes are clipped to it.
-    pub image_size: [usize; 2],
-    /// Size after padding this image to the size divisor (mmdetection `pad_shape`); anchors outside it are
-    /// invalid. At most the batch tensor's `[H, W]`.
-    pub pad_size: [usize; 2],
-}
-
-impl ImageMeta {
-    /// Meta of an image that was neither resized nor padded.
-    pub fn unscaled(size: [usize; 2]) -> Self {
-        Self {
-            original_size: size,
-            image_size: size,
-            pad_size: size,
-        }
-    }
-
-    /// `(sx, sy)` mapping resized coordinates back to the original image.
-    pub fn scale_to_original(&self) -> (f32, f32) {
-        (
-            self.original_size[1] as f32 / self.image_size[1] as f32,
-            self.original_size[0] as f32 / self.image_size[0] as f32,
-        )
-    }
-}
+use super::ImageMeta;
 
 /// A padded batch of images with the sizes of each.
 ///

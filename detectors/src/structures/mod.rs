@@ -9,8 +9,10 @@ mod boxes;
 pub(crate) mod error;
 mod image_batch;
 mod instances;
+mod meta;
 
 pub use boxes::Boxes;
 pub use error::BlocksError;
-pub use image_batch::{ImageBatch, ImageMeta};
+pub use image_batch::ImageBatch;
 pub use instances::{Instances, Masks, RleMask};
+pub use meta::{GroundTruth, ImageMeta};

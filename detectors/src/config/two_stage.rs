@@ -1,0 +1,217 @@
+//! The typed schema of the two-stage detectors (RPN alone, Faster R-CNN), with mmdetection's field names.
+//! Every struct rejects unknown fields.
+
+use serde::{Deserialize, Serialize};
+
+use super::BackboneConfig;
+use crate::anchors::AnchorGeneratorConfig;
+use crate::assigners::MaxIouAssignerConfig;
+use crate::coders::DeltaXywhCoderConfig;
+use crate::losses::{BinaryCrossEntropyLossConfig, CrossEntropyLossConfig, L1LossConfig, SmoothL1LossConfig};
+use crate::necks::FpnConfig;
+use crate::ops::RoiExtractorConfig;
+use crate::samplers::RandomSamplerConfig;
+
+/// A box regression loss, chosen by `"type"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", deny_unknown_fields)]
+pub enum BoxLossConfig {
+    /// `|pred - target|` (mmdetection's Faster R-CNN default).
+    L1Loss(L1LossConfig),
+    /// Smooth L1 with transition `beta` (torchvision: 1/9; Cascade R-CNN's RPN: 1/9, its RoI heads: 1).
+    SmoothL1Loss(SmoothL1LossConfig),
+}
+
+/// The region proposal network's head.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RpnHeadConfig {
+    /// Channels of the shared 3x3 conv (the FPN's `out_channels`).
+    pub feat_channels: usize,
+    /// Anchors: mmdetection's `scales=[8]`, ratios 0.5/1/2, strides 4..64.
+    pub anchor_generator: AnchorGeneratorConfig,
+    /// Box coder (means 0, stds 1).
+    pub bbox_coder: DeltaXywhCoderConfig,
+    /// Objectness loss (sigmoid BCE).
+    pub loss_cls: BinaryCrossEntropyLossConfig,
+    /// Box loss.
+    pub loss_bbox: BoxLossConfig,
+}
+
+/// How the RPN's training targets are made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RpnTrainConfig {
+    /// Anchor assignment (0.7 / 0.3, low-quality matches at >= 0.3).
+    pub assigner: MaxIouAssignerConfig,
+    /// Anchor sampling (256 per image, half positive, no GT added).
+    pub sampler: RandomSamplerConfig,
+    /// Anchors beyond the image by more than this many pixels do not train; -1 keeps every valid anchor.
+    #[serde(default = "minus_one")]
+    pub allowed_border: i32,
+}
+
+fn minus_one() -> i32 {
+    -1
+}
+
+/// How proposals are made from the RPN's outputs (mmdetection `rpn_proposal` / `test_cfg.rpn`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProposalConfig {
+    /// Best-scoring anchors kept per level before NMS.
+    pub nms_pre: usize,
+    /// Proposals kept per image after NMS.
+    pub max_per_img: usize,
+    /// IoU threshold of the NMS (grouped by level).
+    pub nms_iou_thr: f64,
+    /// Proposals with a side of at most this many pixels are dropped (0: drop only empty boxes).
+    #[serde(default)]
+    pub min_bbox_size: f64,
+}
+
+/// A region proposal network alone (mmdetection's `RPN` detector): proposals are its detections.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RpnConfig {
+    /// The backbone.
+    pub backbone: BackboneConfig,
+    /// The FPN neck.
+    pub neck: FpnConfig,
+    /// The RPN head.
+    pub rpn_head: RpnHeadConfig,
+    /// Training settings.
+    pub train_cfg: RpnOnlyTrainConfig,
+    /// Inference settings.
+    pub test_cfg: RpnOnlyTestConfig,
+}
+
+/// Training settings of an RPN alone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RpnOnlyTrainConfig {
+    /// Target assignment and sampling.
+    pub rpn: RpnTrainConfig,
+}
+
+/// Inference settings of an RPN alone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RpnOnlyTestConfig {
+    /// Proposal generation.
+    pub rpn: ProposalConfig,
+}
+
+/// The box head of a RoI head (mmdetection `Shared2FCBBoxHead`: two shared fully connected layers).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BBoxHeadConfig {
+    /// Channels of the pooled features (the FPN's).
+    pub in_channels: usize,
+    /// Pooled feature size (7).
+    pub roi_feat_size: usize,
+    /// Width of the shared fully connected layers (1024).
+    pub fc_out_channels: usize,
+    /// Shared fully connected layers (2).
+    #[serde(default = "two")]
+    pub num_shared_fcs: usize,
+    /// Object classes (background excluded: the classifier has `num_classes + 1` outputs, background last).
+    pub num_classes: usize,
+    /// One box for every class (false) or one shared box (Cascade R-CNN).
+    #[serde(default)]
+    pub reg_class_agnostic: bool,
+    /// Box coder (stds 0.1/0.1/0.2/0.2).
+    pub bbox_coder: DeltaXywhCoderConfig,
+    /// Classification loss (softmax cross-entropy).
+    pub loss_cls: CrossEntropyLossConfig,
+    /// Box loss.
+    pub loss_bbox: BoxLossConfig,
+}
+
+fn two() -> usize {
+    2
+}
+
+/// The RoI head, chosen by `"type"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", deny_unknown_fields)]
+pub enum RoiHeadConfig {
+    /// One box head on one multi-level RoIAlign (Faster R-CNN).
+    #[serde(rename = "StandardRoIHead")]
+    Standard(StandardRoiHeadConfig),
+}
+
+/// mmdetection's `StandardRoIHead`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StandardRoiHeadConfig {
+    /// Multi-level RoIAlign of the box branch (7x7, finest scale 56).
+    pub bbox_roi_extractor: RoiExtractorConfig,
+    /// The box head.
+    pub bbox_head: BBoxHeadConfig,
+}
+
+/// How the second stage's targets are made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RcnnTrainConfig {
+    /// Proposal assignment (0.5 / 0.5; low-quality matches off for Faster R-CNN, on for Mask R-CNN).
+    pub assigner: MaxIouAssignerConfig,
+    /// Proposal sampling (512 per image, a quarter positive, ground truth added as proposals).
+    pub sampler: RandomSamplerConfig,
+}
+
+/// Inference of the second stage (mmdetection `multiclass_nms`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RcnnTestConfig {
+    /// Minimum class score of a detection.
+    pub score_thr: f64,
+    /// IoU threshold of the per-class NMS.
+    pub nms_iou_thr: f64,
+    /// Detections kept per image.
+    pub max_per_img: usize,
+    /// Detections with a side of at most this many pixels are dropped before NMS (torchvision: 0.01; 0: off).
+    #[serde(default)]
+    pub min_bbox_size: f64,
+}
+
+/// Training settings of a two-stage detector.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TwoStageTrainConfig {
+    /// RPN targets.
+    pub rpn: RpnTrainConfig,
+    /// Proposals made in training.
+    pub rpn_proposal: ProposalConfig,
+    /// Second-stage targets.
+    pub rcnn: RcnnTrainConfig,
+}
+
+/// Inference settings of a two-stage detector.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TwoStageTestConfig {
+    /// Proposals made at test time.
+    pub rpn: ProposalConfig,
+    /// The second stage's post-processing.
+    pub rcnn: RcnnTestConfig,
+}
+
+/// A two-stage detector: backbone, FPN, RPN and a RoI head (Faster R-CNN).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TwoStageConfig {
+    /// The backbone.
+    pub backbone: BackboneConfig,
+    /// The FPN neck.
+    pub neck: FpnConfig,
+    /// The RPN head.
+    pub rpn_head: RpnHeadConfig,
+    /// The RoI head.
+    pub roi_head: RoiHeadConfig,
+    /// Training settings.
+    pub train_cfg: TwoStageTrainConfig,
+    /// Inference settings.
+    pub test_cfg: TwoStageTestConfig,
+}

@@ -1,0 +1,381 @@
+//! Two-stage detectors in the spirit of torchvision's `GeneralizedRCNN`: a zoo backbone, an FPN, a region
+//! proposal network and a RoI head. Faster R-CNN is a [`TwoStage`] with the standard RoI head; a region
+//! proposal network trained alone is an [`Rpn`], whose detections are its proposals.
+
+use attndet_backbones::{AnyBackbone, Backbone};
+use burn::prelude::*;
+
+use super::{Detections, Detector, EvalKind, Losses, ModelError, build_backbone};
+use crate::config::{RpnConfig, TwoStageConfig};
+use crate::data::BatchItem;
+use crate::heads::rpn::{Proposals, RpnHead};
+use crate::necks::Fpn;
+use crate::roi_heads::{AnyRoiHead, RoiHead};
+use crate::structures::{GroundTruth, ImageMeta};
+
+/// FPN features of a batch and their `[H_l, W_l]`.
+fn pyramid<B: Backend>(
+    backbone: &AnyBackbone<B>,
+    neck: &Fpn<B>,
+    images: Tensor<B, 4>,
+) -> Result<(Vec<Tensor<B, 4>>, Vec<[usize; 2]>), ModelError> {
+    let feats = backbone.forward_features(images);
+    let pyramid = neck
+        .forward(feats)
+        .map_err(|e| ModelError(format!("neck: {e}")))?;
+    let sizes = pyramid.iter().map(|p| [p.dims()[2], p.dims()[3]]).collect();
+    Ok((pyramid, sizes))
+}
+
+fn check_batch(n: usize, items: usize) -> Result<(), ModelError> {
+    if n != items {
+        return Err(ModelError(format!(
+            "images: batch of {n} with {items} annotation sets"
+        )));
+    }
+    Ok(())
+}
+
+/// The RPN's loss terms over a batch.
+fn rpn_losses<B: Backend>(
+    rpn: &RpnHead<B>,
+    outs: &[(Tensor<B, 3>, Tensor<B, 3>)],
+    sizes: &[[usize; 2]],
+    batch_hw: [usize; 2],
+    items: &[BatchItem],
+) -> Result<Vec<(&'static str, Tensor<B, 1>)>, ModelError> {
+    let gts: Vec<&GroundTruth> = items.iter().map(|i| &i.gt).collect();
+    let metas: Vec<&ImageMeta> = items.iter().map(|i| &i.meta).collect();
+    let seeds: Vec<u64> = items.iter().map(|i| i.seed).collect();
+    let (cls, reg) = rpn.losses(outs, sizes, batch_hw, &gts, &metas, &seeds)?;
+    Ok(vec![("loss_rpn_cls", cls), ("loss_rpn_bbox", reg)])
+}
+
+/// A backbone, an FPN, an RPN and a RoI head (Faster R-CNN with the standard head).
+#[derive(Module, Debug)]
+pub struct TwoStage<B: Backend> {
+    /// Backbone from the zoo.
+    pub backbone: AnyBackbone<B>,
+    /// FPN.
+    pub neck: Fpn<B>,
+    /// Region proposal network.
+    pub rpn_head: RpnHead<B>,
+    /// Second stage.
+    pub roi_head: AnyRoiHead<B>,
+}
+
+impl<B: Backend> TwoStage<B> {
+    /// Build from a config.
+    pub fn from_config(cfg: &TwoStageConfig, device: &B::Device) -> Result<Self, ModelError> {
+        let backbone = build_backbone::<B>(&cfg.backbone, device)?;
+        let neck = cfg
+            .neck
+            .init::<B>(&backbone.feature_specs(), device)
+            .map_err(|e| ModelError(format!("model.neck: {e}")))?;
+        let strides: Vec<usize> = neck.output_specs().iter().map(|s| s.stride).collect();
+        let rpn_head = RpnHead::from_config(
+            &cfg.rpn_head,
+            &cfg.train_cfg.rpn,
+            &cfg.train_cfg.rpn_proposal,
+            &cfg.test_cfg.rpn,
+            cfg.neck.out_channels,
+            &strides,
+            device,
+        )?;
+        let roi_head = AnyRoiHead::from_config(
+            &cfg.roi_head,
+            &cfg.train_cfg.rcnn,
+            &cfg.test_cfg.rcnn,
+            &strides,
+            device,
+        )?;
+        Ok(Self {
+            backbone,
+            neck,
+            rpn_head,
+            roi_head,
+        }
+        .fork(device))
+    }
+}
+
+impl<B: super::DetBackend> Detector<B> for TwoStage<B> {
+    fn losses(&self, images: Tensor<B, 4>, items: &[BatchItem]) -> Result<Losses<B>, ModelError> {
+        let [n, _, h, w] = images.dims();
+        check_batch(n, items.len())?;
+        let (feats, sizes) = pyramid(&self.backbone, &self.neck, images)?;
+        let outs = self.rpn_head.forward(&feats);
+        let mut terms = rpn_losses(&self.rpn_head, &outs, &sizes, [h, w], items)?;
+        let metas: Vec<&ImageMeta> = items.iter().map(|i| &i.meta).collect();
+        let proposals = self.rpn_head.proposals(outs, &sizes, &metas, true)?;
+        let gts: Vec<&GroundTruth> = items.iter().map(|i| &i.gt).collect();
+        let seeds: Vec<u64> = items.iter().map(|i| i.seed).collect();
+        terms.extend(self.roi_head.losses(&feats, &proposals, &gts, &seeds)?);
+        Ok(Losses { terms })
+    }
+
+    fn predict(&self, images: Tensor<B, 4>, metas: &[ImageMeta]) -> Result<Vec<Detections>, ModelError> {
+        let (feats, sizes) = pyramid(&self.backbone, &self.neck, images)?;
+        let outs = self.rpn_head.forward(&feats);
+        let metas: Vec<&ImageMeta> = metas.iter().collect();
+        let proposals = self.rpn_head.proposals(outs, &sizes, &metas, false)?;
+        self.roi_head.predict(&feats, &proposals, &metas)
+    }
+
+    fn eval_kinds(&self) -> Vec<EvalKind> {
+        self.roi_head.eval_kinds()
+    }
+}
+
+/// A region proposal network alone (mmdetection's `RPN` detector).
+#[derive(Module, Debug)]
+pub struct Rpn<B: Backend> {
+    /// Backbone from the zoo.
+    pub backbone: AnyBackbone<B>,
+    /// FPN.
+    pub neck: Fpn<B>,
+    /// Region proposal network.
+    pub rpn_head: RpnHead<B>,
+}
+
+impl<B: Backend> Rpn<B> {
+    /// Build from a config.
+    pub fn from_config(cfg: &RpnConfig, device: &B::Device) -> Result<Self, ModelError> {
+        let backbone = build_backbone::<B>(&cfg.backbone, device)?;
+        let neck = cfg
+            .neck
+            .init::<B>(&backbone.feature_specs(), device)
+            .map_err(|e| ModelError(format!("model.neck: {e}")))?;
+        let strides: Vec<usize> = neck.output_specs().iter().map(|s| s.stride).collect();
+        let rpn_head = RpnHead::from_config(
+            &cfg.rpn_head,
+            &cfg.train_cfg.rpn,
+            &cfg.test_cfg.rpn,
+            &cfg.test_cfg.rpn,
+            cfg.neck.out_channels,
+            &strides,
+            device,
+        )?;
+        Ok(Self {
+            backbone,
+            neck,
+            rpn_head,
+        }
+        .fork(device))
+    }
+
+    /// Proposals of a batch, in each resized image.
+    pub fn proposals(&self, images: Tensor<B, 4>, metas: &[ImageMeta]) -> Result<Vec<Proposals>, ModelError> {
+        let (feats, sizes) = pyramid(&self.backbone, &self.neck, images)?;
+        let outs = self.rpn_head.forward(&feats);
+        let metas: Vec<&ImageMeta> = metas.iter().collect();
+        self.rpn_head.proposals(outs, &sizes, &metas, false)
+    }
+}
+
+impl<B: Backend> Detector<B> for Rpn<B> {
+    fn losses(&self, images: Tensor<B, 4>, items: &[BatchItem]) -> Result<Losses<B>, ModelError> {
+        let [n, _, h, w] = images.dims();
+        check_batch(n, items.len())?;
+        let (feats, sizes) = pyramid(&self.backbone, &self.neck, images)?;
+        let outs = self.rpn_head.forward(&feats);
+        Ok(Losses {
+            terms: rpn_losses(&self.rpn_head, &outs, &sizes, [h, w], items)?,
+        })
+    }
+
+    /// Proposals as class-agnostic detections (label 0, the objectness as score).
+    fn predict(&self, images: Tensor<B, 4>, metas: &[ImageMeta]) -> Result<Vec<Detections>, ModelError> {
+        let proposals = self.proposals(images, metas)?;
+        Ok(proposals
+            .into_iter()
+            .zip(metas)
+            .map(|(p, meta)| Detections {
+                boxes: p.boxes.iter().map(|&b| meta.to_original(b)).collect(),
+                labels: vec![0; p.scores.len()],
+                scores: p.scores,
+                masks: None,
+            })
+            .collect())
+    }
+
+    fn eval_kinds(&self) -> Vec<EvalKind> {
+        vec![EvalKind::Proposal]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ModelConfig, apply_override, from_value_with_path, load_resolved};
+    use burn::backend::{Autodiff, Flex};
+
+    type A = Autodiff<Flex>;
+
+    /// The shipped Faster R-CNN model config, shrunk: ResNet-18, 3 classes, 16-channel neck and heads.
+    fn tiny_config() -> TwoStageConfig {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../configs/_base_/models/faster_rcnn_r50_fpn.json");
+        let mut v = load_resolved(&path).unwrap();
+        for o in [
+            "model.backbone.name=resnet18",
+            "model.backbone.frozen_stages=-1",
+            "model.backbone.norm_eval=false",
+            "model.neck.out_channels=16",
+            "model.rpn_head.feat_channels=16",
+            "model.roi_head.bbox_head.in_channels=16",
+            "model.roi_head.bbox_head.fc_out_channels=32",
+            "model.roi_head.bbox_head.num_classes=3",
+        ] {
+            apply_override(&mut v, o).unwrap();
+        }
+        let ModelConfig::FasterRcnn(cfg) = from_value_with_path(&v["model"], "tiny").unwrap() else {
+            panic!("the Faster R-CNN base config is a FasterRCNN")
+        };
+        cfg
+    }
+
+    fn item(boxes: Vec<[f32; 4]>, labels: Vec<usize>, seed: u64) -> BatchItem {
+        BatchItem {
+            meta: ImageMeta::unscaled(1, (64, 64)),
+            gt: GroundTruth {
+                boxes,
+                labels,
+                ..Default::default()
+            },
+            seed,
+        }
+    }
+
+    fn losses(model: &TwoStage<A>, items: &[BatchItem]) -> Vec<(&'static str, f32)> {
+        let images = Tensor::<A, 4>::random(
+            [items.len(), 3, 64, 64],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &Default::default(),
+        );
+        let l = model.losses(images, items).unwrap();
+        l.terms
+            .iter()
+            .map(|(n, t)| (*n, t.clone().into_scalar()))
+            .collect()
+    }
+
+    /// mmdetection's head tests for the RPN and the RoI head: with no ground truth every sampled anchor and
+    /// RoI is a negative, so both classification losses are positive and both box losses are 0; one box makes
+    /// all four positive (the GT box is added as a proposal, so the second stage has a positive even when
+    /// the untrained RPN proposes nothing near it).
+    #[test]
+    fn empty_gt_gives_cls_losses_only_and_one_box_gives_all() {
+        let device = Default::default();
+        A::seed(&device, 0);
+        let model = TwoStage::<A>::from_config(&tiny_config(), &device).unwrap();
+        let l = losses(&model, &[item(vec![], vec![], 1)]);
+        let names: Vec<&str> = l.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox"]);
+        assert!(l[0].1 > 0.0 && l[2].1 > 0.0, "{l:?}");
+        assert_eq!((l[1].1, l[3].1), (0.0, 0.0), "{l:?}");
+        let l = losses(&model, &[item(vec![[10.0, 12.0, 40.0, 50.0]], vec![1], 1)]);
+        assert!(l.iter().all(|(_, v)| *v > 0.0), "{l:?}");
+        // a batch whose images have no boxes at all
+        let l = losses(&model, &[item(vec![], vec![], 1), item(vec![], vec![], 2)]);
+        assert_eq!((l[1].1, l[3].1), (0.0, 0.0), "{l:?}");
+    }
+
+    /// An image's sampled targets depend on its seed alone, not on the batch it is in: the second stage's
+    /// losses of an image equal whether it is alone or with another (equal images, so the normalisers are
+    /// the same multiple).
+    #[test]
+    fn sampling_follows_the_image_seed() {
+        let device = Default::default();
+        A::seed(&device, 0);
+        let model = TwoStage::<A>::from_config(&tiny_config(), &device).unwrap();
+        let it = item(
+            vec![[4.0, 4.0, 30.0, 40.0], [30.0, 20.0, 60.0, 60.0]],
+            vec![0, 2],
+            7,
+        );
+        let images = Tensor::<A, 4>::random(
+            [1, 3, 64, 64],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let one = model.losses(images.clone(), std::slice::from_ref(&it)).unwrap();
+        let two = model
+            .losses(Tensor::cat(vec![images.clone(), images], 0), &[it.clone(), it])
+            .unwrap();
+        for ((n, a), (_, b)) in one.terms.iter().zip(&two.terms) {
+            let (a, b) = (a.clone().into_scalar(), b.clone().into_scalar());
+            assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{n}: {a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn predictions_respect_the_caps_and_lie_in_the_original_image() {
+        let device = Default::default();
+        let mut cfg = tiny_config();
+        cfg.test_cfg.rcnn.max_per_img = 7;
+        cfg.test_cfg.rcnn.score_thr = 0.0;
+        let model = TwoStage::<Flex>::from_config(&cfg, &device).unwrap();
+        let mut meta = ImageMeta::unscaled(1, (32, 32));
+        meta.img_size = (64, 64);
+        meta.scale = (2.0, 2.0);
+        let images = Tensor::<Flex, 4>::random(
+            [2, 3, 64, 64],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let dets = model.predict(images, &[meta.clone(), meta]).unwrap();
+        assert_eq!(dets.len(), 2);
+        assert_eq!(dets[0].len(), 7);
+        assert!(dets[0].boxes.iter().flatten().all(|&c| (0.0..=32.0).contains(&c)));
+        assert!(dets[0].scores.windows(2).all(|w| w[0] >= w[1]));
+        assert!(dets[0].labels.iter().all(|&l| l < 3));
+        // an image without proposals gives no detections
+        let (feats, _) = pyramid(
+            &model.backbone,
+            &model.neck,
+            Tensor::<Flex, 4>::zeros([1, 3, 64, 64], &device),
+        )
+        .unwrap();
+        let meta = ImageMeta::unscaled(1, (64, 64));
+        let none = model
+            .roi_head
+            .predict(&feats, &[Proposals::default()], &[&meta])
+            .unwrap();
+        assert_eq!(none, vec![Detections::default()]);
+    }
+
+    /// An RPN alone predicts class-agnostic proposals, at most `max_per_img`, by descending objectness.
+    #[test]
+    fn rpn_alone_predicts_proposals() {
+        let device = Default::default();
+        let tiny = tiny_config();
+        let cfg = RpnConfig {
+            backbone: tiny.backbone,
+            neck: tiny.neck,
+            rpn_head: tiny.rpn_head,
+            train_cfg: crate::config::RpnOnlyTrainConfig {
+                rpn: tiny.train_cfg.rpn,
+            },
+            test_cfg: crate::config::RpnOnlyTestConfig {
+                rpn: crate::config::ProposalConfig {
+                    max_per_img: 50,
+                    ..tiny.test_cfg.rpn
+                },
+            },
+        };
+        let model = Rpn::<Flex>::from_config(&cfg, &device).unwrap();
+        let images = Tensor::<Flex, 4>::random(
+            [1, 3, 64, 64],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let dets = model
+            .predict(images, &[ImageMeta::unscaled(1, (64, 64))])
+            .unwrap();
+        assert_eq!(dets[0].len(), 50);
+        assert!(dets[0].labels.iter().all(|&l| l == 0));
+        assert!(dets[0].scores.windows(2).all(|w| w[0] >= w[1]));
+        assert_eq!(model.eval_kinds(), vec![EvalKind::Proposal]);
+    }
+}

@@ -1,0 +1,102 @@
+//! Second stages of two-stage detectors: a RoI head takes the FPN features and each image's proposals, and
+//! gives losses (training) or detections (inference). A standard head, a cascade head and a head with a
+//! mask branch all plug into [`crate::models::TwoStage`] through [`RoiHead`] and an arm of [`AnyRoiHead`].
+
+use burn::prelude::*;
+
+use crate::config::{RcnnTestConfig, RcnnTrainConfig, RoiHeadConfig};
+use crate::heads::rpn::Proposals;
+use crate::models::{DetBackend, Detections, EvalKind, ModelError};
+use crate::structures::{GroundTruth, ImageMeta};
+
+pub mod bbox_head;
+pub mod standard;
+
+pub use bbox_head::BBoxHead;
+pub use standard::StandardRoiHead;
+
+/// Named loss terms of a RoI head.
+pub type RoiLosses<B> = Vec<(&'static str, Tensor<B, 1>)>;
+
+/// What a two-stage detector needs from its second stage.
+pub trait RoiHead<B: Backend> {
+    /// Training losses.
+    ///
+    /// # Shapes
+    /// - feats: the FPN levels, finest first, each `[N, C, H_l, W_l]`
+    /// - proposals, gts, seeds: N entries (proposals and ground truth in the resized image; each image's
+    ///   seed for its sampling)
+    fn losses(
+        &self,
+        feats: &[Tensor<B, 4>],
+        proposals: &[Proposals],
+        gts: &[&GroundTruth],
+        seeds: &[u64],
+    ) -> Result<RoiLosses<B>, ModelError>;
+
+    /// Detections of each image, mapped back to its original size.
+    fn predict(
+        &self,
+        feats: &[Tensor<B, 4>],
+        proposals: &[Proposals],
+        metas: &[&ImageMeta],
+    ) -> Result<Vec<Detections>, ModelError>;
+
+    /// What the detections are evaluated as.
+    fn eval_kinds(&self) -> Vec<EvalKind> {
+        vec![EvalKind::Bbox]
+    }
+}
+
+/// Every RoI head, built from its [`RoiHeadConfig`] arm.
+#[derive(Module, Debug)]
+pub enum AnyRoiHead<B: Backend> {
+    /// Faster R-CNN's.
+    Standard(StandardRoiHead<B>),
+}
+
+impl<B: Backend> AnyRoiHead<B> {
+    /// Build the configured head for FPN levels of `level_strides`.
+    pub fn from_config(
+        cfg: &RoiHeadConfig,
+        train: &RcnnTrainConfig,
+        test: &RcnnTestConfig,
+        level_strides: &[usize],
+        device: &B::Device,
+    ) -> Result<Self, ModelError> {
+        Ok(match cfg {
+            RoiHeadConfig::Standard(c) => Self::Standard(c.init(train, test, level_strides, device)?),
+        })
+    }
+}
+
+impl<B: DetBackend> RoiHead<B> for AnyRoiHead<B> {
+    fn losses(
+        &self,
+        feats: &[Tensor<B, 4>],
+        proposals: &[Proposals],
+        gts: &[&GroundTruth],
+        seeds: &[u64],
+    ) -> Result<RoiLosses<B>, ModelError> {
+        match self {
+            Self::Standard(h) => h.losses(feats, proposals, gts, seeds),
+        }
+    }
+
+    fn predict(
+        &self,
+        feats: &[Tensor<B, 4>],
+        proposals: &[Proposals],
+        metas: &[&ImageMeta],
+    ) -> Result<Vec<Detections>, ModelError> {
+        match self {
+            Self::Standard(h) => h.predict(feats, proposals, metas),
+        }
+    }
+
+    fn eval_kinds(&self) -> Vec<EvalKind> {
+        match self {
+            Self::Standard(h) => h.eval_kinds(),
+        }
+    }
+}
