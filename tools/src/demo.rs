@@ -17,17 +17,8 @@ use crate::train::{
     TrainArgs, TrainJob, eval_kinds, evaluate_val, load_checkpoint_model, load_split, prepare,
 };
 
-/// The demo's config and its bases, compiled into the binary (paths relative to `configs/`), so an installed
-/// binary runs the demo anywhere; they are written into the work dir and trained from there.
-const DEMO_CONFIG_FILES: [(&str, &str); 5] = [
-    (
-        "retinanet/retinanet_r18_fpn_synth_demo.json",
-        include_str!("../../configs/retinanet/retinanet_r18_fpn_synth_demo.json"),
-    ),
-    (
-        "_base_/models/retinanet_r50_fpn.json",
-        include_str!("../../configs/_base_/models/retinanet_r50_fpn.json"),
-    ),
+/// The shared bases of the demo configs, compiled into the binary (paths relative to `configs/`).
+const SHARED_BASES: [(&str, &str); 3] = [
     (
         "_base_/datasets/synth_shapes.json",
         include_str!("../../configs/_base_/datasets/synth_shapes.json"),
@@ -42,23 +33,80 @@ const DEMO_CONFIG_FILES: [(&str, &str); 5] = [
     ),
 ];
 
-/// Write the embedded demo config and its bases under `dir`; returns the demo config's path.
-fn write_embedded_config(dir: &Path) -> anyhow::Result<PathBuf> {
-    for (rel, text) in DEMO_CONFIG_FILES {
-        let path = dir.join(rel);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-        }
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(dir.join(DEMO_CONFIG_FILES[0].0))
-}
+/// RetinaNet's demo config and its model base.
+const RETINANET_FILES: [(&str, &str); 2] = [
+    (
+        "retinanet/retinanet_r18_fpn_synth_demo.json",
+        include_str!("../../configs/retinanet/retinanet_r18_fpn_synth_demo.json"),
+    ),
+    (
+        "_base_/models/retinanet_r50_fpn.json",
+        include_str!("../../configs/_base_/models/retinanet_r50_fpn.json"),
+    ),
+];
+
+/// Faster R-CNN's demo config and its model bases.
+const FASTER_RCNN_FILES: [(&str, &str); 3] = [
+    (
+        "faster_rcnn/faster_rcnn_r18_fpn_synth_demo.json",
+        include_str!("../../configs/faster_rcnn/faster_rcnn_r18_fpn_synth_demo.json"),
+    ),
+    (
+        "_base_/models/faster_rcnn_r50_fpn.json",
+        include_str!("../../configs/_base_/models/faster_rcnn_r50_fpn.json"),
+    ),
+    (
+        "_base_/models/rpn_r50_fpn.json",
+        include_str!("../../configs/_base_/models/rpn_r50_fpn.json"),
+    ),
+];
 
 /// Detectors the demo can train.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DemoDetector {
     /// RetinaNet with a ResNet-18 FPN.
     Retinanet,
+    /// Faster R-CNN with a ResNet-18 FPN.
+    #[value(name = "faster_rcnn", alias = "faster-rcnn")]
+    FasterRcnn,
+}
+
+impl DemoDetector {
+    /// The embedded demo config first, then the bases it needs beyond the shared ones.
+    fn files(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Self::Retinanet => &RETINANET_FILES,
+            Self::FasterRcnn => &FASTER_RCNN_FILES,
+        }
+    }
+
+    /// How the demo names the model it trains.
+    fn title(self) -> &'static str {
+        match self {
+            Self::Retinanet => "RetinaNet (ResNet-18 FPN)",
+            Self::FasterRcnn => "Faster R-CNN (ResNet-18 FPN)",
+        }
+    }
+
+    /// The `--detector` value.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Retinanet => "retinanet",
+            Self::FasterRcnn => "faster_rcnn",
+        }
+    }
+}
+
+/// Write the embedded demo config of `detector` and its bases under `dir`; returns the demo config's path.
+fn write_embedded_config(dir: &Path, detector: DemoDetector) -> anyhow::Result<PathBuf> {
+    for (rel, text) in detector.files().iter().chain(&SHARED_BASES) {
+        let path = dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(dir.join(detector.files()[0].0))
 }
 
 /// Arguments of `attndet demo`.
@@ -70,7 +118,8 @@ pub struct DemoArgs {
     /// Where the dataset, checkpoints, logs, plots and drawn images go.
     #[arg(long, default_value = "work_dirs/demo")]
     pub work_dir: PathBuf,
-    /// The config to train [default: the built-in configs/retinanet/retinanet_r18_fpn_synth_demo.json,
+    /// The config to train [default: the built-in demo config of the detector
+    /// (configs/retinanet/retinanet_r18_fpn_synth_demo.json, configs/faster_rcnn/faster_rcnn_r18_fpn_synth_demo.json),
     /// written with its bases to WORK_DIR/configs].
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -106,7 +155,7 @@ pub fn run(args: &DemoArgs, device: &DeviceArg) -> anyhow::Result<()> {
             return Err(bad_input(format!("demo config {} not found", path.display())));
         }
         Some(path) => path.clone(),
-        None => write_embedded_config(&args.work_dir.join("configs"))?,
+        None => write_embedded_config(&args.work_dir.join("configs"), args.detector)?,
     };
     let data_dir = args.work_dir.join("data");
     let synth_cfg = SynthConfig {
@@ -174,7 +223,8 @@ pub fn run(args: &DemoArgs, device: &DeviceArg) -> anyhow::Result<()> {
     attndet_coco::write_results(&results, &evals[0].results)
         .with_context(|| format!("writing {}", results.display()))?;
     println!(
-        "RetinaNet (ResNet-18 FPN) trained from scratch on {} synthetic images, evaluated on {}:",
+        "{} trained from scratch on {} synthetic images, evaluated on {}:",
+        args.detector.title(),
         args.train_images,
         val.1.records.len()
     );
@@ -197,7 +247,7 @@ pub fn run(args: &DemoArgs, device: &DeviceArg) -> anyhow::Result<()> {
                 "train_seconds": train_seconds,
                 "iterations": outcome.losses.len(),
                 "final_loss": outcome.losses.last(),
-                "detector": "retinanet",
+                "detector": args.detector.name(),
                 "work_dir": args.work_dir,
                 "checkpoint": ckpt,
         });
@@ -218,18 +268,25 @@ mod tests {
     use super::*;
     use attndet_detectors::config::{ExperimentConfig, load_typed};
 
-    /// The embedded demo config resolves with the embedded bases alone (a base left out of
-    /// `DEMO_CONFIG_FILES` fails here) to exactly the config of the source tree.
+    /// Each embedded demo config resolves with the embedded bases alone (a base left out of its file list
+    /// fails here) to exactly the config of the source tree.
     #[test]
-    fn embedded_config_resolves_to_the_source_trees() {
-        let dir = std::env::temp_dir().join(format!("attndet-demo-config-{}", std::process::id()));
-        let embedded = write_embedded_config(&dir).unwrap();
-        let source = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../configs/retinanet/retinanet_r18_fpn_synth_demo.json");
-        let (cfg, embedded): (ExperimentConfig, _) = load_typed(&embedded, &[]).unwrap();
-        let (_, source): (ExperimentConfig, _) = load_typed(&source, &[]).unwrap();
-        std::fs::remove_dir_all(&dir).ok();
-        assert_eq!(embedded, source);
-        assert_eq!(cfg.runner.max_epochs, 18);
+    fn embedded_configs_resolve_to_the_source_trees() {
+        for detector in [DemoDetector::Retinanet, DemoDetector::FasterRcnn] {
+            let dir = std::env::temp_dir().join(format!(
+                "attndet-demo-config-{}-{}",
+                detector.name(),
+                std::process::id()
+            ));
+            let embedded = write_embedded_config(&dir, detector).unwrap();
+            let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../configs")
+                .join(detector.files()[0].0);
+            let (cfg, embedded): (ExperimentConfig, _) = load_typed(&embedded, &[]).unwrap();
+            let (_, source): (ExperimentConfig, _) = load_typed(&source, &[]).unwrap();
+            std::fs::remove_dir_all(&dir).ok();
+            assert_eq!(embedded, source, "{}", detector.name());
+            assert_eq!(cfg.runner.max_epochs, 18);
+        }
     }
 }

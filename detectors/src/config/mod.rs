@@ -72,6 +72,19 @@ pub fn from_value_with_path<T: serde::de::DeserializeOwned>(
                 path = found[0].clone();
             }
         }
+        // The same for an unknown `"type"` of a nested tagged enum: point at the `type` holding it.
+        if let Some(variant) = msg
+            .strip_prefix("unknown variant `")
+            .and_then(|r| r.split('`').next())
+        {
+            let found: Vec<String> = resolve::find_key_paths(value, &path, "type")
+                .into_iter()
+                .filter(|p| lookup(value, p).and_then(|v| v.as_str()) == Some(variant))
+                .collect();
+            if found.len() == 1 {
+                path = found[0].clone();
+            }
+        }
         ConfigError::Invalid {
             source_name: source.to_string(),
             path,
@@ -82,3 +95,12 @@ pub fn from_value_with_path<T: serde::de::DeserializeOwned>(
 
 #[cfg(test)]
 mod tests;
+
+/// The value at a dotted path (`a.b.0.c`).
+fn lookup<'a>(value: &'a serde_json::Value, path: &str) -> Option<&'a serde_json::Value> {
+    path.split('.').try_fold(value, |node, part| match node {
+        serde_json::Value::Object(o) => o.get(part),
+        serde_json::Value::Array(a) => part.parse::<usize>().ok().and_then(|i| a.get(i)),
+        _ => None,
+    })
+}

@@ -242,3 +242,76 @@ fn optimizer_type_selects_sgd_or_adamw_with_torch_defaults() {
         .to_string();
     assert!(err.contains("Adam"), "{err}");
 }
+
+/// Every two-stage config of the tree loads, names a backbone of the zoo, and keeps mmdetection's settings
+/// (RPN 0.7 / 0.3 with 256 samples, RoI 0.5 with 512 samples a quarter positive, stds 0.1/0.1/0.2/0.2).
+#[test]
+fn two_stage_configs_load_with_mmdetections_settings() {
+    let mut seen = 0;
+    for dir in ["faster_rcnn", "rpn"] {
+        for entry in std::fs::read_dir(configs_dir().join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let name = path.display().to_string();
+            let (cfg, _): (ExperimentConfig, _) =
+                load_typed(&path, &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
+            attndet_backbones::BackboneArch::parse(&cfg.model.backbone().name)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            seen += 1;
+            match &cfg.model {
+                ModelConfig::FasterRcnn(m) => {
+                    assert_eq!(m.train_cfg.rpn.assigner.pos_iou_thr, 0.7, "{name}");
+                    assert_eq!(m.train_cfg.rpn.sampler.num, 256, "{name}");
+                    assert_eq!(m.train_cfg.rcnn.assigner.pos_iou_thr, 0.5, "{name}");
+                    assert!(!m.train_cfg.rcnn.assigner.match_low_quality, "{name}");
+                    assert_eq!(m.train_cfg.rcnn.sampler.pos_fraction, 0.25, "{name}");
+                    let crate::config::RoiHeadConfig::Standard(h) = &m.roi_head;
+                    assert_eq!(h.bbox_head.bbox_coder.target_stds, [0.1, 0.1, 0.2, 0.2], "{name}");
+                    assert_eq!(
+                        cfg.evaluation.metric,
+                        vec![crate::models::EvalKind::Bbox],
+                        "{name}"
+                    );
+                    if !name.contains("synth") {
+                        assert_eq!(m.train_cfg.rcnn.sampler.num, 512, "{name}");
+                        assert_eq!(h.bbox_head.num_classes, 80, "{name}");
+                        assert_eq!(m.test_cfg.rpn.max_per_img, 1000, "{name}");
+                    }
+                }
+                ModelConfig::Rpn(m) => {
+                    assert_eq!(m.test_cfg.rpn.nms_pre, 1000, "{name}");
+                    assert_eq!(
+                        cfg.evaluation.metric,
+                        vec![crate::models::EvalKind::Proposal],
+                        "{name}"
+                    );
+                }
+                ModelConfig::RetinaNet(_) => panic!("{name}: not a two-stage config"),
+            }
+        }
+    }
+    assert_eq!(seen, 8, "7 Faster R-CNN configs and 1 RPN config");
+}
+
+/// An unknown `"type"` of a nested tagged enum (a RoI head, a loss) is reported at that `type` field.
+#[test]
+fn unknown_nested_type_names_its_field() {
+    let path = configs_dir().join("faster_rcnn/faster_rcnn_r50_fpn_1x_coco.json");
+    for (o, field) in [
+        ("model.roi_head.type=\"DoubleHead\"", "model.roi_head.type"),
+        (
+            "model.rpn_head.loss_bbox.type=\"IoULoss\"",
+            "model.rpn_head.loss_bbox.type",
+        ),
+    ] {
+        let err = load_typed::<ExperimentConfig>(&path, &[o.into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(field) && err.contains("unknown variant"),
+            "{o}: {err}"
+        );
+    }
+}
