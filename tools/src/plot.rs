@@ -147,7 +147,7 @@ fn format_tick(v: f64, step: f64, max_abs: f64) -> String {
     if v.abs() < step * 1e-6 {
         return "0".into();
     }
-    if max_abs < 1e-2 || max_abs >= 1e6 {
+    if !(1e-2..1e6).contains(&max_abs) {
         return format!("{v:.1e}");
     }
     let decimals = (0..=6)
@@ -319,7 +319,7 @@ struct Axes {
 
 impl Axes {
     /// Image position of the data point (x, y).
-    fn to_pixel(&self, x: f64, y: f64) -> (f32, f32) {
+    fn pixel(&self, x: f64, y: f64) -> (f32, f32) {
         (
             self.x0 as f32 + ((x - self.x_lo) / (self.x_hi - self.x_lo)) as f32 * (self.x1 - self.x0) as f32,
             self.y1 as f32 - ((y - self.y_lo) / (self.y_hi - self.y_lo)) as f32 * (self.y1 - self.y0) as f32,
@@ -397,8 +397,8 @@ fn draw_panel(img: &mut RgbImage, panel: &Panel, (ox, oy, pw, ph): (i32, i32, u3
         y_lo,
         y_hi,
     };
-    let to_px = |x: f64| axes.to_pixel(x, y_lo).0;
-    let to_py = |y: f64| axes.to_pixel(x_lo, y).1;
+    let to_px = |x: f64| axes.pixel(x, y_lo).0;
+    let to_py = |y: f64| axes.pixel(x_lo, y).1;
     // panel title, centred over the plot area
     let tw = text_size(PANEL_TITLE_PX, &panel.title).0 as i32;
     draw_text(
@@ -1035,7 +1035,7 @@ mod tests {
         for (k, colour) in [(0, COLOURS[0]), (1, COLOURS[1])] {
             let a = axes[k];
             let peak = fig.panels[k].series[0].points[2];
-            let (px, py) = a.to_pixel(peak.0, peak.1);
+            let (px, py) = a.pixel(peak.0, peak.1);
             assert!(
                 py - (a.y0 as f32) < 0.1 * (a.y1 - a.y0) as f32,
                 "peak at {py}, area from {}",
@@ -1077,8 +1077,8 @@ mod tests {
         let img = image::open(dir.join("lr.png")).unwrap().to_rgb8();
         let (_, axes) = render(&lr_figure(&name, &train));
         let a = axes[0];
-        let (x1, y1) = a.to_pixel(1.0, 0.002);
-        let (x20, y20) = a.to_pixel(20.0, 0.01);
+        let (x1, y1) = a.pixel(1.0, 0.002);
+        let (x20, y20) = a.pixel(20.0, 0.01);
         assert!(y20 < y1 - 0.6 * (a.y1 - a.y0) as f32);
         for (x, y) in [(x1, y1), (x20, y20)] {
             let hit = count(
@@ -1099,7 +1099,7 @@ mod tests {
         let (_, axes) = render(&fig);
         let a = axes[0];
         for (s, (epoch, v)) in [(0, (2.0, 0.2)), (1, (1.0, 0.11)), (2, (2.0, 0.15))] {
-            let (x, y) = a.to_pixel(epoch, v);
+            let (x, y) = a.pixel(epoch, v);
             let c = fig.panels[0].series[s].colour;
             let hit = count(
                 &img,
