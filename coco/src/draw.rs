@@ -3,9 +3,9 @@
 //!
 //! Boxes are `[x, y, w, h]` in absolute pixels; masks are [`Rle`]s of the image's size.
 
-use ab_glyph::{FontRef, PxScale};
+use ab_glyph::{Font, FontRef, PxScale, ScaleFont};
 use image::{Rgb, RgbImage};
-use imageproc::drawing::{draw_filled_rect_mut, draw_hollow_rect_mut, draw_text_mut, text_size};
+use imageproc::drawing::{draw_filled_rect_mut, draw_hollow_rect_mut, draw_text_mut};
 use imageproc::rect::Rect;
 
 use crate::mask::Rle;
@@ -88,6 +88,29 @@ pub fn overlay_mask(img: &mut RgbImage, mask: &Rle, colour: [u8; 3], alpha: f32)
     }
 }
 
+/// Width and line height in pixels of `text` set in the embedded font at size `px` (the line height is the
+/// font's ascent plus descent, the same for every text, so lines of labels align).
+pub fn text_size(px: f32, text: &str) -> (u32, u32) {
+    let font = font();
+    let (w, _) = imageproc::drawing::text_size(PxScale::from(px), &font, text);
+    let scaled = font.as_scaled(PxScale::from(px));
+    (w, (scaled.ascent() - scaled.descent()).ceil() as u32)
+}
+
+/// Width in pixels of `text` set in the embedded font at size `px`.
+pub fn text_width(px: f32, text: &str) -> u32 {
+    text_size(px, text).0
+}
+
+/// Draw `text` in `colour` with its line box's top-left corner at (x, y), font size `px` pixels, blended
+/// (anti-aliased) over what is there; parts outside the image are clipped. No background is drawn.
+pub fn draw_text(img: &mut RgbImage, x: i32, y: i32, px: f32, colour: [u8; 3], text: &str) {
+    if text.is_empty() {
+        return;
+    }
+    draw_text_mut(img, Rgb(colour), x, y, PxScale::from(px), &font(), text);
+}
+
 /// Draw `text` at (x, y) (top-left) in white on a filled `background` box; `height` is the font size in pixels.
 /// The label is moved inside the image when it would stick out.
 pub fn draw_label(img: &mut RgbImage, x: i32, y: i32, text: &str, background: [u8; 3], height: f32) {
@@ -96,7 +119,7 @@ pub fn draw_label(img: &mut RgbImage, x: i32, y: i32, text: &str, background: [u
     }
     let font = font();
     let scale = PxScale::from(height);
-    let (tw, th) = text_size(scale, &font, text);
+    let (tw, th) = imageproc::drawing::text_size(scale, &font, text);
     let (bw, bh) = (tw + 4, th.max(height as u32) + 2);
     let x = x.clamp(0, (img.width() as i32 - bw as i32).max(0));
     let y = y.clamp(0, (img.height() as i32 - bh as i32).max(0));
@@ -214,5 +237,26 @@ mod tests {
         let text = img.pixels().filter(|p| p.0[0] > 128 && p.0[1] > 128).count();
         assert!(blue > 100 && text > 20, "background {blue}, text {text}");
         draw_instances(&mut img, &[]);
+    }
+
+    #[test]
+    fn plain_text_is_drawn_inside_its_measured_box() {
+        let mut img = RgbImage::from_pixel(120, 40, Rgb([255, 255, 255]));
+        let (w, h) = text_size(16.0, "AP 0.5");
+        assert!(w > 30 && w < 80 && (16..=22).contains(&h), "{w} x {h}");
+        assert_eq!(text_width(16.0, ""), 0);
+        assert!(text_width(16.0, "AP 0.50") > w);
+        draw_text(&mut img, 10, 5, 16.0, [0, 0, 0], "AP 0.5");
+        let dark: Vec<(u32, u32)> = img
+            .enumerate_pixels()
+            .filter(|(_, _, p)| p.0[0] < 128)
+            .map(|(x, y, _)| (x, y))
+            .collect();
+        assert!(dark.len() > 30, "{} dark pixels", dark.len());
+        assert!(
+            dark.iter()
+                .all(|&(x, y)| x >= 10 && x < 10 + w + 2 && y >= 5 && y < 5 + h),
+            "text outside its box"
+        );
     }
 }

@@ -151,12 +151,73 @@ pub fn evaluate_val<B: Backend, M: Detector<B>>(
     Ok((evals, preds))
 }
 
+/// The training hooks of the command line: an indicatif bar with the losses when stderr is a terminal, a
+/// plain line every `log_config.interval` iterations otherwise (logs, CI), and the checkpoint, resume and
+/// best-checkpoint messages on both.
 struct CliHooks<'a, B: Backend> {
     cfg: &'a ExperimentConfig,
     val: Option<&'a (CocoDataset, DetDataset)>,
     quiet: bool,
+    /// stderr is not a terminal: plain lines instead of the bar.
+    plain: bool,
     bar: ProgressBar,
     device: &'a B::Device,
+    /// `--max-iters`, which may end the run before the schedule does.
+    max_iters: Option<usize>,
+    /// Seconds of the latest iterations (for the ETA of the whole run).
+    recent: std::collections::VecDeque<f64>,
+}
+
+impl<'a, B: Backend> CliHooks<'a, B> {
+    fn new(
+        cfg: &'a ExperimentConfig,
+        val: Option<&'a (CocoDataset, DetDataset)>,
+        quiet: bool,
+        device: &'a B::Device,
+        max_iters: Option<usize>,
+    ) -> Self {
+        use std::io::IsTerminal;
+        Self {
+            cfg,
+            val,
+            quiet,
+            plain: !std::io::stderr().is_terminal(),
+            bar: ProgressBar::hidden(),
+            device,
+            max_iters,
+            recent: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// Print a message above the bar, or as a plain line (nothing when quiet).
+    fn say(&self, msg: &str) {
+        if self.quiet {
+            return;
+        }
+        if self.plain {
+            eprintln!("{msg}");
+        } else {
+            self.bar.println(msg);
+        }
+    }
+
+    /// Seconds left in the whole run, from the mean time of the latest iterations (evaluation not counted).
+    fn run_eta(&mut self, r: &IterRecord) -> f64 {
+        self.recent.push_back(r.time);
+        if self.recent.len() > 20 {
+            self.recent.pop_front();
+        }
+        let per_iter = self.recent.iter().sum::<f64>() / self.recent.len() as f64;
+        let total =
+            (self.cfg.runner.max_epochs * r.iters_per_epoch).min(self.max_iters.unwrap_or(usize::MAX));
+        total.saturating_sub(r.global_iter) as f64 * per_iter
+    }
+}
+
+/// `h:mm:ss` of a number of seconds.
+fn hms(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
 impl<'a, B: Backend, M: Detector<B>> TrainHooks<M> for CliHooks<'a, B> {
@@ -169,17 +230,21 @@ impl<'a, B: Backend, M: Detector<B>> TrainHooks<M> for CliHooks<'a, B> {
                 "epoch {epoch}/{} [{{bar:25}}] {{pos}}/{{len}} {{elapsed}} < {{eta}} {{msg}}",
                 h.cfg.runner.max_epochs
             ),
-            h.quiet,
+            h.quiet || h.plain,
         );
     }
 
     fn on_iter(&mut self, r: &IterRecord) {
+        let eta = hms(self.run_eta(r));
+        if self.quiet {
+            return;
+        }
         let terms: Vec<String> = r
             .terms
             .iter()
             .map(|(n, v)| format!("{}={v:.4}", n.trim_start_matches("loss_")))
             .collect();
-        self.bar.set_message(format!(
+        let stats = format!(
             "loss={:.4} ({}) lr={:.2e} {:.2}s/it data={:.3}s mem={:.0}MiB",
             r.loss,
             terms.join(" "),
@@ -187,8 +252,19 @@ impl<'a, B: Backend, M: Detector<B>> TrainHooks<M> for CliHooks<'a, B> {
             r.time,
             r.data_time,
             r.memory_mb
-        ));
-        self.bar.set_position(r.iter as u64);
+        );
+        if self.plain {
+            // the same iterations as log.jsonl
+            if r.iter.is_multiple_of(self.cfg.log_config.interval.max(1)) || r.iter == r.iters_per_epoch {
+                eprintln!(
+                    "epoch {}/{} iter {}/{} {stats} eta {eta}",
+                    r.epoch, self.cfg.runner.max_epochs, r.iter, r.iters_per_epoch
+                );
+            }
+        } else {
+            self.bar.set_message(format!("{stats} | run eta {eta}"));
+            self.bar.set_position(r.iter as u64);
+        }
     }
 
     fn evaluate(&mut self, model: &M, epoch: usize) -> Result<Option<EvalResults>, String> {
@@ -211,15 +287,11 @@ impl<'a, B: Backend, M: Detector<B>> TrainHooks<M> for CliHooks<'a, B> {
     }
 
     fn on_checkpoint(&mut self, dir: &Path) {
-        if !self.quiet {
-            self.bar.println(format!("saved {}", dir.display()));
-        }
+        self.say(&format!("saved {}", dir.display()));
     }
 
     fn on_message(&mut self, msg: &str) {
-        if !self.quiet {
-            self.bar.println(msg);
-        }
+        self.say(msg);
     }
 }
 
@@ -302,13 +374,7 @@ where
             work_dir.display()
         );
     }
-    let mut hooks = CliHooks::<B::InnerBackend> {
-        cfg,
-        val: val.as_ref(),
-        quiet: args.quiet,
-        bar: ProgressBar::hidden(),
-        device,
-    };
+    let mut hooks = CliHooks::<B::InnerBackend>::new(cfg, val.as_ref(), args.quiet, device, args.max_iters);
     let result = train::<B, AnyDetector<B>, _>(model, &setup, device, &mut hooks);
     hooks.bar.finish_and_clear();
     let (_, summary) = result.map_err(|e| match e {

@@ -1,0 +1,127 @@
+//! `attndet train` with stderr piped (not a terminal): a plain progress line every `log_config.interval`
+//! iterations and at the end of each epoch, and the saved / resumed / best messages, which a progress bar
+//! would hide.
+
+use std::path::Path;
+
+use attndet_tests::{TempDir, run, workspace_root};
+
+/// Train the synthetic demo config, shrunk to a few iterations on 64 x 64 images, with stderr piped.
+fn train(dir: &Path, extra_args: &[&str], overrides: &[&str]) -> (bool, String) {
+    let data = dir.join("data");
+    let config = workspace_root().join("configs/retinanet/retinanet_r18_fpn_synth_demo.json");
+    let mut args: Vec<String> = vec![
+        "train".into(),
+        config.display().to_string(),
+        "--work-dir".into(),
+        dir.join("work").display().to_string(),
+    ];
+    args.extend(extra_args.iter().map(|s| s.to_string()));
+    args.push("--cfg-options".into());
+    args.extend(
+        [
+            format!(
+                "data.data_root={}",
+                serde_json::Value::String(data.display().to_string())
+            ),
+            "data.batch_size=2".into(),
+            "data.num_workers=1".into(),
+            "data.pipeline.img_scale=[64, 64]".into(),
+            "model.neck.out_channels=16".into(),
+            "model.bbox_head.feat_channels=16".into(),
+            "model.bbox_head.stacked_convs=1".into(),
+            "lr_config.warmup_iters=2".into(),
+            "log_config.interval=2".into(),
+        ]
+        .into_iter()
+        .chain(overrides.iter().map(|s| s.to_string())),
+    );
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run(&refs);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// The plain progress lines of a run's stderr.
+fn progress_lines(err: &str) -> Vec<&str> {
+    err.lines()
+        .filter(|l| l.starts_with("epoch ") && l.contains(" iter "))
+        .collect()
+}
+
+#[test]
+fn piped_stderr_gets_plain_lines_and_the_checkpoint_messages() {
+    let tmp = TempDir::new("log-lines");
+    let dir = tmp.path();
+    let out = run(&[
+        "dataset",
+        "synth",
+        "--out",
+        dir.join("data").to_str().unwrap(),
+        "--train",
+        "6",
+        "--val",
+        "2",
+        "--size",
+        "64",
+        "--seed",
+        "3",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // epoch 1 of 2: 3 iterations of 2 images, a line at iteration 2 (the interval) and 3 (the epoch's end)
+    let (ok, err) = train(dir, &[], &["runner.max_epochs=1", "evaluation.interval=0"]);
+    assert!(ok, "{err}");
+    let lines = progress_lines(&err);
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(lines[0].starts_with("epoch 1/1 iter 2/3 loss="), "{err}");
+    assert!(lines[1].starts_with("epoch 1/1 iter 3/3 loss="), "{err}");
+    for l in &lines {
+        for part in [" (cls=", " bbox=", ") lr=", "s/it data=", "s mem=", "MiB eta "] {
+            assert!(l.contains(part), "`{part}` missing in {l}");
+        }
+        // lr in scientific notation, the run's ETA as h:mm:ss
+        let lr = l.split(" lr=").nth(1).unwrap().split(' ').next().unwrap();
+        assert!(lr.parse::<f64>().is_ok() && lr.contains('e'), "{l}");
+        let eta: Vec<&str> = l.rsplit(" eta ").next().unwrap().split(':').collect();
+        assert!(
+            eta.len() == 3 && eta.iter().all(|p| p.parse::<u64>().is_ok()) && eta[1].len() == 2,
+            "{l}"
+        );
+    }
+    // no bar drawing (carriage returns or escapes) in the piped output
+    assert!(!err.contains('\r') && !err.contains('\u{1b}'), "{err:?}");
+    let saved = dir.join("work/epoch_1");
+    assert!(err.contains(&format!("saved {}", saved.display())), "{err}");
+
+    // resume for a second epoch with evaluation and the best checkpoint: every message still shows
+    let (ok, err) = train(
+        dir,
+        &["--resume"],
+        &[
+            "runner.max_epochs=2",
+            "evaluation.interval=1",
+            "evaluation.save_best=true",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        err.contains(&format!("resumed from {}", saved.display())),
+        "{err}"
+    );
+    let lines = progress_lines(&err);
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(lines[0].starts_with("epoch 2/2 iter 2/3 loss="), "{err}");
+    assert!(err.contains("bbox evaluation on 2 val images"), "{err}");
+    assert!(
+        err.contains(&format!("saved {}", dir.join("work/epoch_2").display())),
+        "{err}"
+    );
+    assert!(err.contains("best bbox AP"), "{err}");
+    // the plots were drawn after training
+    for f in ["loss.png", "lr.png", "ap.png"] {
+        assert!(dir.join("work").join(f).exists(), "{f} missing");
+    }
+}
