@@ -13,10 +13,12 @@
 mod error;
 mod resolve;
 mod typed;
+mod validate;
 
 pub use error::ConfigError;
 pub use resolve::{apply_override, deep_merge, load_resolved, parse_override_value, strip_delete_markers};
 pub use typed::*;
+pub use validate::{MAX_IMG_SCALE, MAX_NUM_WORKERS, MAX_PREFETCH, validate_experiment};
 
 use std::path::Path;
 
