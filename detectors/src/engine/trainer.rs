@@ -44,6 +44,22 @@ pub enum TrainError {
         /// The last checkpoint written, left untouched.
         checkpoint: Option<PathBuf>,
     },
+    /// The global gradient norm became NaN or infinite while the loss was finite: the step was not taken.
+    #[error(
+        "gradient norm is not finite ({norm}) at epoch {epoch}, iteration {iter}; training stopped before the \
+         optimizer step. {}",
+        match checkpoint { Some(c) => format!("The last good checkpoint is {}", c.display()), None => "No checkpoint was written yet".into() }
+    )]
+    NonFiniteGradNorm {
+        /// Epoch (1-based).
+        epoch: usize,
+        /// Iteration in the epoch (1-based).
+        iter: usize,
+        /// The norm.
+        norm: f64,
+        /// The last checkpoint written, left untouched.
+        checkpoint: Option<PathBuf>,
+    },
     /// A checkpoint could not be written or read.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
@@ -301,10 +317,17 @@ where
             if let Some(wd) = manual_decay {
                 grads::add_weight_decay_to_weights::<B, M>(&model, &mut g, wd);
             }
-            let grad_norm = cfg
-                .optimizer
-                .grad_clip()
-                .map(|c| grads::clip_grad_norm::<B, M>(&model, &mut g, c.max_norm) as f64);
+            let max_norm = cfg.optimizer.grad_clip().map(|c| c.max_norm);
+            let norm = grads::grad_norm_step::<B, M>(&model, &mut g, max_norm);
+            if !norm.is_finite() {
+                return Err(TrainError::NonFiniteGradNorm {
+                    epoch: epoch + 1,
+                    iter: i + 1,
+                    norm,
+                    checkpoint: last_checkpoint,
+                });
+            }
+            let grad_norm = Some(norm);
             let lr = schedule.lr(epoch, state.global_iter);
             model = optim.step(lr, model, g);
             state.global_iter += 1;
