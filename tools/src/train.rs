@@ -205,7 +205,12 @@ impl<'a, B: Backend, M: Detector<B>> TrainHooks<M> for CliHooks<'a, B> {
 
     fn on_message(&mut self, msg: &str) {
         if !self.quiet {
-            self.bar.println(msg);
+            // a hidden bar (no terminal, or before the first epoch) would swallow the line
+            if self.bar.is_hidden() {
+                eprintln!("{msg}");
+            } else {
+                self.bar.println(msg);
+            }
         }
     }
 }

@@ -14,6 +14,7 @@ use burn::tensor::backend::AutodiffBackend;
 
 use super::checkpoint::{self, CheckpointError, TrainState};
 use super::grads;
+use super::lock::{self, LockError};
 use super::log::{EvalRecord, IterRecord, JsonLog, LogLine, resident_memory_mb};
 use super::schedule::{LrSchedule, auto_scaled_lr};
 use crate::config::{ExperimentConfig, OptimizerConfig};
@@ -63,6 +64,9 @@ pub enum TrainError {
     /// A checkpoint could not be written or read.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// The work dir is locked by another run (or the lock cannot be written).
+    #[error(transparent)]
+    Lock(#[from] LockError),
     /// The work dir or the log could not be written.
     #[error("work dir {path}: {source}")]
     Io {
@@ -223,6 +227,7 @@ where
 {
     let cfg = &setup.cfg;
     std::fs::create_dir_all(&setup.work_dir).map_err(io_err(&setup.work_dir))?;
+    let _lock = lock::lock_for_training(&setup.work_dir, &mut |m: &str| hooks.on_message(m))?;
     let config_path = setup.work_dir.join("config.json");
     write_atomic(
         &config_path,
@@ -357,6 +362,16 @@ where
             done.is_multiple_of(cfg.checkpoint_config.interval.max(1)) || done == cfg.runner.max_epochs;
         let eval_due = cfg.evaluation.interval > 0
             && (done.is_multiple_of(cfg.evaluation.interval) || done == cfg.runner.max_epochs);
+        // the epoch's checkpoint comes first: a failing evaluation loses no training
+        let mut epoch_dir = None;
+        if checkpoint_due {
+            let dir = setup.work_dir.join(format!("epoch_{done}"));
+            checkpoint::save::<B, M, _>(&dir, &model, &optim, &state)?;
+            checkpoint::mark_latest(&setup.work_dir, &dir)?;
+            hooks.on_checkpoint(&dir);
+            last_checkpoint = Some(dir.clone());
+            epoch_dir = Some(dir);
+        }
         let mut improved = false;
         if eval_due {
             let inner = model.valid();
@@ -374,12 +389,8 @@ where
                 last_eval = Some(stats);
             }
         }
-        if checkpoint_due {
-            let dir = setup.work_dir.join(format!("epoch_{done}"));
-            checkpoint::save::<B, M, _>(&dir, &model, &optim, &state)?;
-            checkpoint::mark_latest(&setup.work_dir, &dir)?;
-            hooks.on_checkpoint(&dir);
-            last_checkpoint = Some(dir);
+        if let Some(dir) = epoch_dir.filter(|_| improved) {
+            checkpoint::update_state(&dir, &state)?; // the new best AP, for an exact resume
         }
         if improved && cfg.evaluation.save_best {
             let dir = setup.work_dir.join("best");
