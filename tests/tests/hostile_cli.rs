@@ -5,7 +5,11 @@
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+use attndet_backbones::checkpoint::reference_keys;
+use attndet_backbones::resnet::renames;
+use attndet_backbones::{BackboneArch, formula};
 use attndet_tests::{TempDir, attndet_bin, run, shared_coco_fixtures, workspace_root};
+use burn::backend::Flex;
 
 fn demo_config() -> String {
     workspace_root()
@@ -343,5 +347,98 @@ fn train_test_infer_demo_plot_convert_classify_reject_hostile_input() {
     ] {
         std::fs::write(logdir.join("log.jsonl"), log).unwrap();
         no_panic(&["plot", logdir.to_str().unwrap()]);
+    }
+}
+
+/// A PNG whose header declares `w x h` RGB pixels, with no pixel data to speak of.
+fn header_only_png(path: &Path, w: u32, h: u32) {
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let chunk = |png: &mut Vec<u8>, body: &[u8]| {
+        png.extend((body.len() as u32 - 4).to_be_bytes());
+        png.extend(body);
+        png.extend(crc32(body).to_be_bytes());
+    };
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend(w.to_be_bytes());
+    ihdr.extend(h.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]);
+    chunk(&mut png, &ihdr);
+    chunk(&mut png, b"IDAT\x78\x9c");
+    chunk(&mut png, b"IEND");
+    std::fs::write(path, png).unwrap();
+}
+
+#[test]
+fn classify_rejects_hostile_images() {
+    let tmp = TempDir::new("hostile-classify");
+    let dir = tmp.path();
+    let ckpt = dir.join("resnet18.safetensors");
+    let arch = BackboneArch::parse("resnet18").unwrap();
+    let BackboneArch::ResNet(cfg) = &arch else {
+        unreachable!()
+    };
+    let model = arch.build_lazy::<Flex>(&Default::default()).unwrap();
+    std::fs::write(
+        &ckpt,
+        formula::checkpoint_bytes(&reference_keys(&model, &renames(cfg))),
+    )
+    .unwrap();
+    let ckpt = ckpt.to_str().unwrap();
+    let bomb = dir.join("bomb.png");
+    header_only_png(&bomb, 30000, 30000);
+    let thin = dir.join("thin.png");
+    image::RgbImage::new(1, 3000).save(&thin).unwrap();
+    let dot = dir.join("dot.png");
+    image::RgbImage::new(1, 1).save(&dot).unwrap();
+    for (what, f) in hostile_files(dir) {
+        let out = no_panic(&["classify", "--model", "resnet18", "--checkpoint", ckpt, &f]);
+        assert_eq!(out.status.code(), Some(2), "{what}: {}", stderr(&out));
+    }
+    for (img, flag) in [(&bomb, "--json"), (&bomb, "--no-resize"), (&thin, "--json")] {
+        bad_input(&[
+            "classify",
+            "--model",
+            "resnet18",
+            "--checkpoint",
+            ckpt,
+            flag,
+            img.to_str().unwrap(),
+        ]);
+    }
+    // a 1x1 image as it is: a result or a clear error, never a panic
+    no_panic(&[
+        "classify",
+        "--model",
+        "resnet18",
+        "--checkpoint",
+        ckpt,
+        "--no-resize",
+        dot.to_str().unwrap(),
+    ]);
+    for k in ["0", "-1", "18446744073709551615"] {
+        no_panic(&[
+            "classify",
+            "--model",
+            "resnet18",
+            "--checkpoint",
+            ckpt,
+            "--topk",
+            k,
+            dot.to_str().unwrap(),
+        ]);
     }
 }
