@@ -6,6 +6,9 @@ use burn::backend::Flex;
 use clap::Args;
 use serde_json::json;
 
+/// Largest `--input-size` side: the counts stay far from overflowing 64 bits.
+const MAX_INPUT_SIDE: usize = 16384;
+
 /// Arguments of `attndet flops`.
 #[derive(Args, Debug)]
 #[command(
@@ -111,9 +114,9 @@ fn input_size(given: Option<&[usize]>, default: [usize; 2]) -> anyhow::Result<[u
         Some(&[h, w]) => [h, w],
         _ => default,
     };
-    if h == 0 || w == 0 {
+    if !(1..=MAX_INPUT_SIDE).contains(&h) || !(1..=MAX_INPUT_SIDE).contains(&w) {
         return Err(crate::errors::bad_input(format!(
-            "--input-size {h} {w}: sizes must be positive"
+            "--input-size {h} {w}: each side must be between 1 and {MAX_INPUT_SIDE}"
         )));
     }
     Ok([h, w])
