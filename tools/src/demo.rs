@@ -61,6 +61,26 @@ const FASTER_RCNN_FILES: [(&str, &str); 3] = [
     ),
 ];
 
+/// Mask R-CNN's demo config and its model bases.
+const MASK_RCNN_FILES: [(&str, &str); 4] = [
+    (
+        "mask_rcnn/mask_rcnn_r18_fpn_synth_demo.json",
+        include_str!("../../configs/mask_rcnn/mask_rcnn_r18_fpn_synth_demo.json"),
+    ),
+    (
+        "_base_/models/mask_rcnn_r50_fpn.json",
+        include_str!("../../configs/_base_/models/mask_rcnn_r50_fpn.json"),
+    ),
+    (
+        "_base_/models/faster_rcnn_r50_fpn.json",
+        include_str!("../../configs/_base_/models/faster_rcnn_r50_fpn.json"),
+    ),
+    (
+        "_base_/models/rpn_r50_fpn.json",
+        include_str!("../../configs/_base_/models/rpn_r50_fpn.json"),
+    ),
+];
+
 /// Detectors the demo can train.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DemoDetector {
@@ -69,6 +89,9 @@ pub enum DemoDetector {
     /// Faster R-CNN with a ResNet-18 FPN.
     #[value(name = "faster_rcnn", alias = "faster-rcnn")]
     FasterRcnn,
+    /// Mask R-CNN with a ResNet-18 FPN (boxes and masks).
+    #[value(name = "mask_rcnn", alias = "mask-rcnn")]
+    MaskRcnn,
 }
 
 impl DemoDetector {
@@ -77,6 +100,7 @@ impl DemoDetector {
         match self {
             Self::Retinanet => &RETINANET_FILES,
             Self::FasterRcnn => &FASTER_RCNN_FILES,
+            Self::MaskRcnn => &MASK_RCNN_FILES,
         }
     }
 
@@ -85,6 +109,7 @@ impl DemoDetector {
         match self {
             Self::Retinanet => "RetinaNet (ResNet-18 FPN)",
             Self::FasterRcnn => "Faster R-CNN (ResNet-18 FPN)",
+            Self::MaskRcnn => "Mask R-CNN (ResNet-18 FPN)",
         }
     }
 
@@ -93,6 +118,7 @@ impl DemoDetector {
         match self {
             Self::Retinanet => "retinanet",
             Self::FasterRcnn => "faster_rcnn",
+            Self::MaskRcnn => "mask_rcnn",
         }
     }
 }
@@ -220,8 +246,11 @@ pub fn run(args: &DemoArgs, device: &DeviceArg) -> anyhow::Result<()> {
         crate::test::save_drawn(files[id], d, &val.1.category_names, 0.3, &show)?;
     }
     let results = args.work_dir.join("val_results.json");
-    attndet_coco::write_results(&results, &evals[0].results)
-        .with_context(|| format!("writing {}", results.display()))?;
+    for e in &evals {
+        let path = crate::test::results_path(&results, e.kind, evals.len());
+        attndet_coco::write_results(&path, &e.results)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     println!(
         "{} trained from scratch on {} synthetic images, evaluated on {}:",
         args.detector.title(),
@@ -272,7 +301,11 @@ mod tests {
     /// fails here) to exactly the config of the source tree.
     #[test]
     fn embedded_configs_resolve_to_the_source_trees() {
-        for detector in [DemoDetector::Retinanet, DemoDetector::FasterRcnn] {
+        for detector in [
+            DemoDetector::Retinanet,
+            DemoDetector::FasterRcnn,
+            DemoDetector::MaskRcnn,
+        ] {
             let dir = std::env::temp_dir().join(format!(
                 "attndet-demo-config-{}-{}",
                 detector.name(),

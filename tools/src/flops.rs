@@ -134,7 +134,7 @@ fn run_detector(config: &std::path::Path, args: &FlopsArgs) -> anyhow::Result<()
         [scale[0].min(scale[1]), scale[0].max(scale[1])],
     )?;
     let rois = match &cfg.model {
-        ModelConfig::FasterRcnn(m) => m.test_cfg.rpn.max_per_img,
+        ModelConfig::FasterRcnn(m) | ModelConfig::MaskRcnn(m) => m.test_cfg.rpn.max_per_img,
         _ => 0,
     };
     let model = AnyDetector::<Flex>::from_config(&cfg.model, &Default::default())

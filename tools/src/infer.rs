@@ -72,6 +72,8 @@ fn run_on<B: attndet_detectors::models::DetBackend>(
             boxes: vec![],
             labels: vec![],
             ignore: vec![],
+            ann_ids: vec![],
+            masks: vec![],
         });
     }
     let model = load_checkpoint_model::<B>(&p.cfg, &args.checkpoint, device)?;
@@ -90,9 +92,18 @@ fn run_on<B: attndet_detectors::models::DetBackend>(
             .iter()
             .zip(&d.scores)
             .zip(&d.labels)
-            .filter(|((_, s), _)| **s >= args.score_thr)
-            .map(|((b, s), l)| {
-                serde_json::json!({"bbox": b, "score": s, "label": l, "category": names.get(*l).cloned().unwrap_or_else(|| l.to_string())})
+            .enumerate()
+            .filter(|(_, ((_, s), _))| **s >= args.score_thr)
+            .map(|(i, ((b, s), l))| {
+                let mut v = serde_json::json!({"bbox": b, "score": s, "label": l, "category": names.get(*l).cloned().unwrap_or_else(|| l.to_string())});
+                if let Some(m) = d.masks.as_ref().and_then(|m| m.get(i)) {
+                    // COCO compressed RLE: {"size": [h, w], "counts": "..."}
+                    v["segmentation"] = serde_json::json!({
+                        "size": [m.h, m.w],
+                        "counts": attndet_coco::mask::rle_to_string(m),
+                    });
+                }
+                v
             })
             .collect();
         if let Some(dir) = &args.show_dir {

@@ -127,7 +127,7 @@ fn run_on<B: attndet_detectors::models::DetBackend>(
 }
 
 /// Where the results of `kind` go: `out` itself when one kind is evaluated, else `out`'s stem + `.KIND.json`.
-fn results_path(out: &std::path::Path, kind: EvalKind, kinds: usize) -> PathBuf {
+pub(crate) fn results_path(out: &std::path::Path, kind: EvalKind, kinds: usize) -> PathBuf {
     if kinds <= 1 {
         return out.to_path_buf();
     }
@@ -159,15 +159,20 @@ pub fn save_drawn(
         .iter()
         .zip(&dets.scores)
         .zip(&dets.labels)
-        .filter(|((_, s), _)| **s >= score_thr)
-        .map(|((b, s), &l)| Instance {
+        .enumerate()
+        .filter(|(_, ((_, s), _))| **s >= score_thr)
+        .map(|(i, ((b, s), &l))| Instance {
             bbox: [
                 b[0] as f64 * k,
                 b[1] as f64 * k,
                 (b[2] - b[0]) as f64 * k,
                 (b[3] - b[1]) as f64 * k,
             ],
-            mask: None,
+            mask: dets
+                .masks
+                .as_ref()
+                .and_then(|m| m.get(i))
+                .map(|m| enlarge_rle(m, k as u32)),
             label: format!(
                 "{} {s:.2}",
                 names.get(l).cloned().unwrap_or_else(|| l.to_string())
@@ -185,4 +190,21 @@ pub fn save_drawn(
     img.save(&out)
         .with_context(|| format!("writing {}", out.display()))?;
     Ok(out)
+}
+
+/// A mask enlarged by an integer factor (nearest), to match an image enlarged by [`enlarge_small`].
+fn enlarge_rle(m: &attndet_coco::Rle, k: u32) -> attndet_coco::Rle {
+    if k <= 1 {
+        return m.clone();
+    }
+    let bits = m.decode_row_major().unwrap_or_default();
+    let (w, h) = (m.w as usize, m.h as usize);
+    let (kw, kh) = (w * k as usize, h * k as usize);
+    let big: Vec<u8> = (0..kh * kw)
+        .map(|p| {
+            let (y, x) = (p / kw / k as usize, p % kw / k as usize);
+            bits.get(y * w + x).copied().unwrap_or(0)
+        })
+        .collect();
+    attndet_coco::Rle::encode_row_major(&big, kh as u32, kw as u32).unwrap_or_default()
 }

@@ -248,7 +248,7 @@ fn optimizer_type_selects_sgd_or_adamw_with_torch_defaults() {
 #[test]
 fn two_stage_configs_load_with_mmdetections_settings() {
     let mut seen = 0;
-    for dir in ["faster_rcnn", "rpn"] {
+    for dir in ["faster_rcnn", "rpn", "mask_rcnn"] {
         for entry in std::fs::read_dir(configs_dir().join(dir)).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_none_or(|e| e != "json") {
@@ -261,6 +261,29 @@ fn two_stage_configs_load_with_mmdetections_settings() {
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
             seen += 1;
             match &cfg.model {
+                ModelConfig::MaskRcnn(m) => {
+                    // Mask R-CNN's second-stage assigner keeps low-quality matches (Faster R-CNN's does not)
+                    assert!(m.train_cfg.rcnn.assigner.match_low_quality, "{name}");
+                    let crate::config::RoiHeadConfig::Standard(h) = &m.roi_head;
+                    let mask = h.mask_head.as_ref().expect("a mask head");
+                    assert_eq!(mask.roi_feat_size, 14, "{name}");
+                    assert_eq!(
+                        h.mask_roi_extractor.as_ref().unwrap().output_size,
+                        [14, 14],
+                        "{name}"
+                    );
+                    assert_eq!(
+                        cfg.evaluation.metric,
+                        vec![crate::models::EvalKind::Bbox, crate::models::EvalKind::Segm],
+                        "{name}"
+                    );
+                    if !name.contains("synth") {
+                        assert_eq!(
+                            (mask.num_convs, mask.conv_out_channels, mask.num_classes),
+                            (4, 256, 80)
+                        );
+                    }
+                }
                 ModelConfig::FasterRcnn(m) => {
                     assert_eq!(m.train_cfg.rpn.assigner.pos_iou_thr, 0.7, "{name}");
                     assert_eq!(m.train_cfg.rpn.sampler.num, 256, "{name}");
@@ -292,7 +315,10 @@ fn two_stage_configs_load_with_mmdetections_settings() {
             }
         }
     }
-    assert_eq!(seen, 8, "7 Faster R-CNN configs and 1 RPN config");
+    assert_eq!(
+        seen, 13,
+        "7 Faster R-CNN configs, 1 RPN config and 5 Mask R-CNN configs"
+    );
 }
 
 /// An unknown `"type"` of a nested tagged enum (a RoI head, a loss) is reported at that `type` field.

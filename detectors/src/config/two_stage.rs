@@ -141,7 +141,7 @@ pub enum RoiHeadConfig {
     Standard(StandardRoiHeadConfig),
 }
 
-/// mmdetection's `StandardRoIHead`.
+/// mmdetection's `StandardRoIHead`, with the mask branch of Mask R-CNN when `mask_head` is given.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StandardRoiHeadConfig {
@@ -149,6 +149,40 @@ pub struct StandardRoiHeadConfig {
     pub bbox_roi_extractor: RoiExtractorConfig,
     /// The box head.
     pub bbox_head: BBoxHeadConfig,
+    /// Multi-level RoIAlign of the mask branch (14x14).
+    #[serde(default)]
+    pub mask_roi_extractor: Option<RoiExtractorConfig>,
+    /// The mask head (Mask R-CNN).
+    #[serde(default)]
+    pub mask_head: Option<FcnMaskHeadConfig>,
+}
+
+/// mmdetection's `FCNMaskHead`: convs, a 2x deconvolution and per-class mask logits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FcnMaskHeadConfig {
+    /// 3x3 convs (4).
+    pub num_convs: usize,
+    /// Channels of the pooled features (the FPN's).
+    pub in_channels: usize,
+    /// Channels of the convs (256).
+    pub conv_out_channels: usize,
+    /// Pooled size (14); the masks are twice that (28).
+    pub roi_feat_size: usize,
+    /// Object classes.
+    pub num_classes: usize,
+    /// One mask for every class (false) or one shared.
+    #[serde(default)]
+    pub class_agnostic: bool,
+    /// Threshold of pasted mask probabilities (0.5).
+    pub mask_thr_binary: f64,
+    /// Weight of the mask loss.
+    #[serde(default = "one")]
+    pub loss_weight: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// How the second stage's targets are made.

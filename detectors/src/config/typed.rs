@@ -40,6 +40,9 @@ pub enum ModelConfig {
     /// Faster R-CNN (Ren et al. 2015): backbone + FPN + RPN + a RoI head.
     #[serde(rename = "FasterRCNN")]
     FasterRcnn(super::TwoStageConfig),
+    /// Mask R-CNN (He et al. 2017): Faster R-CNN with a mask branch in its RoI head.
+    #[serde(rename = "MaskRCNN")]
+    MaskRcnn(super::TwoStageConfig),
 }
 
 impl ModelConfig {
@@ -48,7 +51,17 @@ impl ModelConfig {
         match self {
             Self::RetinaNet(c) => &c.backbone,
             Self::Rpn(c) => &c.backbone,
-            Self::FasterRcnn(c) => &c.backbone,
+            Self::FasterRcnn(c) | Self::MaskRcnn(c) => &c.backbone,
+        }
+    }
+
+    /// Whether the detector trains on instance masks (the loader then rasterizes them).
+    pub fn trains_masks(&self) -> bool {
+        match self {
+            Self::FasterRcnn(c) | Self::MaskRcnn(c) => match &c.roi_head {
+                super::RoiHeadConfig::Standard(h) => h.mask_head.is_some(),
+            },
+            _ => false,
         }
     }
 
@@ -57,7 +70,7 @@ impl ModelConfig {
         match self {
             Self::RetinaNet(c) => &mut c.backbone,
             Self::Rpn(c) => &mut c.backbone,
-            Self::FasterRcnn(c) => &mut c.backbone,
+            Self::FasterRcnn(c) | Self::MaskRcnn(c) => &mut c.backbone,
         }
     }
 
@@ -66,7 +79,7 @@ impl ModelConfig {
         match self {
             Self::RetinaNet(c) => c.bbox_head.num_classes,
             Self::Rpn(_) => 1,
-            Self::FasterRcnn(c) => match &c.roi_head {
+            Self::FasterRcnn(c) | Self::MaskRcnn(c) => match &c.roi_head {
                 super::RoiHeadConfig::Standard(h) => h.bbox_head.num_classes,
             },
         }

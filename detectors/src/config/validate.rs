@@ -29,7 +29,7 @@ pub fn validate_experiment(cfg: &ExperimentConfig, source: &str) -> Result<(), C
             check_rpn(&mut c, &m.neck, &m.rpn_head, &m.train_cfg.rpn);
             check_proposals(&mut c, &m.test_cfg.rpn, "model.test_cfg.rpn");
         }
-        ModelConfig::FasterRcnn(m) => check_two_stage(&mut c, m),
+        ModelConfig::FasterRcnn(m) | ModelConfig::MaskRcnn(m) => check_two_stage(&mut c, m),
     }
     match c.first {
         None => Ok(()),

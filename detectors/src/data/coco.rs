@@ -42,6 +42,8 @@ pub fn records_from_coco(coco: &CocoDataset, img_dir: &Path, skip_empty: bool) -
             boxes: Vec::new(),
             labels: Vec::new(),
             ignore: Vec::new(),
+            ann_ids: Vec::new(),
+            masks: Vec::new(),
         };
         for ann in coco.annotations_of(id) {
             let [x, y, w, h] = [ann.bbox[0], ann.bbox[1], ann.bbox[2], ann.bbox[3]];
@@ -58,6 +60,8 @@ pub fn records_from_coco(coco: &CocoDataset, img_dir: &Path, skip_empty: bool) -
             };
             r.boxes.push(b);
             r.labels.push(label);
+            r.ann_ids.push(ann.id);
+            r.masks.push(ann.segmentation.clone());
         }
         if r.boxes.is_empty() {
             images_without_boxes += 1;

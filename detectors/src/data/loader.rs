@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::transforms::{self, ImageMeta, Sample};
 use crate::config::PipelineConfig;
-use crate::structures::GroundTruth;
+use crate::structures::{GroundTruth, RleMask};
 
 /// One image of a dataset and its annotations in contiguous label space.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +30,11 @@ pub struct DetRecord {
     pub labels: Vec<usize>,
     /// Crowd regions `[x1, y1, x2, y2]`.
     pub ignore: Vec<[f32; 4]>,
+    /// Annotation id of each box (named in errors).
+    pub ann_ids: Vec<u64>,
+    /// Instance mask of each box as annotated (polygons or RLE), when the dataset has them; rasterized by the
+    /// loader's workers only for detectors with a mask branch.
+    pub masks: Vec<Option<attndet_coco::Segmentation>>,
 }
 
 /// A batch: images stacked and padded, with per-image metadata and annotations.
@@ -99,6 +104,8 @@ pub struct LoaderOptions {
     pub pipeline: PipelineConfig,
     /// Seed of the run.
     pub seed: u64,
+    /// Rasterize the instance masks into the batch (Mask R-CNN's ground truth).
+    pub with_masks: bool,
 }
 
 /// A seeded RNG for one purpose of one epoch: the stream depends only on `(seed, epoch, salt)`.
@@ -172,7 +179,12 @@ pub fn decode_with_limit(file: &std::path::Path, max_pixels: u64) -> Result<imag
 }
 
 /// Load and transform one record. `flip` decides the horizontal flip.
-pub fn load_sample(r: &DetRecord, pipeline: &PipelineConfig, flip: bool) -> Result<Sample, ImageError> {
+pub fn load_sample(
+    r: &DetRecord,
+    pipeline: &PipelineConfig,
+    flip: bool,
+    with_masks: bool,
+) -> Result<Sample, ImageError> {
     let image = decode(&r.file)?;
     let size = image.dimensions();
     if size != r.size {
@@ -185,12 +197,17 @@ pub fn load_sample(r: &DetRecord, pipeline: &PipelineConfig, flip: bool) -> Resu
             ),
         ));
     }
+    let masks = if with_masks {
+        rasterize_masks(r, size)?
+    } else {
+        Vec::new()
+    };
     let s = Sample {
         image,
         boxes: r.boxes.clone(),
         labels: r.labels.clone(),
         ignore: r.ignore.clone(),
-        masks: Vec::new(),
+        masks,
         seed: 0,
         meta: ImageMeta {
             image_id: r.image_id,
@@ -206,8 +223,49 @@ pub fn load_sample(r: &DetRecord, pipeline: &PipelineConfig, flip: bool) -> Resu
     Ok(if flip { transforms::hflip(s) } else { s })
 }
 
+/// The instance masks of a record as `0 / 255` bitmaps of the decoded image's `(width, height)`: polygons
+/// rasterized and merged, RLEs decoded, as pycocotools' `annToMask`. An instance without a mask, or one that
+/// does not decode or whose RLE size is not the image's, is an error naming the file and the annotation id.
+pub fn rasterize_masks(r: &DetRecord, (w, h): (u32, u32)) -> Result<Vec<image::GrayImage>, ImageError> {
+    let err = |i: usize, message: String| {
+        let id = r
+            .ann_ids
+            .get(i)
+            .map(|id| id.to_string())
+            .unwrap_or_else(|| "?".into());
+        ImageError::bad_image(&r.file, format!("annotation {id}: {message}"))
+    };
+    (0..r.boxes.len())
+        .map(|i| {
+            let seg = r
+                .masks
+                .get(i)
+                .and_then(Option::as_ref)
+                .ok_or_else(|| err(i, "has no segmentation, but the detector trains masks".into()))?;
+            let rle = seg
+                .to_rle(h, w)
+                .map_err(|e| err(i, format!("segmentation: {e}")))?;
+            if (rle.h, rle.w) != (h, w) {
+                return Err(err(
+                    i,
+                    format!("RLE of size {}x{} (h x w) on an image of {h}x{w}", rle.h, rle.w),
+                ));
+            }
+            let bits = rle
+                .decode_row_major()
+                .map_err(|e| err(i, format!("segmentation: {e}")))?;
+            image::GrayImage::from_raw(
+                w,
+                h,
+                bits.into_iter().map(|b| if b > 0 { 255 } else { 0 }).collect(),
+            )
+            .ok_or_else(|| err(i, "mask buffer of the wrong size".into()))
+        })
+        .collect()
+}
+
 /// Stack samples into a batch padded to the largest size, rounded up to `pad_size_divisor`.
-pub fn collate(samples: Vec<Sample>, pipeline: &PipelineConfig) -> Batch {
+pub fn collate(samples: Vec<Sample>, pipeline: &PipelineConfig, with_masks: bool) -> Batch {
     let ph = samples
         .iter()
         .map(|s| s.image.height() as usize)
@@ -240,13 +298,23 @@ pub fn collate(samples: Vec<Sample>, pipeline: &PipelineConfig) -> Batch {
             ph,
             pw,
         );
+        // masks leave the worker run-length encoded: a batch holds no full-size bitmaps
+        let masks = with_masks.then(|| {
+            s.masks
+                .iter()
+                .map(|m| {
+                    let bits: Vec<bool> = m.as_raw().iter().map(|&v| v > 127).collect();
+                    RleMask::encode(&bits, [m.height() as usize, m.width() as usize])
+                })
+                .collect()
+        });
         items.push(BatchItem {
             meta: s.meta,
             gt: GroundTruth {
                 boxes: s.boxes,
                 labels: s.labels,
                 ignore: s.ignore,
-                masks: None,
+                masks,
             },
             seed: s.seed,
         });
@@ -393,7 +461,7 @@ fn make_batch(
         let mut rng = epoch_rng(opts.seed, epoch, 2 + i as u64);
         let flip = opts.flip_prob > 0.0 && rng.random::<f64>() < opts.flip_prob;
         let seed = rng.random::<u64>();
-        match load_sample(&records[i], &opts.pipeline, flip) {
+        match load_sample(&records[i], &opts.pipeline, flip, opts.with_masks) {
             Ok(s) => samples.push(Sample { seed, ..s }),
             Err(_) if opts.skip_bad_images => {
                 skipped.fetch_add(1, Ordering::SeqCst);
@@ -401,7 +469,7 @@ fn make_batch(
             Err(e) => return Err(e),
         }
     }
-    Ok((!samples.is_empty()).then(|| collate(samples, &opts.pipeline)))
+    Ok((!samples.is_empty()).then(|| collate(samples, &opts.pipeline, opts.with_masks)))
 }
 
 impl Iterator for EpochLoader {
@@ -482,6 +550,7 @@ mod tests {
             flip_prob: if shuffle { 0.5 } else { 0.0 },
             pipeline: pipeline(),
             seed: 7,
+            with_masks: false,
         }
     }
 
@@ -508,6 +577,8 @@ mod tests {
                     boxes: vec![b],
                     labels: vec![i % 2],
                     ignore: vec![],
+                    ann_ids: vec![i as u64],
+                    masks: vec![None],
                 }
             })
             .collect();

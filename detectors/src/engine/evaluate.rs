@@ -37,6 +37,7 @@ pub fn test_loader_options(cfg: &ExperimentConfig) -> LoaderOptions {
         flip_prob: 0.0,
         pipeline: cfg.data.pipeline.clone(),
         seed: cfg.seed,
+        with_masks: false,
     }
 }
 
@@ -79,6 +80,38 @@ pub fn to_coco_detections(dets: &[(u64, Detections)], category_ids: &[u64]) -> V
                 })
         })
         .collect()
+}
+
+/// COCO segm result entries (compressed RLE under `segmentation`, the box and score alongside) from
+/// per-image detections with masks.
+///
+/// # Errors
+/// [`EvalError::Model`] when a detection has no mask.
+pub fn to_coco_segmentations(
+    dets: &[(u64, Detections)],
+    category_ids: &[u64],
+) -> Result<Vec<Detection>, EvalError> {
+    let mut out = Vec::new();
+    for (image_id, d) in dets {
+        let masks = d.masks.as_ref().ok_or_else(|| {
+            EvalError::Model(ModelError(
+                "segm evaluation: this detector predicts no masks".into(),
+            ))
+        })?;
+        for (((b, &s), &l), m) in d.boxes.iter().zip(&d.scores).zip(&d.labels).zip(masks) {
+            let xywh = [
+                b[0] as f64,
+                b[1] as f64,
+                (b[2] - b[0]) as f64,
+                (b[3] - b[1]) as f64,
+            ];
+            let mut det = Detection::from_bbox(*image_id, category_ids[l], xywh, s as f64);
+            det.area = m.area() as f64;
+            det.segmentation = Some(attndet_coco::results::compressed_segmentation(m));
+            out.push(det);
+        }
+    }
+    Ok(out)
 }
 
 /// The bbox evaluation (pycocotools-exact) of `dets` against `gt`.
@@ -138,11 +171,10 @@ pub fn evaluate_kinds(
                         .collect();
                     (to_coco_detections(&agnostic, &[first]), EvalParams::proposals())
                 }
-                EvalKind::Segm => {
-                    return Err(EvalError::Model(ModelError(
-                        "segm evaluation: this detector predicts no masks".into(),
-                    )));
-                }
+                EvalKind::Segm => (
+                    to_coco_segmentations(preds, category_ids)?,
+                    EvalParams::new(IouType::Segm),
+                ),
             };
             let evaluation = attndet_coco::evaluate(gt, &results, &params)?;
             let stats = match kind {

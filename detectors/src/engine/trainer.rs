@@ -156,6 +156,7 @@ pub fn train_loader_options(cfg: &ExperimentConfig) -> LoaderOptions {
         flip_prob: cfg.data.pipeline.flip_prob,
         pipeline: cfg.data.pipeline.clone(),
         seed: cfg.seed,
+        with_masks: cfg.model.trains_masks(),
     }
 }
 

@@ -152,7 +152,19 @@ impl<B: DetBackend> AnyDetector<B> {
         Ok(match cfg {
             ModelConfig::RetinaNet(c) => Self::RetinaNet(RetinaNet::from_config(c, device)?),
             ModelConfig::Rpn(c) => Self::Rpn(Rpn::from_config(c, device)?),
-            ModelConfig::FasterRcnn(c) => Self::TwoStage(TwoStage::from_config(c, device)?),
+            ModelConfig::FasterRcnn(c) | ModelConfig::MaskRcnn(c) => {
+                let masks = cfg.trains_masks();
+                let is_mask = matches!(cfg, ModelConfig::MaskRcnn(_));
+                if masks != is_mask {
+                    return Err(ModelError(if is_mask {
+                        "model.roi_head.mask_head: a MaskRCNN needs a mask head".into()
+                    } else {
+                        "model.roi_head.mask_head: a FasterRCNN has no mask head (use \"type\": \"MaskRCNN\")"
+                            .into()
+                    }));
+                }
+                Self::TwoStage(TwoStage::from_config(c, device)?)
+            }
         })
     }
 
@@ -161,6 +173,7 @@ impl<B: DetBackend> AnyDetector<B> {
         match self {
             Self::RetinaNet(_) => "RetinaNet",
             Self::Rpn(_) => "RPN",
+            Self::TwoStage(m) if m.eval_kinds().contains(&EvalKind::Segm) => "MaskRCNN",
             Self::TwoStage(_) => "FasterRCNN",
         }
     }

@@ -378,4 +378,86 @@ mod tests {
         assert!(dets[0].scores.windows(2).all(|w| w[0] >= w[1]));
         assert_eq!(model.eval_kinds(), vec![EvalKind::Proposal]);
     }
+
+    /// The shipped Mask R-CNN model config, shrunk like [`tiny_config`].
+    fn tiny_mask_config() -> TwoStageConfig {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../configs/_base_/models/mask_rcnn_r50_fpn.json");
+        let mut v = load_resolved(&path).unwrap();
+        for o in [
+            "model.backbone.name=resnet18",
+            "model.backbone.frozen_stages=-1",
+            "model.backbone.norm_eval=false",
+            "model.neck.out_channels=16",
+            "model.rpn_head.feat_channels=16",
+            "model.roi_head.bbox_head.in_channels=16",
+            "model.roi_head.bbox_head.fc_out_channels=32",
+            "model.roi_head.bbox_head.num_classes=3",
+            "model.roi_head.mask_head.in_channels=16",
+            "model.roi_head.mask_head.conv_out_channels=16",
+            "model.roi_head.mask_head.num_classes=3",
+        ] {
+            apply_override(&mut v, o).unwrap();
+        }
+        let ModelConfig::MaskRcnn(cfg) = from_value_with_path(&v["model"], "tiny").unwrap() else {
+            panic!("the Mask R-CNN base config is a MaskRCNN")
+        };
+        cfg
+    }
+
+    /// The mask head test: no instance gives a zero mask loss that still back-propagates; one instance (its
+    /// mask the left half of its box) gives a positive mask loss; inference pastes one mask per detection
+    /// at the original size.
+    #[test]
+    fn mask_loss_is_zero_without_instances_and_positive_with_one() {
+        let device = Default::default();
+        A::seed(&device, 0);
+        let model = TwoStage::<A>::from_config(&tiny_mask_config(), &device).unwrap();
+        let mut empty = item(vec![], vec![], 1);
+        empty.gt.masks = Some(vec![]);
+        let l = losses(&model, &[empty]);
+        assert_eq!(l[4], ("loss_mask", 0.0), "{l:?}");
+        let b = [10.0f32, 12.0, 40.0, 50.0];
+        let bits: Vec<bool> = (0..64 * 64)
+            .map(|p| {
+                let (y, x) = ((p / 64) as f32, (p % 64) as f32);
+                x >= b[0] && x < 25.0 && y >= b[1] && y < b[3]
+            })
+            .collect();
+        let mut one = item(vec![b], vec![1], 1);
+        one.gt.masks = Some(vec![crate::structures::RleMask::encode(&bits, [64, 64])]);
+        let images = Tensor::<A, 4>::random(
+            [1, 3, 64, 64],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let l = model.losses(images.clone(), std::slice::from_ref(&one)).unwrap();
+        let (name, mask) = &l.terms[4];
+        assert_eq!(*name, "loss_mask");
+        assert!(mask.clone().into_scalar() > 0.0);
+        // the loss reaches the mask head
+        let grads = l.total().backward();
+        let AnyRoiHead::Standard(h) = &model.roi_head;
+        let g = h
+            .mask_head
+            .as_ref()
+            .unwrap()
+            .conv_logits
+            .weight
+            .grad(&grads)
+            .unwrap();
+        assert!(g.abs().sum().into_scalar() > 0.0);
+        let mut cfg = tiny_mask_config();
+        cfg.test_cfg.rcnn.score_thr = 0.0;
+        cfg.test_cfg.rcnn.max_per_img = 5;
+        let model = TwoStage::<Flex>::from_config(&cfg, &device).unwrap();
+        let mut meta = ImageMeta::unscaled(1, (32, 32));
+        meta.img_size = (64, 64);
+        meta.scale = (2.0, 2.0);
+        let dets = model.predict(images.inner(), &[meta]).unwrap();
+        let masks = dets[0].masks.as_ref().unwrap();
+        assert_eq!(masks.len(), dets[0].len());
+        assert!(masks.iter().all(|m| (m.h, m.w) == (32, 32)));
+        assert_eq!(model.eval_kinds(), vec![EvalKind::Bbox, EvalKind::Segm]);
+    }
 }

@@ -293,6 +293,7 @@ impl<B: Backend> BBoxHead<B> {
     ///
     /// # Shapes
     /// - probs: `[R, K + 1]`, boxes: `[R, K, 4]` (host reads of [`BBoxHead::decode`]'s outputs, row-major)
+    /// - output: the detections (original image) and their boxes in the resized image
     pub fn post_process(
         &self,
         probs: &[f32],
@@ -300,7 +301,7 @@ impl<B: Backend> BBoxHead<B> {
         r: usize,
         test: &RcnnTestConfig,
         meta: &ImageMeta,
-    ) -> Detections {
+    ) -> (Detections, Vec<[f32; 4]>) {
         let k = self.num_classes;
         let (mut cand_boxes, mut scores, mut labels) = (Vec::new(), Vec::new(), Vec::new());
         let min = test.min_bbox_size as f32;
@@ -322,12 +323,14 @@ impl<B: Backend> BBoxHead<B> {
         }
         let keep = batched_nms_host(&cand_boxes, &scores, &labels, test.nms_iou_thr as f32);
         let mut det = Detections::default();
+        let mut resized = Vec::new();
         for &j in keep.iter().take(test.max_per_img) {
             det.boxes.push(meta.to_original(cand_boxes[j]));
             det.scores.push(scores[j]);
             det.labels.push(labels[j] as usize);
+            resized.push(cand_boxes[j]);
         }
-        det
+        (det, resized)
     }
 }
 

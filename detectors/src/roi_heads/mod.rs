@@ -10,6 +10,7 @@ use crate::models::{DetBackend, Detections, EvalKind, ModelError};
 use crate::structures::{GroundTruth, ImageMeta};
 
 pub mod bbox_head;
+pub mod mask_head;
 pub mod standard;
 
 pub use bbox_head::BBoxHead;
