@@ -83,6 +83,52 @@ where
     M: AutodiffModule<B>,
     O: Optimizer<M, B>,
 {
+    write_dir(dir, |tmp| {
+        write_model_and_state(tmp, model, state)?;
+        let optim_path = tmp.join(OPTIM_FILE);
+        recorder()
+            .record(optim.to_record(), optim_path.clone())
+            .map_err(|e| CheckpointError::Record {
+                path: optim_path,
+                message: e.to_string(),
+            })
+    })
+}
+
+/// Write a checkpoint without optimizer state (e.g. converted weights) into `dir` atomically: enough for
+/// [`load_model`] and [`load_state`] (`attndet test`, `infer`), not for an exact resume.
+pub fn save_model<B: burn::prelude::Backend, M: burn::module::Module<B>>(
+    dir: &Path,
+    model: &M,
+    state: &TrainState,
+) -> Result<(), CheckpointError> {
+    write_dir(dir, |tmp| write_model_and_state(tmp, model, state))
+}
+
+fn write_model_and_state<B: burn::prelude::Backend, M: burn::module::Module<B>>(
+    dir: &Path,
+    model: &M,
+    state: &TrainState,
+) -> Result<(), CheckpointError> {
+    let model_path = dir.join(MODEL_FILE);
+    model
+        .clone()
+        .save_file(&model_path, &recorder())
+        .map_err(|e| CheckpointError::Record {
+            path: model_path.clone(),
+            message: e.to_string(),
+        })?;
+    let state_path = dir.join(STATE_FILE);
+    let text = serde_json::to_string_pretty(state).expect("TrainState serializes");
+    std::fs::write(&state_path, text).map_err(io(&state_path))
+}
+
+/// Fill a temporary directory beside `dir` with `fill`, then rename it to `dir` (replacing an old one only
+/// once the new one is complete).
+fn write_dir(
+    dir: &Path,
+    fill: impl FnOnce(&Path) -> Result<(), CheckpointError>,
+) -> Result<(), CheckpointError> {
     let parent = dir.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(io(parent))?;
     let name = dir
@@ -92,24 +138,10 @@ where
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    let rec = recorder();
-    let model_path = tmp.join(MODEL_FILE);
-    model
-        .clone()
-        .save_file(&model_path, &rec)
-        .map_err(|e| CheckpointError::Record {
-            path: model_path.clone(),
-            message: e.to_string(),
-        })?;
-    let optim_path = tmp.join(OPTIM_FILE);
-    rec.record(optim.to_record(), optim_path.clone())
-        .map_err(|e| CheckpointError::Record {
-            path: optim_path,
-            message: e.to_string(),
-        })?;
-    let state_path = tmp.join(STATE_FILE);
-    let text = serde_json::to_string_pretty(state).expect("TrainState serializes");
-    std::fs::write(&state_path, text).map_err(io(&state_path))?;
+    if let Err(e) = fill(&tmp) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
     if dir.exists() {
         let old = parent.join(format!(".{name}.old-{}", std::process::id()));
         std::fs::rename(dir, &old).map_err(io(dir))?;
