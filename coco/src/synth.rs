@@ -51,6 +51,13 @@ impl Default for SynthConfig {
     }
 }
 
+/// Largest image side [`generate`] accepts (pixels): 4096 x 4096 images are 48 MB each before encoding.
+pub const MAX_SIZE: u32 = 4096;
+/// Most images per split [`generate`] accepts.
+pub const MAX_IMAGES: usize = 1_000_000;
+/// Most objects per image [`generate`] accepts (placement gives up after 50 attempts anyway).
+pub const MAX_OBJECTS: usize = 50;
+
 /// Paths of what [`generate`] wrote.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SynthOutput {
@@ -75,8 +82,28 @@ pub fn generate(out: &Path, cfg: &SynthConfig) -> Result<SynthOutput, CocoError>
             format!("{} is too small (at least 32 pixels)", cfg.size),
         ));
     }
-    if cfg.max_objects == 0 {
-        return Err(CocoError::invalid("synth", "max_objects", "must be at least 1"));
+    if cfg.size > MAX_SIZE {
+        return Err(CocoError::invalid(
+            "synth",
+            "size",
+            format!("{} is too large (at most {MAX_SIZE} pixels)", cfg.size),
+        ));
+    }
+    if cfg.max_objects == 0 || cfg.max_objects > MAX_OBJECTS {
+        return Err(CocoError::invalid(
+            "synth",
+            "max_objects",
+            format!("{} is out of range (1 to {MAX_OBJECTS})", cfg.max_objects),
+        ));
+    }
+    for (split, n) in [("train", cfg.train), ("val", cfg.val)] {
+        if n > MAX_IMAGES {
+            return Err(CocoError::invalid(
+                "synth",
+                split,
+                format!("{n} images is too many (at most {MAX_IMAGES} per split)"),
+            ));
+        }
     }
     let werr = |path: &Path| {
         let path = path.to_owned();
@@ -383,6 +410,49 @@ mod tests {
             )
             .is_err()
         );
+        // sizes and counts that would overflow or exhaust memory are refused before anything is written
+        for (cfg, field) in [
+            (
+                SynthConfig {
+                    size: u32::MAX,
+                    ..Default::default()
+                },
+                "size",
+            ),
+            (
+                SynthConfig {
+                    size: MAX_SIZE + 1,
+                    ..Default::default()
+                },
+                "size",
+            ),
+            (
+                SynthConfig {
+                    train: usize::MAX,
+                    ..Default::default()
+                },
+                "train",
+            ),
+            (
+                SynthConfig {
+                    val: MAX_IMAGES + 1,
+                    ..Default::default()
+                },
+                "val",
+            ),
+            (
+                SynthConfig {
+                    max_objects: usize::MAX,
+                    ..Default::default()
+                },
+                "max_objects",
+            ),
+        ] {
+            let big = tmp("big");
+            let err = generate(&big, &cfg).unwrap_err();
+            assert!(err.is_bad_input() && err.to_string().contains(field), "{err}");
+            assert!(!big.exists(), "nothing written for {field}");
+        }
         let _ = std::fs::remove_dir_all(d);
     }
 }

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use attndet_backbones::{BackboneArch, Classifier};
+use attndet_detectors::data::loader::MAX_IMAGE_PIXELS;
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 use clap::Args;
@@ -77,14 +78,22 @@ fn resize_center_crop(img: &image::RgbImage) -> image::RgbImage {
 
 /// Decode and preprocess one image into a normalised `[3, H, W]` buffer (channel-major).
 pub fn preprocess(path: &Path, resize: bool) -> anyhow::Result<(Vec<f32>, [usize; 2])> {
-    let img = image::open(path)
-        .map_err(|e| crate::errors::bad_input(format!("cannot read image {}: {e}", path.display())))?
-        .to_rgb8();
+    // the loader's decoder: refuses images over MAX_IMAGE_PIXELS before allocating them
+    let img = attndet_detectors::data::loader::decode(path)
+        .map_err(|e| crate::errors::bad_input(format!("cannot read image: {e}")))?;
     let img = if resize {
         let (w, h) = img.dimensions();
         if w == 0 || h == 0 {
             return Err(crate::errors::bad_input(format!(
                 "image {} is empty",
+                path.display()
+            )));
+        }
+        // the shorter side becomes 256: an extreme aspect ratio would make the intermediate image enormous
+        let (short, long) = (u64::from(w.min(h)), u64::from(w.max(h)));
+        if 256 * 256 * long / short > MAX_IMAGE_PIXELS {
+            return Err(crate::errors::bad_input(format!(
+                "image {}: {w}x{h} is too elongated to resize its shorter side to 256 (use --no-resize)",
                 path.display()
             )));
         }

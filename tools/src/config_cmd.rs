@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use attndet_detectors::config::{ExperimentConfig, load_typed};
+use attndet_detectors::config::{ExperimentConfig, load_typed, validate_experiment};
 use clap::{Args, Subcommand};
 
 use crate::errors::bad_input;
@@ -24,12 +24,16 @@ pub struct ShowArgs {
     pub cfg_options: Vec<String>,
 }
 
-/// Load a config with overrides; any problem is bad input (exit code 2) naming the file and JSON path.
+/// Load a config with overrides and range-check its values; any problem is bad input (exit code 2) naming the
+/// file and JSON path.
 pub fn load_config(
     path: &std::path::Path,
     overrides: &[String],
 ) -> anyhow::Result<(ExperimentConfig, serde_json::Value)> {
-    load_typed(path, overrides).map_err(|e| bad_input(e.to_string()))
+    let (cfg, resolved): (ExperimentConfig, _) =
+        load_typed(path, overrides).map_err(|e| bad_input(e.to_string()))?;
+    validate_experiment(&cfg, &path.display().to_string()).map_err(|e| bad_input(e.to_string()))?;
+    Ok((cfg, resolved))
 }
 
 /// Run `attndet config ...`.

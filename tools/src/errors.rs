@@ -2,6 +2,10 @@
 
 use std::fmt;
 
+use attndet_detectors::data::ImageError;
+use attndet_detectors::engine::evaluate::EvalError;
+use attndet_detectors::engine::trainer::TrainError;
+
 /// An error caused by the user's input (a file, a field, an argument): exit code 2.
 #[derive(Debug)]
 pub struct BadInput(pub String);
@@ -27,6 +31,19 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
             || e.is::<attndet_backbones::BackboneError>()
             || e.downcast_ref::<attndet_coco::CocoError>()
                 .is_some_and(|c| c.is_bad_input())
+            || e.downcast_ref::<ImageError>().is_some_and(is_bad_image)
+            || e.downcast_ref::<TrainError>().is_some_and(|t| match t {
+                TrainError::Data(i) => is_bad_image(i),
+                TrainError::Lock(l) => l.is_held(),
+                _ => false,
+            })
+            || e.downcast_ref::<EvalError>()
+                .is_some_and(|v| matches!(v, EvalError::Data(i) if is_bad_image(i)))
     });
     if is_bad_input { 2 } else { 1 }
+}
+
+/// A missing, corrupt, oversized or mis-annotated image is bad input; a failing loader is not.
+fn is_bad_image(e: &ImageError) -> bool {
+    !e.loader_failure
 }

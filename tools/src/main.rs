@@ -14,6 +14,7 @@ mod eval;
 mod flops;
 mod infer;
 mod plot;
+mod sigpipe;
 mod test;
 mod train;
 
@@ -89,6 +90,7 @@ enum Command {
 }
 
 fn main() {
+    sigpipe::restore_default_sigpipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Devices => device::print_devices(&cli.device),

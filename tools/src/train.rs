@@ -194,7 +194,8 @@ impl<'a, B: Backend> CliHooks<'a, B> {
         if self.quiet {
             return;
         }
-        if self.plain {
+        // a hidden bar (no terminal, or before the first epoch) would swallow the line
+        if self.plain || self.bar.is_hidden() {
             eprintln!("{msg}");
         } else {
             self.bar.println(msg);

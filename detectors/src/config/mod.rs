@@ -14,11 +14,13 @@ mod error;
 mod resolve;
 mod two_stage;
 mod typed;
+mod validate;
 
 pub use error::ConfigError;
 pub use resolve::{apply_override, deep_merge, load_resolved, parse_override_value, strip_delete_markers};
 pub use two_stage::*;
 pub use typed::*;
+pub use validate::{MAX_IMG_SCALE, MAX_NUM_WORKERS, MAX_PREFETCH, validate_experiment};
 
 use std::path::Path;
 

@@ -62,6 +62,20 @@ pub struct ImageError {
     pub file: PathBuf,
     /// What went wrong (missing, not decodable).
     pub message: String,
+    /// The loader itself failed while preparing this image's batch (a worker panicked or stopped): a bug,
+    /// not bad input, and never skipped by `skip_bad_images`.
+    pub loader_failure: bool,
+}
+
+impl ImageError {
+    /// A problem of the image itself (missing, unreadable, inconsistent with its annotation).
+    pub fn bad_image(file: &std::path::Path, message: impl Into<String>) -> Self {
+        Self {
+            file: file.to_path_buf(),
+            message: message.into(),
+            loader_failure: false,
+        }
+    }
 }
 
 /// How to batch and transform.
@@ -122,23 +136,55 @@ pub fn epoch_batches(records: &[DetRecord], opts: &LoaderOptions, epoch: usize) 
     batches
 }
 
-/// Decode one image file into RGB; an error names the file.
+/// Largest image the loader decodes, in pixels (width x height): 100 megapixels. A file declaring more (a
+/// decompression bomb, or a corrupt header) is refused before any pixel buffer is allocated.
+pub const MAX_IMAGE_PIXELS: u64 = 100_000_000;
+
+/// Decode one image file into RGB; an error names the file. Images over [`MAX_IMAGE_PIXELS`] are refused.
 pub fn decode(file: &std::path::Path) -> Result<image::RgbImage, ImageError> {
-    let bytes = std::fs::read(file).map_err(|e| ImageError {
-        file: file.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    let img = image::load_from_memory(&bytes).map_err(|e| ImageError {
-        file: file.to_path_buf(),
-        message: format!("cannot decode: {e}"),
-    })?;
-    Ok(img.to_rgb8())
+    decode_with_limit(file, MAX_IMAGE_PIXELS)
+}
+
+/// [`decode`] with another pixel limit.
+pub fn decode_with_limit(file: &std::path::Path, max_pixels: u64) -> Result<image::RgbImage, ImageError> {
+    let bytes = std::fs::read(file).map_err(|e| ImageError::bad_image(file, e.to_string()))?;
+    let cannot = |e: &dyn std::fmt::Display| ImageError::bad_image(file, format!("cannot decode: {e}"));
+    let reader = || {
+        image::ImageReader::new(std::io::Cursor::new(&bytes[..]))
+            .with_guessed_format()
+            .map_err(|e| cannot(&e))
+    };
+    // the header alone gives the size: check it before the decoder allocates anything
+    let (w, h) = reader()?.into_dimensions().map_err(|e| cannot(&e))?;
+    let pixels = u64::from(w) * u64::from(h);
+    if pixels > max_pixels {
+        return Err(ImageError::bad_image(
+            file,
+            format!("declares {w}x{h} = {pixels} pixels, more than the {max_pixels} accepted"),
+        ));
+    }
+    let mut reader = reader()?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(w);
+    limits.max_image_height = Some(h);
+    reader.limits(limits);
+    Ok(reader.decode().map_err(|e| cannot(&e))?.to_rgb8())
 }
 
 /// Load and transform one record. `flip` decides the horizontal flip.
 pub fn load_sample(r: &DetRecord, pipeline: &PipelineConfig, flip: bool) -> Result<Sample, ImageError> {
     let image = decode(&r.file)?;
     let size = image.dimensions();
+    if size != r.size {
+        // boxes are in the annotated size: training on another size would silently misplace every box
+        return Err(ImageError::bad_image(
+            &r.file,
+            format!(
+                "decoded size {}x{} differs from the annotated width x height {}x{}",
+                size.0, size.1, r.size.0, r.size.1
+            ),
+        ));
+    }
     let s = Sample {
         image,
         boxes: r.boxes.clone(),
@@ -214,6 +260,8 @@ pub fn collate(samples: Vec<Sample>, pipeline: &PipelineConfig) -> Batch {
 
 /// The batches of one epoch, produced by worker threads and delivered in order.
 pub struct EpochLoader {
+    records: Arc<Vec<DetRecord>>,
+    batches: Arc<Vec<Vec<usize>>>,
     rx: mpsc::Receiver<(usize, Result<Option<Batch>, ImageError>)>,
     pending: BTreeMap<usize, Result<Option<Batch>, ImageError>>,
     next: usize,
@@ -261,8 +309,20 @@ impl EpochLoader {
                         while b >= consumed.load(Ordering::SeqCst) + ahead {
                             std::thread::sleep(std::time::Duration::from_millis(2));
                         }
-                        let result = make_batch(&records, &batches[b], &opts, epoch, &skipped);
-                        if tx.send((b, result)).is_err() {
+                        // a panic while preparing a batch becomes that batch's error: the epoch must never
+                        // end early and silently because a worker died
+                        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            make_batch(&records, &batches[b], &opts, epoch, &skipped)
+                        }))
+                        .unwrap_or_else(|payload| {
+                            Err(loader_failure(
+                                &records,
+                                &batches[b],
+                                format!("the loader worker panicked: {}", panic_message(&*payload)),
+                            ))
+                        });
+                        let failed = result.as_ref().is_err_and(|e| e.loader_failure);
+                        if tx.send((b, result)).is_err() || failed {
                             return;
                         }
                     }
@@ -270,6 +330,8 @@ impl EpochLoader {
             })
             .collect();
         Self {
+            records,
+            batches,
             rx,
             pending: BTreeMap::new(),
             next: skip_batches.min(total),
@@ -295,6 +357,27 @@ impl EpochLoader {
     pub fn skipped_images(&self) -> usize {
         self.skipped.load(Ordering::SeqCst)
     }
+}
+
+/// The error of a batch the loader failed to produce, naming the batch's first image.
+fn loader_failure(records: &[DetRecord], indices: &[usize], what: String) -> ImageError {
+    ImageError {
+        file: indices
+            .first()
+            .map(|&i| records[i].file.clone())
+            .unwrap_or_default(),
+        message: format!("{what} (batch of {} images starting here)", indices.len()),
+        loader_failure: true,
+    }
+}
+
+/// The text of a panic payload (`panic!` with a literal or a formatted message).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 fn make_batch(
@@ -329,7 +412,20 @@ impl Iterator for EpochLoader {
             let result = match self.pending.remove(&self.next) {
                 Some(r) => r,
                 None => loop {
-                    let (i, r) = self.rx.recv().ok()?;
+                    let Ok((i, r)) = self.rx.recv() else {
+                        // every worker is gone and this batch never came: an error, not a short epoch
+                        let b = self.next;
+                        self.next = self.total;
+                        return Some(Err(loader_failure(
+                            &self.records,
+                            &self.batches[b],
+                            format!(
+                                "the loader workers stopped before batch {} of {} was produced",
+                                b + 1,
+                                self.total
+                            ),
+                        )));
+                    };
                     if i == self.next {
                         break r;
                     }
@@ -510,6 +606,106 @@ mod tests {
         let mut loader = EpochLoader::start(records, &o, 0, 0);
         let n: usize = loader.by_ref().map(|b| b.unwrap().samples.len()).sum();
         assert_eq!((n, loader.skipped_images()), (2, 2));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_panicking_worker_is_an_error_not_a_short_epoch() {
+        // a 0x0 target size makes the resize panic inside the worker
+        let (dir, records) = dataset("panic", 4);
+        let mut o = opts(false, 2);
+        o.pipeline.img_scale = [0, 0];
+        o.pipeline.keep_ratio = false;
+        o.skip_bad_images = true; // a loader failure is never skipped
+        let results: Vec<_> = EpochLoader::start(Arc::new(records), &o, 0, 0).collect();
+        let err = results
+            .iter()
+            .find_map(|r| r.as_ref().err())
+            .expect("the epoch must report the failure, not end early");
+        assert!(err.loader_failure, "{err}");
+        assert!(err.to_string().contains("panicked"), "{err}");
+        assert!(err.file.starts_with(&dir), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn workers_that_vanish_are_an_error() {
+        let (dir, records) = dataset("vanish", 4);
+        let records = Arc::new(records);
+        let mut loader = EpochLoader::start(records, &opts(false, 1), 0, 0);
+        // simulate lost workers: drop every pending result and make the channel report them gone
+        for w in loader.workers.drain(..) {
+            w.join().unwrap();
+        }
+        while loader.rx.try_recv().is_ok() {}
+        let err = loader.next().expect("an error").expect_err("an error");
+        assert!(
+            err.loader_failure && err.to_string().contains("stopped before batch 1 of 2"),
+            "{err}"
+        );
+        assert!(loader.next().is_none());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn an_image_of_another_size_than_annotated_is_an_error_naming_both() {
+        let (dir, mut records) = dataset("size", 2);
+        records[1].size = (999, 777);
+        let err = EpochLoader::start(Arc::new(records), &opts(false, 1), 0, 0)
+            .find_map(Result::err)
+            .unwrap();
+        let msg = err.to_string();
+        assert!(!err.loader_failure);
+        assert!(msg.contains("1.png") && msg.contains("999x777"), "{msg}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// CRC-32 (IEEE) of PNG chunks.
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    #[test]
+    fn images_over_the_pixel_limit_are_refused_before_decoding() {
+        let (dir, records) = dataset("bomb", 1);
+        let err = decode_with_limit(&records[0].file, 100).unwrap_err();
+        assert!(err.to_string().contains("more than the 100 accepted"), "{err}");
+        assert!(decode(&records[0].file).is_ok());
+        // a tiny file whose header declares 12000 x 12000 RGB (432 MB of pixels): refused from the header
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut ihdr = b"IHDR".to_vec();
+        ihdr.extend(12000u32.to_be_bytes());
+        ihdr.extend(12000u32.to_be_bytes());
+        ihdr.extend([8, 2, 0, 0, 0]);
+        png.extend(13u32.to_be_bytes());
+        png.extend(&ihdr);
+        png.extend(crc32(&ihdr).to_be_bytes());
+        // the start of the pixel data (a zlib header): enough for the header to be read, far too little to decode
+        let idat = b"IDAT\x78\x9c";
+        png.extend(2u32.to_be_bytes());
+        png.extend(idat);
+        png.extend(crc32(idat).to_be_bytes());
+        png.extend(0u32.to_be_bytes());
+        png.extend(b"IEND");
+        png.extend(crc32(b"IEND").to_be_bytes());
+        let bomb = dir.join("bomb.png");
+        std::fs::write(&bomb, png).unwrap();
+        let err = decode(&bomb).unwrap_err().to_string();
+        assert!(
+            err.contains("bomb.png") && err.contains("12000x12000 = 144000000 pixels"),
+            "{err}"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -83,51 +83,77 @@ where
     M: AutodiffModule<B>,
     O: Optimizer<M, B>,
 {
-    write_dir(dir, |tmp| {
-        write_model_and_state(tmp, model, state)?;
-        let optim_path = tmp.join(OPTIM_FILE);
-        recorder()
-            .record(optim.to_record(), optim_path.clone())
-            .map_err(|e| CheckpointError::Record {
-                path: optim_path,
-                message: e.to_string(),
-            })
-    })
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io(parent))?;
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "ckpt".into());
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    let result = write_and_swap::<B, M, O>(&tmp, dir, parent, &name, model, optim, state);
+    if result.is_err() {
+        // a failed save leaves nothing behind (the previous checkpoint, if any, is back in place)
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
 }
 
-/// Write a checkpoint without optimizer state (e.g. converted weights) into `dir` atomically: enough for
-/// [`load_model`] and [`load_state`] (`attndet test`, `infer`), not for an exact resume.
-pub fn save_model<B: burn::prelude::Backend, M: burn::module::Module<B>>(
+/// The body of [`save`]: fill `tmp`, then swap it in as `dir`.
+fn write_and_swap<B, M, O>(
+    tmp: &Path,
     dir: &Path,
+    parent: &Path,
+    name: &str,
     model: &M,
+    optim: &O,
     state: &TrainState,
-) -> Result<(), CheckpointError> {
-    write_dir(dir, |tmp| write_model_and_state(tmp, model, state))
-}
-
-fn write_model_and_state<B: burn::prelude::Backend, M: burn::module::Module<B>>(
-    dir: &Path,
-    model: &M,
-    state: &TrainState,
-) -> Result<(), CheckpointError> {
-    let model_path = dir.join(MODEL_FILE);
+) -> Result<(), CheckpointError>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+    O: Optimizer<M, B>,
+{
+    let rec = recorder();
+    let model_path = tmp.join(MODEL_FILE);
     model
         .clone()
-        .save_file(&model_path, &recorder())
+        .save_file(&model_path, &rec)
         .map_err(|e| CheckpointError::Record {
             path: model_path.clone(),
             message: e.to_string(),
         })?;
-    let state_path = dir.join(STATE_FILE);
+    let optim_path = tmp.join(OPTIM_FILE);
+    rec.record(optim.to_record(), optim_path.clone())
+        .map_err(|e| CheckpointError::Record {
+            path: optim_path,
+            message: e.to_string(),
+        })?;
+    let state_path = tmp.join(STATE_FILE);
     let text = serde_json::to_string_pretty(state).expect("TrainState serializes");
-    std::fs::write(&state_path, text).map_err(io(&state_path))
+    std::fs::write(&state_path, text).map_err(io(&state_path))?;
+    if dir.exists() {
+        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+        std::fs::rename(dir, &old).map_err(io(dir))?;
+        if let Err(e) = std::fs::rename(tmp, dir) {
+            let _ = std::fs::rename(&old, dir);
+            return Err(io(dir)(e));
+        }
+        let _ = std::fs::remove_dir_all(&old);
+    } else {
+        std::fs::rename(tmp, dir).map_err(io(dir))?;
+    }
+    Ok(())
 }
 
-/// Fill a temporary directory beside `dir` with `fill`, then rename it to `dir` (replacing an old one only
-/// once the new one is complete).
-fn write_dir(
+/// Write a checkpoint without optimizer state (e.g. converted weights) into `dir` atomically: enough for
+/// [`load_model`] and [`load_state`] (`attndet test`, `infer`), not for an exact resume. A failed save leaves
+/// nothing behind (a previous `dir` stays in place).
+pub fn save_model<B: burn::prelude::Backend, M: burn::module::Module<B>>(
     dir: &Path,
-    fill: impl FnOnce(&Path) -> Result<(), CheckpointError>,
+    model: &M,
+    state: &TrainState,
 ) -> Result<(), CheckpointError> {
     let parent = dir.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(io(parent))?;
@@ -138,19 +164,88 @@ fn write_dir(
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    if let Err(e) = fill(&tmp) {
+    let result = (|| {
+        let model_path = tmp.join(MODEL_FILE);
+        model
+            .clone()
+            .save_file(&model_path, &recorder())
+            .map_err(|e| CheckpointError::Record {
+                path: model_path.clone(),
+                message: e.to_string(),
+            })?;
+        let state_path = tmp.join(STATE_FILE);
+        let text = serde_json::to_string_pretty(state).expect("TrainState serializes");
+        std::fs::write(&state_path, text).map_err(io(&state_path))?;
+        if dir.exists() {
+            let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+            std::fs::rename(dir, &old).map_err(io(dir))?;
+            if let Err(e) = std::fs::rename(&tmp, dir) {
+                let _ = std::fs::rename(&old, dir);
+                return Err(io(dir)(e));
+            }
+            let _ = std::fs::remove_dir_all(&old);
+        } else {
+            std::fs::rename(&tmp, dir).map_err(io(dir))?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
     }
-    if dir.exists() {
-        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-        std::fs::rename(dir, &old).map_err(io(dir))?;
-        std::fs::rename(&tmp, dir).map_err(io(dir))?;
-        let _ = std::fs::remove_dir_all(&old);
-    } else {
-        std::fs::rename(&tmp, dir).map_err(io(dir))?;
+    result
+}
+
+/// Rewrite `state.json` of the checkpoint `dir` (atomically), e.g. with the best AP of an evaluation that
+/// ran after the checkpoint was saved.
+pub fn update_state(dir: &Path, state: &TrainState) -> Result<(), CheckpointError> {
+    let path = dir.join(STATE_FILE);
+    let tmp = dir.join(format!(".{STATE_FILE}.tmp-{}", std::process::id()));
+    let text = serde_json::to_string_pretty(state).expect("TrainState serializes");
+    std::fs::write(&tmp, text).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io(&path))
+}
+
+/// Remove what interrupted saves left in `work_dir`: `.NAME.tmp-PID` and `.NAME.old-PID` entries (checkpoint
+/// directories being written or replaced, `.latest.tmp-PID`) and `config.tmp-PID`. Only the work dir's owner
+/// (the holder of its lock) may call this. Returns the paths removed.
+pub fn remove_stale_temps(work_dir: &Path) -> Result<Vec<PathBuf>, CheckpointError> {
+    let entries = match std::fs::read_dir(work_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(work_dir)(e)),
+    };
+    let mut removed = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io(work_dir))?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        if !is_temp_name(&name) {
+            continue;
+        }
+        let path = entry.path();
+        let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        let r = if is_dir {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        r.map_err(io(&path))?;
+        removed.push(path);
     }
-    Ok(())
+    removed.sort();
+    Ok(removed)
+}
+
+/// `.X.tmp-PID`, `.X.old-PID`, `config.tmp-PID`: the temporary names of this module and of the trainer.
+fn is_temp_name(name: &str) -> bool {
+    let pid_suffix = |rest: &str, marker: &str| {
+        rest.rsplit_once(marker).is_some_and(|(stem, pid)| {
+            !stem.is_empty() && !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())
+        })
+    };
+    match name.strip_prefix('.') {
+        Some(rest) => pid_suffix(rest, ".tmp-") || pid_suffix(rest, ".old-"),
+        None => pid_suffix(name, ".tmp-") && name.starts_with("config."),
+    }
 }
 
 /// Point `work_dir/latest` at `dir` (atomically).
@@ -209,4 +304,132 @@ where
             message: e.to_string(),
         })?;
     Ok(optim.load_record(record))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+    use burn::module::Module;
+    use burn::nn::{Linear, LinearConfig};
+    use burn::optim::SgdConfig;
+
+    type A = Autodiff<Flex>;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("attndet-ckpt-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn state(epoch: usize) -> TrainState {
+        TrainState {
+            epoch,
+            global_iter: epoch * 10,
+            seed: 1,
+            base_lr: 0.01,
+            best: None,
+            config: serde_json::json!({}),
+        }
+    }
+
+    fn names(d: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn stale_temporaries_are_removed_and_nothing_else() {
+        let d = dir("stale");
+        for sub in [
+            ".epoch_3.tmp-123",
+            ".best.old-77",
+            "epoch_1",
+            "best",
+            ".epoch_2.tmp-x",
+        ] {
+            std::fs::create_dir_all(d.join(sub)).unwrap();
+            std::fs::write(d.join(sub).join("model.mpk"), b"x").unwrap();
+        }
+        for f in [
+            ".latest.tmp-5",
+            "config.tmp-9",
+            "config.json",
+            "latest",
+            "log.jsonl",
+            ".lock",
+        ] {
+            std::fs::write(d.join(f), b"x").unwrap();
+        }
+        let removed = remove_stale_temps(&d).unwrap();
+        assert_eq!(removed.len(), 4, "{removed:?}");
+        assert_eq!(
+            names(&d),
+            [
+                ".epoch_2.tmp-x",
+                ".lock",
+                "best",
+                "config.json",
+                "epoch_1",
+                "latest",
+                "log.jsonl"
+            ]
+        );
+        assert!(remove_stale_temps(&d.join("missing")).unwrap().is_empty());
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn a_failed_save_leaves_no_temporary_and_keeps_the_old_checkpoint() {
+        let d = dir("failed");
+        let device = Default::default();
+        let model: Linear<A> = LinearConfig::new(2, 1).init(&device);
+        let optim = SgdConfig::new().init::<A, Linear<A>>();
+        let ckpt = d.join("epoch_1");
+        save::<A, _, _>(&ckpt, &model, &optim, &state(1)).unwrap();
+        // the old checkpoint cannot be moved aside (its parking place is a non-empty directory): save fails late,
+        // after the temporary was fully written
+        let parking = d.join(format!(".epoch_1.old-{}", std::process::id()));
+        std::fs::create_dir_all(parking.join("blocker")).unwrap();
+        let err = save::<A, _, _>(&ckpt, &model, &optim, &state(2)).unwrap_err();
+        assert!(err.to_string().contains("epoch_1"), "{err}");
+        std::fs::remove_dir_all(&parking).unwrap();
+        assert_eq!(names(&d), ["epoch_1"], "no temporary left behind");
+        assert_eq!(
+            load_state(&ckpt).unwrap().epoch,
+            1,
+            "the old checkpoint is intact"
+        );
+        // a later save works, and the state can be updated in place
+        save::<A, _, _>(&ckpt, &model, &optim, &state(2)).unwrap();
+        let mut s = state(2);
+        s.best = Some((0.5, 2));
+        update_state(&ckpt, &s).unwrap();
+        assert_eq!(load_state(&ckpt).unwrap(), s);
+        assert_eq!(names(&ckpt), ["model.mpk", "optim.mpk", "state.json"]);
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn a_checkpoint_without_optimizer_loads_its_model_and_state() {
+        let d = dir("model-only");
+        let device = Default::default();
+        // materialised: clones of a lazily initialised module would draw their own weights
+        let model: Linear<Flex> = LinearConfig::new(2, 3).init(&device).fork(&device);
+        let ckpt = d.join("converted");
+        save_model(&ckpt, &model, &state(0)).unwrap();
+        save_model(&ckpt, &model, &state(0)).unwrap();
+        assert_eq!(names(&ckpt), ["model.mpk", "state.json"]);
+        assert_eq!(names(&d), ["converted"], "no temporary left behind");
+        let fresh: Linear<Flex> = LinearConfig::new(2, 3).init(&device);
+        let loaded = load_model(&ckpt, fresh, &device).unwrap();
+        assert_eq!(loaded.weight.val().into_data(), model.weight.val().into_data());
+        assert_eq!(load_state(&ckpt).unwrap(), state(0));
+        let _ = std::fs::remove_dir_all(d);
+    }
 }

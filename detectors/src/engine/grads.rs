@@ -129,6 +129,20 @@ pub fn clip_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     norm
 }
 
+/// The global L2 norm of all gradients, computed every step: clipped to `max_norm` when clipping is
+/// configured (the norm before clipping is returned), measured only otherwise. 0 when there are no gradients.
+/// A non-finite result means the step would corrupt the weights: the trainer stops on it.
+pub fn grad_norm_step<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+    grads: &mut GradientsParams,
+    max_norm: Option<f64>,
+) -> f64 {
+    match max_norm {
+        Some(max_norm) => f64::from(clip_grad_norm::<B, M>(model, grads, max_norm)),
+        None => global_grad_norm::<B, M>(model, grads).map_or(0.0, |n| n.into_scalar().elem::<f64>()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,6 +241,22 @@ mod tests {
         let mut none = GradientsParams::new();
         make_contiguous::<A, _>(&lin, &mut none);
         assert!(none.is_empty());
+    }
+
+    #[test]
+    fn the_norm_is_measured_without_clipping_and_nan_shows() {
+        let lin = linear();
+        let mut g = grads_of(&lin);
+        let n = grad_norm_step::<A, _>(&lin, &mut g, None);
+        assert!((n - 26f64.sqrt()).abs() < 1e-5, "{n}");
+        let n = grad_norm_step::<A, _>(&lin, &mut g, Some(1.0));
+        assert!((n - 26f64.sqrt()).abs() < 1e-5, "{n}");
+        // one NaN gradient entry makes the global norm NaN, with or without clipping
+        g.remove::<Flex, 1>(lin.bias.as_ref().unwrap().id);
+        let nan = Tensor::<Flex, 1>::from_floats([f32::NAN], &Default::default());
+        g.register::<Flex, 1>(lin.bias.as_ref().unwrap().id, nan);
+        assert!(grad_norm_step::<A, _>(&lin, &mut g, None).is_nan());
+        assert!(grad_norm_step::<A, _>(&lin, &mut g, Some(1.0)).is_nan());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod evaluate;
 pub mod grads;
+pub mod lock;
 pub mod log;
 pub mod schedule;
 pub mod trainer;

@@ -14,6 +14,7 @@ use burn::tensor::backend::AutodiffBackend;
 
 use super::checkpoint::{self, CheckpointError, TrainState};
 use super::grads;
+use super::lock::{self, LockError};
 use super::log::{EvalRecord, IterRecord, JsonLog, LogLine, resident_memory_mb};
 use super::schedule::{LrSchedule, auto_scaled_lr};
 use crate::config::{ExperimentConfig, OptimizerConfig};
@@ -45,9 +46,28 @@ pub enum TrainError {
         /// The last checkpoint written, left untouched.
         checkpoint: Option<PathBuf>,
     },
+    /// The global gradient norm became NaN or infinite while the loss was finite: the step was not taken.
+    #[error(
+        "gradient norm is not finite ({norm}) at epoch {epoch}, iteration {iter}; training stopped before the \
+         optimizer step. {}",
+        match checkpoint { Some(c) => format!("The last good checkpoint is {}", c.display()), None => "No checkpoint was written yet".into() }
+    )]
+    NonFiniteGradNorm {
+        /// Epoch (1-based).
+        epoch: usize,
+        /// Iteration in the epoch (1-based).
+        iter: usize,
+        /// The norm.
+        norm: f64,
+        /// The last checkpoint written, left untouched.
+        checkpoint: Option<PathBuf>,
+    },
     /// A checkpoint could not be written or read.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// The work dir is locked by another run (or the lock cannot be written).
+    #[error(transparent)]
+    Lock(#[from] LockError),
     /// The work dir or the log could not be written.
     #[error("work dir {path}: {source}")]
     Io {
@@ -211,6 +231,7 @@ where
 {
     let cfg = &setup.cfg;
     std::fs::create_dir_all(&setup.work_dir).map_err(io_err(&setup.work_dir))?;
+    let _lock = lock::lock_for_training(&setup.work_dir, &mut |m: &str| hooks.on_message(m))?;
     let config_path = setup.work_dir.join("config.json");
     write_atomic(
         &config_path,
@@ -315,10 +336,17 @@ where
             if let Some(wd) = manual_decay {
                 grads::add_weight_decay_to_weights::<B, M>(&model, &mut g, wd);
             }
-            let grad_norm = cfg
-                .optimizer
-                .grad_clip()
-                .map(|c| grads::clip_grad_norm::<B, M>(&model, &mut g, c.max_norm) as f64);
+            let max_norm = cfg.optimizer.grad_clip().map(|c| c.max_norm);
+            let norm = grads::grad_norm_step::<B, M>(&model, &mut g, max_norm);
+            if !norm.is_finite() {
+                return Err(TrainError::NonFiniteGradNorm {
+                    epoch: epoch + 1,
+                    iter: i + 1,
+                    norm,
+                    checkpoint: last_checkpoint,
+                });
+            }
+            let grad_norm = Some(norm);
             let lr = schedule.lr(epoch, state.global_iter);
             model = optim.step(lr, model, g);
             state.global_iter += 1;
@@ -348,6 +376,16 @@ where
             done.is_multiple_of(cfg.checkpoint_config.interval.max(1)) || done == cfg.runner.max_epochs;
         let eval_due = cfg.evaluation.interval > 0
             && (done.is_multiple_of(cfg.evaluation.interval) || done == cfg.runner.max_epochs);
+        // the epoch's checkpoint comes first: a failing evaluation loses no training
+        let mut epoch_dir = None;
+        if checkpoint_due {
+            let dir = setup.work_dir.join(format!("epoch_{done}"));
+            checkpoint::save::<B, M, _>(&dir, &model, &optim, &state)?;
+            checkpoint::mark_latest(&setup.work_dir, &dir)?;
+            hooks.on_checkpoint(&dir);
+            last_checkpoint = Some(dir.clone());
+            epoch_dir = Some(dir);
+        }
         let mut improved = false;
         if eval_due {
             let inner = model.valid();
@@ -371,12 +409,8 @@ where
                 last_eval = Some(stats);
             }
         }
-        if checkpoint_due {
-            let dir = setup.work_dir.join(format!("epoch_{done}"));
-            checkpoint::save::<B, M, _>(&dir, &model, &optim, &state)?;
-            checkpoint::mark_latest(&setup.work_dir, &dir)?;
-            hooks.on_checkpoint(&dir);
-            last_checkpoint = Some(dir);
+        if let Some(dir) = epoch_dir.filter(|_| improved) {
+            checkpoint::update_state(&dir, &state)?; // the new best AP, for an exact resume
         }
         if improved {
             let dir = setup.work_dir.join("best");

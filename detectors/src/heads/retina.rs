@@ -131,6 +131,31 @@ impl<B: Backend> RetinaHead<B> {
     }
 }
 
+impl<B: Backend> RetinaHead<B> {
+    /// Record the head's layers on every level of `[C, H, W]` in `counter` (ptflops convention).
+    pub fn count_flops(
+        &self,
+        counter: &mut attndet_backbones::cost::CostCounter,
+        levels: &[attndet_backbones::cost::Chw],
+    ) {
+        for &x in levels {
+            for (tower, convs) in [("cls_convs", &self.cls_convs), ("reg_convs", &self.reg_convs)] {
+                let mut y = x;
+                for (i, c) in convs.iter().enumerate() {
+                    y = counter.conv2d(&format!("{tower}.{i}"), c, y);
+                    counter.relu(&format!("{tower}.{i}.relu"), y);
+                }
+                let last = if tower == "cls_convs" {
+                    ("retina_cls", &self.retina_cls)
+                } else {
+                    ("retina_reg", &self.retina_reg)
+                };
+                counter.conv2d(last.0, last.1, y);
+            }
+        }
+    }
+}
+
 /// `[N, A * D, H, W]` -> `[N, H * W * A, D]` (anchor index `(y * W + x) * A + a`, as the anchor generator).
 pub fn flatten_anchors<B: Backend>(t: Tensor<B, 4>, d: usize) -> Tensor<B, 3> {
     let [n, ad, h, w] = t.dims();

@@ -180,6 +180,20 @@ impl<B: Backend> RpnHead<B> {
         })
     }
 
+    /// Record the head's layers on every level of `[C, H, W]` in `counter` (ptflops convention).
+    pub fn count_flops(
+        &self,
+        counter: &mut attndet_backbones::cost::CostCounter,
+        levels: &[attndet_backbones::cost::Chw],
+    ) {
+        for &x in levels {
+            let y = counter.conv2d("rpn_conv", &self.rpn_conv, x);
+            counter.relu("rpn_conv.relu", y);
+            counter.conv2d("rpn_cls", &self.rpn_cls, y);
+            counter.conv2d("rpn_reg", &self.rpn_reg, y);
+        }
+    }
+
     /// Raw outputs of every level, flattened in anchor order.
     ///
     /// # Shapes

@@ -10,6 +10,7 @@ use crate::data::BatchItem;
 use crate::ops::RoiAlignBackend;
 use crate::structures::ImageMeta;
 
+pub mod cost;
 pub mod foreign;
 pub mod retinanet;
 pub mod two_stage;

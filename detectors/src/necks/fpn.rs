@@ -271,3 +271,53 @@ impl<B: Backend> Fpn<B> {
         Ok(outs)
     }
 }
+
+impl<B: Backend> Fpn<B> {
+    /// Record the FPN's layers for backbone levels of `[C_i, H_i, W_i]` (all of them, finest first) in
+    /// `counter` (ptflops convention: convs with bias, the top-down sums and upsampling free, 1 per input
+    /// element for the max-pooled extra levels); returns the output levels' `[C, H, W]`.
+    pub fn count_flops(
+        &self,
+        counter: &mut attndet_backbones::cost::CostCounter,
+        inputs: &[attndet_backbones::cost::Chw],
+    ) -> Vec<attndet_backbones::cost::Chw> {
+        let l = &self.layout;
+        let start = l.cfg.start_level;
+        let used = l.end - start;
+        let laterals: Vec<_> = self
+            .lateral_convs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| counter.conv2d(&format!("lateral_convs.{i}"), c, inputs[start + i]))
+            .collect();
+        let mut outs: Vec<_> = laterals
+            .iter()
+            .zip(&self.fpn_convs)
+            .enumerate()
+            .map(|(i, (&x, c))| counter.conv2d(&format!("fpn_convs.{i}"), c, x))
+            .collect();
+        while outs.len() < l.cfg.num_outs {
+            let i = outs.len();
+            let last = outs[i - 1];
+            let next = match l.cfg.add_extra_convs {
+                ExtraConvs::None => {
+                    let out = [last[0], last[1].div_ceil(2), last[2].div_ceil(2)];
+                    counter.pool(&format!("max_pool.{i}"), "MaxPool2d", last, out)
+                }
+                source => {
+                    let x = match (i == used, source) {
+                        (true, ExtraConvs::OnInput) => inputs[l.end - 1],
+                        (true, ExtraConvs::OnLateral) => laterals[used - 1],
+                        _ => last,
+                    };
+                    if i > used && l.cfg.relu_before_extra_convs {
+                        counter.relu(&format!("fpn_convs.{i}.relu"), x);
+                    }
+                    counter.conv2d(&format!("fpn_convs.{i}"), &self.fpn_convs[i], x)
+                }
+            };
+            outs.push(next);
+        }
+        outs
+    }
+}

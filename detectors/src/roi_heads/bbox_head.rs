@@ -155,6 +155,17 @@ impl<B: Backend> BBoxHead<B> {
         (self.fc_cls.forward(x.clone()), self.fc_reg.forward(x))
     }
 
+    /// Record the head's layers for `rois` pooled RoIs in `counter` (ptflops convention; RoIAlign is not
+    /// counted, as in mmdetection's `get_flops`).
+    pub fn count_flops(&self, counter: &mut attndet_backbones::cost::CostCounter, rois: usize) {
+        for (i, fc) in self.shared_fcs.iter().enumerate() {
+            let d = counter.linear(&format!("shared_fcs.{i}"), fc, rois);
+            counter.relu(&format!("shared_fcs.{i}.relu"), [d, rois, 1]);
+        }
+        counter.linear("fc_cls", &self.fc_cls, rois);
+        counter.linear("fc_reg", &self.fc_reg, rois);
+    }
+
     /// Targets of the sampled RoIs of every image (mmdetection `BBoxHead.get_targets`).
     ///
     /// # Shapes
