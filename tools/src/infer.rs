@@ -17,7 +17,8 @@ use crate::train::{load_checkpoint_model, load_split, prepare};
 pub struct InferArgs {
     /// The config the model was trained with (JSON).
     pub config: PathBuf,
-    /// A checkpoint directory (WORK_DIR/epoch_N, WORK_DIR/best) or a work dir (its newest checkpoint).
+    /// A checkpoint directory (WORK_DIR/epoch_N, WORK_DIR/best), a work dir (its newest checkpoint), or a whole
+    /// mmdetection detector checkpoint (`.pth`, read strictly; see `attndet convert --help`).
     pub checkpoint: PathBuf,
     /// Images (PNG or JPEG).
     #[arg(required = true)]

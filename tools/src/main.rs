@@ -73,8 +73,9 @@ enum Command {
     /// Parameters and FLOPs (MACs, ptflops convention) of a zoo model: `attndet flops --model NAME
     /// [--input-size H W] [--json]`.
     Flops(flops::FlopsArgs),
-    /// Reference checkpoint to our safetensors, strictly checked: `attndet convert --model NAME --from FILE.pth
-    /// --out FILE.safetensors`.
+    /// Reference checkpoint to ours, strictly checked: `attndet convert --model NAME --from FILE.pth --out
+    /// FILE.safetensors` (a backbone), or `--config CONFIG --from FILE.pth --out DIR` (a whole mmdetection
+    /// detector to a checkpoint directory).
     Convert(convert::ConvertArgs),
     /// Train a detector: `attndet train CONFIG [--work-dir DIR] [--resume [CKPT]] [--cfg-options ...] [--seed S]`.
     Train(train::TrainArgs),

@@ -18,7 +18,8 @@ use crate::train::{eval_kinds, evaluate_val, load_checkpoint_model, load_split, 
 pub struct TestArgs {
     /// The config the model was trained with (JSON).
     pub config: PathBuf,
-    /// A checkpoint directory (WORK_DIR/epoch_N, WORK_DIR/best) or a work dir (its newest checkpoint).
+    /// A checkpoint directory (WORK_DIR/epoch_N, WORK_DIR/best), a work dir (its newest checkpoint), or a whole
+    /// mmdetection detector checkpoint (`.pth`, read strictly; see `attndet convert --help`).
     pub checkpoint: PathBuf,
     /// Write the detections as a COCO results file (JSON list of {image_id, category_id, bbox, score}); with
     /// several kinds evaluated, one file each, named FILE's stem + `.KIND.json`.

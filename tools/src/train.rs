@@ -424,12 +424,16 @@ pub fn run(args: &TrainArgs, device: &DeviceArg) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Load a checkpoint's model into a freshly built model on `B` (inference).
+/// Load a checkpoint's model into a freshly built model on `B` (inference). `ckpt` is a checkpoint directory,
+/// a work dir (its newest checkpoint), or a file: a whole mmdetection detector (`.pth`), read strictly.
 pub fn load_checkpoint_model<B: DetBackend>(
     cfg: &ExperimentConfig,
     ckpt: &Path,
     device: &B::Device,
 ) -> anyhow::Result<AnyDetector<B>> {
+    if ckpt.is_file() {
+        return Ok(crate::convert::load_foreign_model::<B>(cfg, ckpt, device)?.0);
+    }
     let dir = if ckpt.join("state.json").exists() {
         ckpt.to_path_buf()
     } else if let Some(latest) = checkpoint::latest(ckpt) {

@@ -147,6 +147,54 @@ where
     Ok(())
 }
 
+/// Write a checkpoint without optimizer state (e.g. converted weights) into `dir` atomically: enough for
+/// [`load_model`] and [`load_state`] (`attndet test`, `infer`), not for an exact resume. A failed save leaves
+/// nothing behind (a previous `dir` stays in place).
+pub fn save_model<B: burn::prelude::Backend, M: burn::module::Module<B>>(
+    dir: &Path,
+    model: &M,
+    state: &TrainState,
+) -> Result<(), CheckpointError> {
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io(parent))?;
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "ckpt".into());
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    let result = (|| {
+        let model_path = tmp.join(MODEL_FILE);
+        model
+            .clone()
+            .save_file(&model_path, &recorder())
+            .map_err(|e| CheckpointError::Record {
+                path: model_path.clone(),
+                message: e.to_string(),
+            })?;
+        let state_path = tmp.join(STATE_FILE);
+        let text = serde_json::to_string_pretty(state).expect("TrainState serializes");
+        std::fs::write(&state_path, text).map_err(io(&state_path))?;
+        if dir.exists() {
+            let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+            std::fs::rename(dir, &old).map_err(io(dir))?;
+            if let Err(e) = std::fs::rename(&tmp, dir) {
+                let _ = std::fs::rename(&old, dir);
+                return Err(io(dir)(e));
+            }
+            let _ = std::fs::remove_dir_all(&old);
+        } else {
+            std::fs::rename(&tmp, dir).map_err(io(dir))?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
 /// Rewrite `state.json` of the checkpoint `dir` (atomically), e.g. with the best AP of an evaluation that
 /// ran after the checkpoint was saved.
 pub fn update_state(dir: &Path, state: &TrainState) -> Result<(), CheckpointError> {
@@ -262,6 +310,7 @@ where
 mod tests {
     use super::*;
     use burn::backend::{Autodiff, Flex};
+    use burn::module::Module;
     use burn::nn::{Linear, LinearConfig};
     use burn::optim::SgdConfig;
 
@@ -363,6 +412,24 @@ mod tests {
         update_state(&ckpt, &s).unwrap();
         assert_eq!(load_state(&ckpt).unwrap(), s);
         assert_eq!(names(&ckpt), ["model.mpk", "optim.mpk", "state.json"]);
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn a_checkpoint_without_optimizer_loads_its_model_and_state() {
+        let d = dir("model-only");
+        let device = Default::default();
+        // materialised: clones of a lazily initialised module would draw their own weights
+        let model: Linear<Flex> = LinearConfig::new(2, 3).init(&device).fork(&device);
+        let ckpt = d.join("converted");
+        save_model(&ckpt, &model, &state(0)).unwrap();
+        save_model(&ckpt, &model, &state(0)).unwrap();
+        assert_eq!(names(&ckpt), ["model.mpk", "state.json"]);
+        assert_eq!(names(&d), ["converted"], "no temporary left behind");
+        let fresh: Linear<Flex> = LinearConfig::new(2, 3).init(&device);
+        let loaded = load_model(&ckpt, fresh, &device).unwrap();
+        assert_eq!(loaded.weight.val().into_data(), model.weight.val().into_data());
+        assert_eq!(load_state(&ckpt).unwrap(), state(0));
         let _ = std::fs::remove_dir_all(d);
     }
 }

@@ -11,6 +11,7 @@ use crate::ops::RoiAlignBackend;
 use crate::structures::ImageMeta;
 
 pub mod cost;
+pub mod foreign;
 pub mod retinanet;
 pub mod two_stage;
 pub use retinanet::RetinaNet;

@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""Tiny whole-detector PyTorch checkpoints in mmdetection's layout, for detectors/src/models/foreign.rs.
+
+Run from the repository root (torch 2.x; mmdetection is not needed, the key names and shapes are written out
+below as mmdetection's modules name them):
+
+    python3 detectors/scripts/make_detector_checkpoints.py detectors/tests/fixtures/foreign
+
+Writes:
+- faster_rcnn_r18_tiny.pth: mmdetection's runner layout {"meta": {...}, "state_dict": {...}} of a Faster R-CNN
+  (ResNet-18, FPN) matching configs/faster_rcnn/faster_rcnn_r18_fpn_synth_demo.json with the overrides
+  FASTER_RCNN_OVERRIDES below;
+- retinanet_r18_tiny.pth: a bare state dict of a RetinaNet (ResNet-18, FPN) matching
+  configs/retinanet/retinanet_r18_fpn_synth_demo.json with RETINANET_OVERRIDES;
+- faster_rcnn_r18_tiny_broken.pth: the Faster R-CNN with one key dropped (roi_head.bbox_head.shared_fcs.1.bias),
+  one added (roi_head.bbox_head.fc_extra.weight) and one mis-shaped (neck.fpn_convs.2.conv.weight [16,16,1,1]);
+- torchvision_faster_rcnn_keys.pth: a few keys of torchvision's Faster R-CNN layout (tiny shapes).
+
+Values: element i (flattened, row-major) of tensor `key` is v = (((7 i + len(key)) % 23) - 11) / 1000, plus 1 for
+BatchNorm weights and running variances (see `value`); num_batches_tracked is 5. The Rust tests compute the
+same formula. The period makes the files compress well: torch.save writes an uncompressed zip, which is
+rewritten here with DEFLATE entries (same entry names and contents; burn-store's reader decompresses them), so
+that the ResNet-18 backbones (11M parameters) stay well under a megabyte.
+"""
+import io
+import os
+import sys
+import zipfile
+
+import torch
+
+FASTER_RCNN_OVERRIDES = [
+    "model.neck.out_channels=16",
+    "model.rpn_head.feat_channels=16",
+    "model.roi_head.bbox_head.in_channels=16",
+    "model.roi_head.bbox_head.fc_out_channels=32",
+    "model.roi_head.bbox_head.num_classes=3",
+]
+RETINANET_OVERRIDES = [
+    "model.neck.out_channels=16",
+    "model.bbox_head.feat_channels=16",
+    "model.bbox_head.num_classes=3",
+]
+
+
+def value(key, shape):
+    n = 1
+    for d in shape:
+        n *= d
+    i = torch.arange(n, dtype=torch.int64)
+    v = (((7 * i + len(key)) % 23) - 11).to(torch.float32) / 1000
+    leaf = key.rsplit(".", 1)[-1]
+    is_bn = ".bn" in key or "downsample.1." in key
+    if leaf == "running_var" or (is_bn and leaf == "weight"):
+        v = v + 1
+    return v.reshape(shape)
+
+
+def resnet18(prefix="backbone."):
+    """mmdetection ResNet(depth=18) keys and shapes (no classifier)."""
+    shapes = {}
+
+    def bn(name, c):
+        for leaf in ("weight", "bias", "running_mean", "running_var"):
+            shapes[f"{prefix}{name}.{leaf}"] = [c]
+        shapes[f"{prefix}{name}.num_batches_tracked"] = []
+
+    shapes[f"{prefix}conv1.weight"] = [64, 3, 7, 7]
+    bn("bn1", 64)
+    inplanes = 64
+    for s in range(4):
+        planes = 64 << s
+        for b in range(2):
+            name = f"layer{s + 1}.{b}"
+            cin = inplanes if b == 0 else planes
+            shapes[f"{prefix}{name}.conv1.weight"] = [planes, cin, 3, 3]
+            bn(f"{name}.bn1", planes)
+            shapes[f"{prefix}{name}.conv2.weight"] = [planes, planes, 3, 3]
+            bn(f"{name}.bn2", planes)
+            if b == 0 and s > 0:
+                shapes[f"{prefix}{name}.downsample.0.weight"] = [planes, cin, 1, 1]
+                bn(f"{name}.downsample.1", planes)
+        inplanes = planes
+    return shapes
+
+
+def fpn(in_channels, out, num_outs_extra_on_input=0):
+    """mmdetection FPN keys: ConvModule `conv` inside each lateral / output conv."""
+    shapes = {}
+    for i, cin in enumerate(in_channels):
+        shapes[f"neck.lateral_convs.{i}.conv.weight"] = [out, cin, 1, 1]
+        shapes[f"neck.lateral_convs.{i}.conv.bias"] = [out]
+    for i in range(len(in_channels)):
+        shapes[f"neck.fpn_convs.{i}.conv.weight"] = [out, out, 3, 3]
+        shapes[f"neck.fpn_convs.{i}.conv.bias"] = [out]
+    for j in range(num_outs_extra_on_input):
+        i = len(in_channels) + j
+        cin = in_channels[-1] if j == 0 else out
+        shapes[f"neck.fpn_convs.{i}.conv.weight"] = [out, cin, 3, 3]
+        shapes[f"neck.fpn_convs.{i}.conv.bias"] = [out]
+    return shapes
+
+
+def conv(shapes, key, cout, cin, k):
+    shapes[f"{key}.weight"] = [cout, cin, k, k]
+    shapes[f"{key}.bias"] = [cout]
+
+
+def linear(shapes, key, dout, din):
+    shapes[f"{key}.weight"] = [dout, din]
+    shapes[f"{key}.bias"] = [dout]
+
+
+def faster_rcnn():
+    c, feat, fc, k, a, roi = 16, 16, 32, 3, 3, 7
+    shapes = resnet18()
+    shapes.update(fpn([64, 128, 256, 512], c))
+    conv(shapes, "rpn_head.rpn_conv", feat, c, 3)
+    conv(shapes, "rpn_head.rpn_cls", a, feat, 1)
+    conv(shapes, "rpn_head.rpn_reg", 4 * a, feat, 1)
+    linear(shapes, "roi_head.bbox_head.shared_fcs.0", fc, c * roi * roi)
+    linear(shapes, "roi_head.bbox_head.shared_fcs.1", fc, fc)
+    linear(shapes, "roi_head.bbox_head.fc_cls", k + 1, fc)
+    linear(shapes, "roi_head.bbox_head.fc_reg", 4 * k, fc)
+    return shapes
+
+
+def retinanet():
+    c, feat, k, a = 16, 16, 3, 9
+    shapes = resnet18()
+    shapes.update(fpn([128, 256, 512], c))
+    for tower in ("cls_convs", "reg_convs"):
+        for i in range(2):
+            conv(shapes, f"bbox_head.{tower}.{i}.conv", feat, c if i == 0 else feat, 3)
+    conv(shapes, "bbox_head.retina_cls", a * k, feat, 3)
+    conv(shapes, "bbox_head.retina_reg", a * 4, feat, 3)
+    return shapes
+
+
+def state_dict(shapes):
+    out = {}
+    for key, shape in shapes.items():
+        if key.endswith("num_batches_tracked"):
+            out[key] = torch.tensor(5, dtype=torch.int64)
+        else:
+            out[key] = value(key, shape)
+    return out
+
+
+def save_deflated(obj, path):
+    """torch.save, then the same zip entries compressed with DEFLATE."""
+    raw = io.BytesIO()
+    torch.save(obj, raw)
+    raw.seek(0)
+    with zipfile.ZipFile(raw) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info.filename))
+    print(f"{path}: {os.path.getsize(path)} bytes")
+
+
+def main():
+    out = sys.argv[1] if len(sys.argv) > 1 else "detectors/tests/fixtures/foreign"
+    os.makedirs(out, exist_ok=True)
+    meta = {"mmdet_version": "2.25.0", "CLASSES": ("a", "b", "c"), "epoch": 12, "iter": 3000}
+    save_deflated({"meta": meta, "state_dict": state_dict(faster_rcnn())},
+                  os.path.join(out, "faster_rcnn_r18_tiny.pth"))
+    save_deflated(state_dict(retinanet()), os.path.join(out, "retinanet_r18_tiny.pth"))
+
+    broken = faster_rcnn()
+    del broken["roi_head.bbox_head.shared_fcs.1.bias"]
+    broken["roi_head.bbox_head.fc_extra.weight"] = [2, 32]
+    broken["neck.fpn_convs.2.conv.weight"] = [16, 16, 1, 1]
+    save_deflated({"meta": meta, "state_dict": state_dict(broken)},
+                  os.path.join(out, "faster_rcnn_r18_tiny_broken.pth"))
+
+    tv = {
+        "backbone.body.conv1.weight": [4, 3, 7, 7],
+        "backbone.fpn.inner_blocks.0.0.weight": [4, 4, 1, 1],
+        "rpn.head.conv.0.0.weight": [4, 4, 3, 3],
+        "roi_heads.box_head.fc6.weight": [8, 4],
+        "roi_heads.box_predictor.cls_score.weight": [91, 8],
+    }
+    save_deflated(state_dict(tv), os.path.join(out, "torchvision_faster_rcnn_keys.pth"))
+
+
+if __name__ == "__main__":
+    main()

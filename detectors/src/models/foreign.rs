@@ -1,0 +1,703 @@
+//! Whole-detector checkpoints of other frameworks: a PyTorch file (`torch.save`) holding a detector trained
+//! with mmdetection, read into an [`AnyDetector`] built from the matching config.
+//!
+//! The file is mmdetection's runner layout `{"meta": ..., "state_dict": ...}` or a bare state dict (keys with
+//! or without DataParallel's `module.` prefix). Each key is mapped onto our module path by the part it belongs
+//! to ([`mmdet_key_map`]):
+//!
+//! | part | mmdetection | ours |
+//! |---|---|---|
+//! | backbone | `backbone.*` | `backbone.*` through the zoo family's key map (as for backbone checkpoints) |
+//! | FPN | `neck.lateral_convs.i.conv.*`, `neck.fpn_convs.i.conv.*` | `neck.lateral_convs.i.*`, `neck.fpn_convs.i.*` |
+//! | RPN | `rpn_head.rpn_conv.*`, `rpn_cls`, `rpn_reg` | the same |
+//! | RoI head | `roi_head.bbox_head.shared_fcs.i.*`, `fc_cls` (K + 1 rows, background last), `fc_reg` (4 K) | the same |
+//! | RetinaNet | `bbox_head.{cls,reg}_convs.i.conv.*`, `bbox_head.retina_cls.*`, `retina_reg` | `bbox_head.{cls,reg}_convs.i.*`, the same |
+//!
+//! Tensors are applied with burn's PyTorch adapter: Linear weights are transposed (PyTorch `[out, in]`, burn
+//! `[in, out]`), BatchNorm `weight`/`bias` become `gamma`/`beta`, conv weights are taken as they are. mmdetection's
+//! class order (K contiguous labels, background last) is ours, so no row is moved.
+//!
+//! Loading is strict: every tensor of the model must be found with its shape (only the backbone's
+//! classification head, which detection checkpoints lack, may be absent) and every tensor of the file must be
+//! used; otherwise one [`ForeignError::Mismatch`] names every missing, unexpected and mis-shaped key in the
+//! file's naming. A classifier whose class count differs from the config's is reported first, as
+//! [`ForeignError::ClassCount`]. A checkpoint in torchvision's layout (`backbone.body.*`, `rpn.head.*`,
+//! `roi_heads.*`, `head.classification_head.*`) is refused with [`ForeignError::Torchvision`]: our configs do not
+//! reproduce torchvision's detectors yet.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use attndet_backbones::BackboneArch;
+use attndet_backbones::KeyMismatch;
+use attndet_backbones::checkpoint::{mismatch_of, tensor_shapes};
+use burn::store::{ModuleSnapshot, PyTorchToBurnAdapter};
+use burn_store::pytorch::PytorchReader;
+use burn_store::{ApplyError, TensorSnapshot};
+use regex::Regex;
+
+use super::AnyDetector;
+use crate::config::{ModelConfig, RoiHeadConfig};
+
+/// A whole-detector checkpoint that cannot be read into the configured detector. Every variant is bad input
+/// (a wrong file, or a file for another config).
+#[derive(Debug, thiserror::Error)]
+pub enum ForeignError {
+    /// The file could not be opened or parsed as a PyTorch checkpoint.
+    #[error("cannot read checkpoint {}: {reason}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The reader's message.
+        reason: String,
+    },
+    /// The config cannot be mapped (e.g. an unknown backbone name).
+    #[error("checkpoint {}: {reason}", path.display())]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The checkpoint is in torchvision's layout, the config in mmdetection's.
+    #[error(
+        "checkpoint {} is a torchvision detector (key `{key}`), but the config describes an mmdetection-layout \
+         {model}: torchvision's layout (backbone.body.*, rpn.head.*, roi_heads.*, 91 classes with background \
+         first) is not supported yet; give an mmdetection checkpoint",
+        path.display()
+    )]
+    Torchvision {
+        /// The file.
+        path: PathBuf,
+        /// The first torchvision key found.
+        key: String,
+        /// The config's detector type.
+        model: String,
+    },
+    /// The checkpoint's classifier has another number of classes than the config.
+    #[error(
+        "checkpoint {}: `{key}` has {rows} rows, i.e. {found} classes, but the config has {expected} classes \
+         ({field})",
+        path.display()
+    )]
+    ClassCount {
+        /// The file.
+        path: PathBuf,
+        /// The classifier key.
+        key: String,
+        /// Its number of rows (output channels).
+        rows: usize,
+        /// The classes those rows stand for.
+        found: usize,
+        /// The config's classes.
+        expected: usize,
+        /// The config field.
+        field: String,
+    },
+    /// Missing, unexpected or mis-shaped keys, all of them by name.
+    #[error("checkpoint {} does not fit the config's {model}:\n{mismatch}", path.display())]
+    Mismatch {
+        /// The file.
+        path: PathBuf,
+        /// The detector type.
+        model: String,
+        /// The keys at fault (mmdetection names; missing ones as the file would name them).
+        mismatch: KeyMismatch,
+    },
+}
+
+/// What a successful load did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignSummary {
+    /// Tensors written into the model.
+    pub applied: usize,
+    /// Tensors of the file (counters such as BatchNorm's `num_batches_tracked` included).
+    pub in_file: usize,
+}
+
+/// `(regex, replacement)` rules from one part's mmdetection keys to our module paths, applied in order (each
+/// rule to the whole key, like burn-store's key remapping).
+pub type Rules = Vec<(String, String)>;
+
+/// One part of a detector: the key prefix it owns in the file, its rules (to our paths) and the reverse rules
+/// (our paths to the file's names, used to name missing keys), and the model paths that may stay unset.
+#[derive(Debug, Clone)]
+pub struct PartMap {
+    /// Key prefix in the file, e.g. `neck.`.
+    pub prefix: String,
+    /// File key -> our path.
+    pub to_ours: Rules,
+    /// Our path -> file key.
+    pub to_file: Rules,
+    /// Our path prefixes that the file may lack.
+    pub optional: Vec<String>,
+}
+
+/// mmdetection's `ConvModule` wraps each conv as `.conv`: `PREFIX.NAME.i.conv.` -> `PREFIX.NAME.i.`.
+fn conv_module_part(prefix: &str, lists: &[&str]) -> PartMap {
+    let names = lists.join("|");
+    let p = regex::escape(prefix);
+    PartMap {
+        prefix: prefix.to_string(),
+        to_ours: vec![(
+            format!(r"^{p}({names})\.(\d+)\.conv\."),
+            format!("{prefix}$1.$2."),
+        )],
+        to_file: vec![(format!(r"^{p}({names})\.(\d+)\."), format!("{prefix}$1.$2.conv."))],
+        optional: Vec::new(),
+    }
+}
+
+/// A part whose keys are ours unchanged.
+fn same_part(prefix: &str) -> PartMap {
+    PartMap {
+        prefix: prefix.to_string(),
+        to_ours: Vec::new(),
+        to_file: Vec::new(),
+        optional: Vec::new(),
+    }
+}
+
+/// The backbone part: `backbone.` removed, the zoo family's key map applied (the same rules as for a
+/// backbone checkpoint), `backbone.` put back; its classification head may be absent.
+fn backbone_part(name: &str) -> Result<PartMap, String> {
+    let arch = BackboneArch::parse(name).map_err(|e| format!("model.backbone.name: {e}"))?;
+    let mut to_ours = vec![(r"^backbone\.".to_string(), String::new())];
+    to_ours.extend(
+        arch.key_map()
+            .iter()
+            .map(|(from, to)| (from.to_string(), to.to_string())),
+    );
+    to_ours.push(("^".to_string(), "backbone.".to_string()));
+    Ok(PartMap {
+        prefix: "backbone.".to_string(),
+        to_ours,
+        to_file: Vec::new(),
+        optional: arch
+            .head_paths()
+            .iter()
+            .map(|p| format!("backbone.{p}"))
+            .collect(),
+    })
+}
+
+/// The parts of the configured detector in mmdetection's layout.
+///
+/// # Errors
+/// An unknown backbone name (the message names `model.backbone.name`).
+pub fn mmdet_key_map(cfg: &ModelConfig) -> Result<Vec<PartMap>, String> {
+    let mut parts = vec![
+        backbone_part(&cfg.backbone().name)?,
+        conv_module_part("neck.", &["lateral_convs", "fpn_convs"]),
+    ];
+    match cfg {
+        ModelConfig::RetinaNet(_) => {
+            parts.push(conv_module_part("bbox_head.", &["cls_convs", "reg_convs"]));
+        }
+        ModelConfig::Rpn(_) => parts.push(same_part("rpn_head.")),
+        ModelConfig::FasterRcnn(_) => {
+            parts.push(same_part("rpn_head."));
+            parts.push(same_part("roi_head."));
+        }
+    }
+    Ok(parts)
+}
+
+/// Compiled rules.
+struct Compiled(Vec<(Regex, String)>);
+
+impl Compiled {
+    fn new(rules: &Rules) -> Result<Self, String> {
+        rules
+            .iter()
+            .map(|(from, to)| {
+                Regex::new(from)
+                    .map(|r| (r, to.clone()))
+                    .map_err(|e| format!("bad key rule `{from}`: {e}"))
+            })
+            .collect::<Result<_, _>>()
+            .map(Compiled)
+    }
+
+    fn apply(&self, key: &str) -> String {
+        let mut key = key.to_string();
+        for (re, to) in &self.0 {
+            if re.is_match(&key) {
+                key = re.replace_all(&key, to.as_str()).into_owned();
+            }
+        }
+        key
+    }
+}
+
+/// Keys that mark torchvision's detection layout.
+const TORCHVISION_PREFIXES: &[&str] = &[
+    "backbone.body.",
+    "backbone.fpn.",
+    "rpn.head.",
+    "roi_heads.",
+    "head.classification_head.",
+    "head.regression_head.",
+];
+
+/// The tensors of a PyTorch checkpoint, by key (`state_dict` unwrapped, `module.` stripped).
+fn read_tensors(path: &Path) -> Result<Vec<(String, TensorSnapshot)>, ForeignError> {
+    let read_err = |reason: String| ForeignError::Read {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if !path.is_file() {
+        return Err(read_err("no such file".into()));
+    }
+    let reader = PytorchReader::new(path).map_err(|e| read_err(e.to_string()))?;
+    let nested = reader.keys().iter().any(|k| k.starts_with("state_dict."));
+    let reader = if nested {
+        PytorchReader::with_top_level_key(path, "state_dict").map_err(|e| read_err(e.to_string()))?
+    } else {
+        reader
+    };
+    let mut tensors: Vec<(String, TensorSnapshot)> = reader
+        .into_tensors()
+        .into_iter()
+        .map(|(k, t)| (k.strip_prefix("module.").unwrap_or(&k).to_string(), t))
+        .collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(tensors)
+}
+
+/// Refuse a classifier of another class count than the config's.
+fn check_classes(
+    cfg: &ModelConfig,
+    file: &HashMap<&str, Vec<usize>>,
+    ours: &HashMap<String, Vec<usize>>,
+    path: &Path,
+) -> Result<(), ForeignError> {
+    let err = |key: &str, rows: usize, found: usize, expected: usize, field: &str| ForeignError::ClassCount {
+        path: path.to_path_buf(),
+        key: key.to_string(),
+        rows,
+        found,
+        expected,
+        field: field.to_string(),
+    };
+    match cfg {
+        ModelConfig::FasterRcnn(c) => {
+            let RoiHeadConfig::Standard(h) = &c.roi_head;
+            let key = "roi_head.bbox_head.fc_cls.weight";
+            if let Some(&rows) = file.get(key).and_then(|s| s.first()) {
+                let expected = h.bbox_head.num_classes;
+                if rows != expected + 1 {
+                    return Err(err(
+                        key,
+                        rows,
+                        rows.saturating_sub(1),
+                        expected,
+                        "model.roi_head.bbox_head.num_classes; the classifier has one more row, background",
+                    ));
+                }
+            }
+        }
+        ModelConfig::RetinaNet(c) => {
+            let key = "bbox_head.retina_cls.weight";
+            let anchors = ours
+                .get("bbox_head.retina_reg.weight")
+                .and_then(|s| s.first())
+                .map(|r| r / 4)
+                .unwrap_or(1)
+                .max(1);
+            if let Some(&rows) = file.get(key).and_then(|s| s.first()) {
+                let expected = c.bbox_head.num_classes;
+                if rows != anchors * expected && rows % anchors == 0 {
+                    return Err(err(
+                        key,
+                        rows,
+                        rows / anchors,
+                        expected,
+                        &format!("model.bbox_head.num_classes, with {anchors} anchors per location"),
+                    ));
+                }
+            }
+        }
+        ModelConfig::Rpn(_) => {}
+    }
+    Ok(())
+}
+
+/// Read a whole mmdetection detector checkpoint into `model`, built from `cfg`, strictly (see the module
+/// documentation for the mapping and the checks).
+///
+/// # Errors
+/// See [`ForeignError`]: unreadable file, torchvision layout, class count, or the keys that do not fit.
+pub fn load_mmdet<B: super::DetBackend>(
+    model: &mut AnyDetector<B>,
+    cfg: &ModelConfig,
+    path: &Path,
+) -> Result<ForeignSummary, ForeignError> {
+    let detector = model.type_name().to_string();
+    let config_err = |reason: String| ForeignError::Config {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let tensors = read_tensors(path)?;
+    if let Some((key, _)) = tensors
+        .iter()
+        .find(|(k, _)| TORCHVISION_PREFIXES.iter().any(|p| k.starts_with(p)))
+    {
+        return Err(ForeignError::Torchvision {
+            path: path.to_path_buf(),
+            key: key.clone(),
+            model: detector,
+        });
+    }
+    // Our shape of every float tensor by path (enum variants skipped), and our Linear weights.
+    let shapes = tensor_shapes(model);
+    let linear_weights: HashSet<String> = shapes
+        .iter()
+        .filter(|t| t.container == "Struct:Linear" && t.path.ends_with(".weight"))
+        .map(|t| t.path.clone())
+        .collect();
+    let ours: HashMap<String, Vec<usize>> = shapes.into_iter().map(|t| (t.path, t.shape)).collect();
+    let file_shapes: HashMap<&str, Vec<usize>> = tensors
+        .iter()
+        .map(|(k, t)| (k.as_str(), t.shape.iter().copied().collect()))
+        .collect();
+    check_classes(cfg, &file_shapes, &ours, path)?;
+
+    let parts = mmdet_key_map(cfg).map_err(config_err)?;
+    let compiled = parts
+        .iter()
+        .map(|p| Ok((Compiled::new(&p.to_ours)?, Compiled::new(&p.to_file)?)))
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(config_err)?;
+
+    // Rename every tensor of a known part; the others are unexpected as they are.
+    let in_file = tensors.len();
+    let mut original: HashMap<String, String> = HashMap::new();
+    let mut unexpected: Vec<String> = Vec::new();
+    let mut snapshots = Vec::with_capacity(tensors.len());
+    for (key, mut snapshot) in tensors {
+        let Some(i) = parts.iter().position(|p| key.starts_with(&p.prefix)) else {
+            if !key.ends_with("num_batches_tracked") {
+                unexpected.push(key);
+            }
+            continue;
+        };
+        let new = compiled[i].0.apply(&key);
+        snapshot.path_stack = Some(new.split('.').map(str::to_string).collect());
+        original.insert(new.clone(), key);
+        snapshots.push(snapshot);
+    }
+
+    let result = model.apply(snapshots, None, Some(Box::new(PyTorchToBurnAdapter)), true);
+    let found = mismatch_of(&result);
+    let to_file = |ours: &str| -> String {
+        if let Some(k) = original.get(ours) {
+            return k.clone();
+        }
+        match parts.iter().position(|p| ours.starts_with(&p.prefix)) {
+            Some(i) => compiled[i].1.apply(ours),
+            None => ours.to_string(),
+        }
+    };
+    // Missing: by the name the file would give them (norm `gamma`/`beta` are PyTorch's `weight`/`bias`).
+    let norm_paths: HashSet<&str> = result
+        .missing
+        .iter()
+        .filter(|(_, containers)| containers.ends_with("BatchNorm") || containers.ends_with("LayerNorm"))
+        .map(|(p, _)| p.as_str())
+        .collect();
+    let missing = found
+        .missing
+        .iter()
+        .filter(|p| {
+            !parts
+                .iter()
+                .any(|part| part.optional.iter().any(|o| p.starts_with(o)))
+        })
+        .map(|p| {
+            let name = if norm_paths.contains(p.as_str()) {
+                p.strip_suffix(".gamma")
+                    .map(|s| format!("{s}.weight"))
+                    .or_else(|| p.strip_suffix(".beta").map(|s| format!("{s}.bias")))
+                    .unwrap_or_else(|| p.clone())
+            } else {
+                p.clone()
+            };
+            to_file(&name)
+        })
+        .collect();
+    unexpected.extend(found.unexpected.iter().map(|k| to_file(k)));
+    unexpected.sort();
+    let shape_mismatch = result
+        .errors
+        .iter()
+        .filter_map(|e| match e {
+            ApplyError::ShapeMismatch {
+                path,
+                expected,
+                found,
+            } => {
+                // burn-store compares Linear weights in burn's [in, out]: show PyTorch's [out, in] of the key.
+                let (mut expected, mut found) = (expected.to_vec(), found.to_vec());
+                if linear_weights.contains(path.as_str()) {
+                    expected.reverse();
+                    found.reverse();
+                }
+                Some((to_file(path), expected, found))
+            }
+            _ => None,
+        })
+        .collect();
+    let mismatch = KeyMismatch {
+        missing,
+        unexpected,
+        shape_mismatch,
+    };
+    if mismatch.is_empty() {
+        Ok(ForeignSummary {
+            applied: result.applied.len(),
+            in_file,
+        })
+    } else {
+        Err(ForeignError::Mismatch {
+            path: path.to_path_buf(),
+            model: detector,
+            mismatch,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Fixtures: `python3 detectors/scripts/make_detector_checkpoints.py detectors/tests/fixtures/foreign`.
+
+    use super::*;
+    use crate::config::{ExperimentConfig, load_typed};
+    use burn::backend::Flex;
+
+    type B = Flex;
+
+    fn root() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    }
+
+    fn fixture(name: &str) -> PathBuf {
+        root().join("detectors/tests/fixtures/foreign").join(name)
+    }
+
+    /// The script's overrides of the demo configs.
+    const FASTER_RCNN: &[&str] = &[
+        "model.neck.out_channels=16",
+        "model.rpn_head.feat_channels=16",
+        "model.roi_head.bbox_head.in_channels=16",
+        "model.roi_head.bbox_head.fc_out_channels=32",
+        "model.roi_head.bbox_head.num_classes=3",
+    ];
+    const RETINANET: &[&str] = &[
+        "model.neck.out_channels=16",
+        "model.bbox_head.feat_channels=16",
+        "model.bbox_head.num_classes=3",
+    ];
+
+    fn config(name: &str, base: &[&str], extra: &[&str]) -> ModelConfig {
+        let overrides: Vec<String> = base.iter().chain(extra).map(|s| s.to_string()).collect();
+        let (cfg, _): (ExperimentConfig, _) =
+            load_typed(&root().join("configs").join(name), &overrides).unwrap();
+        cfg.model
+    }
+
+    fn faster_rcnn(extra: &[&str]) -> ModelConfig {
+        config(
+            "faster_rcnn/faster_rcnn_r18_fpn_synth_demo.json",
+            FASTER_RCNN,
+            extra,
+        )
+    }
+
+    fn retinanet(extra: &[&str]) -> ModelConfig {
+        config("retinanet/retinanet_r18_fpn_synth_demo.json", RETINANET, extra)
+    }
+
+    fn load(cfg: &ModelConfig, file: &str) -> (AnyDetector<B>, Result<ForeignSummary, ForeignError>) {
+        let mut model = AnyDetector::<B>::from_config(cfg, &Default::default()).unwrap();
+        let result = load_mmdet(&mut model, cfg, &fixture(file));
+        (model, result)
+    }
+
+    /// The script's value of element `i` of `key` (without the +1 of norm weights and variances).
+    fn formula(key: &str, i: usize) -> f32 {
+        (((7 * i + key.len()) % 23) as f32 - 11.0) / 1000.0
+    }
+
+    /// Our tensor at `path`, flattened.
+    fn ours(model: &AnyDetector<B>, path: &str) -> (Vec<usize>, Vec<f32>) {
+        let snapshot = model
+            .collect(None, None, true)
+            .into_iter()
+            .find(|s| s.full_path() == path)
+            .unwrap_or_else(|| panic!("no {path}"));
+        let data = snapshot.to_data().unwrap();
+        (data.shape.to_vec(), data.to_vec::<f32>().unwrap())
+    }
+
+    fn assert_same(got: &[f32], want: impl Iterator<Item = f32>, what: &str) {
+        let want: Vec<f32> = want.collect();
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!((g - w).abs() < 1e-6, "{what}[{i}]: {g} != {w}");
+        }
+    }
+
+    #[test]
+    fn a_faster_rcnn_checkpoint_maps_every_tensor() {
+        let (model, result) = load(&faster_rcnn(&[]), "faster_rcnn_r18_tiny.pth");
+        let summary = result.unwrap();
+        // 150 keys, of which 20 BatchNorm counters.
+        assert_eq!(
+            summary,
+            ForeignSummary {
+                applied: 130,
+                in_file: 150
+            }
+        );
+        // A conv inside mmdetection's ConvModule: taken as it is.
+        let key = "neck.fpn_convs.1.conv.weight";
+        let (shape, got) = ours(&model, "neck.fpn_convs.1.weight");
+        assert_eq!(shape, [16, 16, 3, 3]);
+        assert_same(&got, (0..got.len()).map(|i| formula(key, i)), key);
+        // Linear weights: transposed to burn's [in, out].
+        let key = "roi_head.bbox_head.fc_cls.weight";
+        let (shape, got) = ours(&model, "roi_head.bbox_head.fc_cls.weight");
+        assert_eq!(shape, [32, 4]);
+        assert_same(&got, (0..32 * 4).map(|j| formula(key, (j % 4) * 32 + j / 4)), key);
+        let key = "roi_head.bbox_head.shared_fcs.0.bias";
+        let (_, got) = ours(&model, "roi_head.bbox_head.shared_fcs.0.bias");
+        assert_same(&got, (0..32).map(|i| formula(key, i)), key);
+        // BatchNorm weight and running variance of the backbone.
+        let key = "backbone.layer2.0.downsample.1.weight";
+        let (_, got) = ours(&model, "backbone.layer2.0.downsample.bn.gamma");
+        assert_same(&got, (0..128).map(|i| 1.0 + formula(key, i)), key);
+        let key = "backbone.bn1.running_var";
+        let (_, got) = ours(&model, "backbone.bn1.running_var");
+        assert_same(&got, (0..64).map(|i| 1.0 + formula(key, i)), key);
+        let key = "rpn_head.rpn_reg.weight";
+        let (shape, got) = ours(&model, "rpn_head.rpn_reg.weight");
+        assert_eq!(shape, [12, 16, 1, 1]);
+        assert_same(&got, (0..got.len()).map(|i| formula(key, i)), key);
+    }
+
+    #[test]
+    fn a_bare_retinanet_state_dict_maps_every_tensor() {
+        let (model, result) = load(&retinanet(&[]), "retinanet_r18_tiny.pth");
+        let summary = result.unwrap();
+        assert_eq!(summary.in_file - summary.applied, 20);
+        let key = "bbox_head.reg_convs.1.conv.weight";
+        let (_, got) = ours(&model, "bbox_head.reg_convs.1.weight");
+        assert_same(&got, (0..got.len()).map(|i| formula(key, i)), key);
+        let key = "bbox_head.retina_cls.bias";
+        let (shape, got) = ours(&model, "bbox_head.retina_cls.bias");
+        assert_eq!(shape, [27]);
+        assert_same(&got, (0..27).map(|i| formula(key, i)), key);
+    }
+
+    #[test]
+    fn missing_extra_and_misshaped_keys_are_named_in_one_error() {
+        let (_, result) = load(&faster_rcnn(&[]), "faster_rcnn_r18_tiny_broken.pth");
+        let err = result.unwrap_err();
+        let ForeignError::Mismatch { mismatch, .. } = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(mismatch.missing, ["roi_head.bbox_head.shared_fcs.1.bias"]);
+        assert_eq!(mismatch.unexpected, ["roi_head.bbox_head.fc_extra.weight"]);
+        assert_eq!(
+            mismatch.shape_mismatch,
+            [(
+                "neck.fpn_convs.2.conv.weight".to_string(),
+                vec![16, 16, 3, 3],
+                vec![16, 16, 1, 1]
+            )]
+        );
+        let message = err.to_string();
+        assert!(message.contains("faster_rcnn_r18_tiny_broken.pth"), "{message}");
+    }
+
+    #[test]
+    fn a_config_of_other_sizes_is_refused_by_key_name() {
+        // One more conv per tower: missing, named as mmdetection would name them.
+        let (_, result) = load(
+            &retinanet(&["model.bbox_head.stacked_convs=3"]),
+            "retinanet_r18_tiny.pth",
+        );
+        let ForeignError::Mismatch { mismatch, .. } = result.unwrap_err() else {
+            panic!()
+        };
+        assert!(mismatch.unexpected.is_empty(), "{mismatch}");
+        for key in [
+            "bbox_head.cls_convs.2.conv.weight",
+            "bbox_head.cls_convs.2.conv.bias",
+            "bbox_head.reg_convs.2.conv.weight",
+        ] {
+            assert!(mismatch.missing.iter().any(|k| k == key), "{mismatch}");
+        }
+        // One fewer: unexpected. Wider FC layers: shapes.
+        let (_, result) = load(
+            &retinanet(&["model.bbox_head.stacked_convs=1"]),
+            "retinanet_r18_tiny.pth",
+        );
+        let message = result.unwrap_err().to_string();
+        assert!(message.contains("bbox_head.reg_convs.1.conv.bias"), "{message}");
+        let (_, result) = load(
+            &faster_rcnn(&["model.roi_head.bbox_head.fc_out_channels=48"]),
+            "faster_rcnn_r18_tiny.pth",
+        );
+        let message = result.unwrap_err().to_string();
+        assert!(
+            message.contains("roi_head.bbox_head.shared_fcs.0.weight: model [48, 784], checkpoint [32, 784]")
+                && message.contains("fc_cls.weight: model [4, 48], checkpoint [4, 32]"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn another_class_count_names_the_key_and_both_counts() {
+        let (_, result) = load(
+            &faster_rcnn(&["model.roi_head.bbox_head.num_classes=80"]),
+            "faster_rcnn_r18_tiny.pth",
+        );
+        let message = result.unwrap_err().to_string();
+        assert!(
+            message.contains("roi_head.bbox_head.fc_cls.weight")
+                && message.contains("4 rows, i.e. 3 classes")
+                && message.contains("the config has 80 classes"),
+            "{message}"
+        );
+        let (_, result) = load(
+            &retinanet(&["model.bbox_head.num_classes=5"]),
+            "retinanet_r18_tiny.pth",
+        );
+        let message = result.unwrap_err().to_string();
+        assert!(
+            message.contains("bbox_head.retina_cls.weight")
+                && message.contains("27 rows, i.e. 3 classes")
+                && message.contains("the config has 5 classes"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_torchvision_checkpoint_is_refused_with_its_layout_named() {
+        let (_, result) = load(&faster_rcnn(&[]), "torchvision_faster_rcnn_keys.pth");
+        let err = result.unwrap_err();
+        assert!(matches!(err, ForeignError::Torchvision { .. }), "{err}");
+        assert!(err.to_string().contains("torchvision"), "{err}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_checkpoint_is_a_read_error() {
+        let cfg = faster_rcnn(&[]);
+        let mut model = AnyDetector::<B>::from_config(&cfg, &Default::default()).unwrap();
+        let path = root().join("configs/faster_rcnn/faster_rcnn_r18_fpn_synth_demo.json");
+        let err = load_mmdet(&mut model, &cfg, &path).unwrap_err();
+        assert!(matches!(err, ForeignError::Read { .. }), "{err}");
+    }
+}
