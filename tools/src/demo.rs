@@ -319,7 +319,12 @@ mod tests {
             let (_, source): (ExperimentConfig, _) = load_typed(&source, &[]).unwrap();
             std::fs::remove_dir_all(&dir).ok();
             assert_eq!(embedded, source, "{}", detector.name());
-            assert_eq!(cfg.runner.max_epochs, 18);
+            let epochs = if detector == DemoDetector::Retinanet {
+                18
+            } else {
+                12
+            };
+            assert_eq!(cfg.runner.max_epochs, epochs, "{}", detector.name());
         }
     }
 }

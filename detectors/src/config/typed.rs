@@ -29,6 +29,8 @@ pub struct ExperimentConfig {
 }
 
 /// Detectors, selected by `"type"`.
+// One config per run: the size difference between the arms does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", deny_unknown_fields)]
 pub enum ModelConfig {

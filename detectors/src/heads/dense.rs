@@ -185,6 +185,7 @@ pub struct Candidates {
 ///
 /// # Shapes
 /// - levels: per level, scores `[N, T_l, K]`, deltas `[N, T_l, 4]`, anchors `[T_l, 4]`
+#[allow(clippy::too_many_arguments)]
 pub fn image_candidates<B: Backend>(
     levels: &[LevelOnHost],
     i: usize,

@@ -99,7 +99,7 @@ pub struct RpnHead<B: Backend> {
 }
 
 /// Salt of the RPN's anchor-sampling stream (the image seed is shared with other random choices).
-const RPN_SAMPLING_SALT: u64 = 0x5250_4E; // "RPN"
+const RPN_SAMPLING_SALT: u64 = 0x0052_504E; // "RPN"
 
 fn normal_conv<B: Backend>(cin: usize, cout: usize, k: usize, device: &B::Device) -> Conv2d<B> {
     let pad = k / 2;

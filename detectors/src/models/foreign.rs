@@ -199,6 +199,12 @@ pub fn mmdet_key_map(cfg: &ModelConfig) -> Result<Vec<PartMap>, String> {
             parts.push(same_part("rpn_head."));
             parts.push(same_part("roi_head."));
         }
+        ModelConfig::MaskRcnn(_) => {
+            parts.push(same_part("rpn_head."));
+            // the mask head's convs are ConvModules (`convs.i.conv.*`); its deconvolution and logits are not
+            parts.push(conv_module_part("roi_head.mask_head.", &["convs"]));
+            parts.push(same_part("roi_head."));
+        }
     }
     Ok(parts)
 }
@@ -281,7 +287,7 @@ fn check_classes(
         field: field.to_string(),
     };
     match cfg {
-        ModelConfig::FasterRcnn(c) => {
+        ModelConfig::FasterRcnn(c) | ModelConfig::MaskRcnn(c) => {
             let RoiHeadConfig::Standard(h) = &c.roi_head;
             let key = "roi_head.bbox_head.fc_cls.weight";
             if let Some(&rows) = file.get(key).and_then(|s| s.first()) {

@@ -13,12 +13,15 @@ use crate::necks::Fpn;
 use crate::roi_heads::{AnyRoiHead, RoiHead};
 use crate::structures::{GroundTruth, ImageMeta};
 
+/// FPN levels of a batch (finest first, `[N, C, H_l, W_l]` each) and their `[H_l, W_l]`.
+type Pyramid<B> = (Vec<Tensor<B, 4>>, Vec<[usize; 2]>);
+
 /// FPN features of a batch and their `[H_l, W_l]`.
 fn pyramid<B: Backend>(
     backbone: &AnyBackbone<B>,
     neck: &Fpn<B>,
     images: Tensor<B, 4>,
-) -> Result<(Vec<Tensor<B, 4>>, Vec<[usize; 2]>), ModelError> {
+) -> Result<Pyramid<B>, ModelError> {
     let feats = backbone.forward_features(images);
     let pyramid = neck
         .forward(feats)
