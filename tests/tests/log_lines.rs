@@ -119,7 +119,7 @@ fn piped_stderr_gets_plain_lines_and_the_checkpoint_messages() {
         err.contains(&format!("saved {}", dir.join("work/epoch_2").display())),
         "{err}"
     );
-    assert!(err.contains("best bbox AP"), "{err}");
+    assert!(err.contains("best bbox_mAP"), "{err}");
     // the plots were drawn after training
     for f in ["loss.png", "lr.png", "ap.png"] {
         assert!(dir.join("work").join(f).exists(), "{f} missing");
