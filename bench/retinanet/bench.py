@@ -1,7 +1,12 @@
 #!/usr/bin/env python3
-"""RetinaNet R50-FPN speed, attndet against torchvision, side by side on the same machine.
+"""RetinaNet and Faster R-CNN R50-FPN speed, attndet against torchvision, side by side on the same machine.
 
-    python3 bench/retinanet/bench.py [--attndet target/release/attndet] [--threads 2] [--device cpu|cuda]
+    python3 bench/retinanet/bench.py [--detector retinanet|faster_rcnn] [--attndet target/release/attndet]
+        [--threads 2] [--device cpu|cuda]
+
+Faster R-CNN: mmdetection's config on our side (RPN 2000/1000 proposals in training, 512 sampled RoIs, 1000
+test proposals), torchvision's `FasterRCNN` with the same backbone, FPN P2-P6 and its defaults (2000/2000
+training proposals per image, 512 RoIs, 1000 test proposals) on theirs.
 
 Measures (median over the timed iterations, after warm-up):
   train: one SGD iteration (forward, losses, backward, step) on a batch of 2 x 3 x 512 x 512 images with
@@ -25,7 +30,11 @@ import numpy as np
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIG = os.path.join(ROOT, "configs/retinanet/retinanet_r50_fpn_1x_coco.json")
+CONFIGS = {
+    "retinanet": os.path.join(ROOT, "configs/retinanet/retinanet_r50_fpn_1x_coco.json"),
+    "faster_rcnn": os.path.join(ROOT, "configs/faster_rcnn/faster_rcnn_r50_fpn_1x_coco.json"),
+}
+CONFIG = CONFIGS["retinanet"]
 
 
 def write_dataset(root, name, n, w, h, rng):
@@ -82,10 +91,10 @@ def bench_attndet(binary, root, device, train_iters):
     return train_s, infer_s, times
 
 
-def bench_torchvision(threads, device, train_iters, infer_iters):
+def bench_torchvision(threads, device, train_iters, infer_iters, detector="retinanet"):
     import torch
     import torchvision
-    from torchvision.models.detection import RetinaNet
+    from torchvision.models.detection import FasterRCNN, RetinaNet
     from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
     from torchvision.ops.feature_pyramid_network import LastLevelP6P7
     from torchvision.ops.misc import FrozenBatchNorm2d
@@ -93,9 +102,14 @@ def bench_torchvision(threads, device, train_iters, infer_iters):
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     backbone = torchvision.models.resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
-    backbone = _resnet_fpn_extractor(backbone, 3, returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(2048, 256))
     # images are given at their final size: no resize inside the model (min_size/max_size keep 512 and 800x1216)
-    model = RetinaNet(backbone, num_classes=80, min_size=512, max_size=1333).to(device)
+    if detector == "faster_rcnn":
+        backbone = _resnet_fpn_extractor(backbone, 3)  # P2-P5 + max-pooled P6
+        model = FasterRCNN(backbone, num_classes=81, min_size=512, max_size=1333).to(device)
+    else:
+        backbone = _resnet_fpn_extractor(backbone, 3, returned_layers=[2, 3, 4],
+                                         extra_blocks=LastLevelP6P7(2048, 256))
+        model = RetinaNet(backbone, num_classes=80, min_size=512, max_size=1333).to(device)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9,
                           weight_decay=1e-4)
     g = torch.Generator().manual_seed(0)
@@ -135,12 +149,15 @@ def bench_torchvision(threads, device, train_iters, infer_iters):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--detector", choices=sorted(CONFIGS), default="retinanet")
     ap.add_argument("--attndet", default=os.path.join(ROOT, "target/release/attndet"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--train-iters", type=int, default=4)
     ap.add_argument("--infer-images", type=int, default=3)
     a = ap.parse_args()
+    global CONFIG
+    CONFIG = CONFIGS[a.detector]
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as root:
         write_dataset(root, "train512", 2 * a.train_iters, 512, 512, rng)
@@ -149,11 +166,11 @@ def main():
         os.environ["RAYON_NUM_THREADS"] = env_threads
         ours_train, ours_infer, ours_times = bench_attndet(a.attndet, root, "cuda:0" if a.device == "cuda" else "cpu",
                                                            a.train_iters)
-    tv_train, tv_infer = bench_torchvision(a.threads, a.device, a.train_iters, a.infer_images + 1)
+    tv_train, tv_infer = bench_torchvision(a.threads, a.device, a.train_iters, a.infer_images + 1, a.detector)
     print(f"{'':28}{'attndet':>12}{'torchvision':>14}{'ratio':>8}")
     print(f"{'train iter 2x512x512 (s)':28}{ours_train:12.3f}{tv_train:14.3f}{ours_train / tv_train:8.2f}")
     print(f"{'inference 800x1216 (s)':28}{ours_infer:12.3f}{tv_infer:14.3f}{ours_infer / tv_infer:8.2f}")
-    print(json.dumps({"device": a.device, "threads": a.threads,
+    print(json.dumps({"detector": a.detector, "device": a.device, "threads": a.threads,
                       "train_s": {"attndet": ours_train, "torchvision": tv_train, "ratio": ours_train / tv_train},
                       "infer_s": {"attndet": ours_infer, "torchvision": tv_infer, "ratio": ours_infer / tv_infer},
                       "attndet_train_iter_times": ours_times}))
