@@ -319,10 +319,10 @@ mod tests {
             let (_, source): (ExperimentConfig, _) = load_typed(&source, &[]).unwrap();
             std::fs::remove_dir_all(&dir).ok();
             assert_eq!(embedded, source, "{}", detector.name());
-            let epochs = if detector == DemoDetector::Retinanet {
-                18
-            } else {
-                12
+            let epochs = match detector {
+                DemoDetector::Retinanet => 18,
+                DemoDetector::FasterRcnn => 12,
+                DemoDetector::MaskRcnn => 8,
             };
             assert_eq!(cfg.runner.max_epochs, epochs, "{}", detector.name());
         }
