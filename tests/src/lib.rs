@@ -33,6 +33,33 @@ pub fn run(args: &[&str]) -> Output {
         .expect("spawn attndet")
 }
 
+/// Generate the synthetic shapes dataset (`attndet dataset synth`) with `train` + `val` images of
+/// `size x size` into `dir/data`; panics with attndet's stderr when that fails.
+pub fn synth_dataset(dir: &Path, train: usize, val: usize, size: u32, seed: u64) {
+    let data = dir.join("data");
+    let (train, val, size, seed) = (
+        train.to_string(),
+        val.to_string(),
+        size.to_string(),
+        seed.to_string(),
+    );
+    let out = run(&[
+        "dataset",
+        "synth",
+        "--out",
+        data.to_str().expect("UTF-8 temp path"),
+        "--train",
+        &train,
+        "--val",
+        &val,
+        "--size",
+        &size,
+        "--seed",
+        &seed,
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// Root of the workspace (the directory holding the top-level `Cargo.toml`).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -4,29 +4,10 @@
 
 use std::path::Path;
 
-use attndet_tests::{TempDir, run, workspace_root};
+use attndet_tests::{TempDir, run, synth_dataset, workspace_root};
 
 fn config(name: &str) -> String {
     workspace_root().join("configs").join(name).display().to_string()
-}
-
-/// Generate 4 train + 2 val images of 64 x 64 in `dir/data`.
-fn synth(dir: &Path) {
-    let out = run(&[
-        "dataset",
-        "synth",
-        "--out",
-        dir.join("data").to_str().unwrap(),
-        "--train",
-        "4",
-        "--val",
-        "2",
-        "--size",
-        "64",
-        "--seed",
-        "5",
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Overrides that point the demo config at `dir/data` and shrink the model and the schedule.
@@ -77,7 +58,7 @@ fn log_lines(work_dir: &Path, mode: &str) -> Vec<serde_json::Value> {
 fn faster_rcnn_trains_resumes_exactly_tests_and_infers() {
     let tmp = TempDir::new("faster-rcnn-e2e");
     let dir = tmp.path();
-    synth(dir);
+    synth_dataset(dir, 4, 2, 64, 5);
     let cfg = config("faster_rcnn/faster_rcnn_r18_fpn_synth_demo.json");
     let head = [
         "model.roi_head.bbox_head.in_channels=16",
@@ -171,7 +152,7 @@ fn faster_rcnn_trains_resumes_exactly_tests_and_infers() {
 fn rpn_alone_trains_and_reports_proposal_recall() {
     let tmp = TempDir::new("rpn-e2e");
     let dir = tmp.path();
-    synth(dir);
+    synth_dataset(dir, 4, 2, 64, 5);
     // the RPN base model on the demo's data, shrunk like the Faster R-CNN demo
     let base = |p: &str| config(p);
     let rpn_cfg = dir.join("rpn_demo.json");
@@ -212,7 +193,7 @@ fn rpn_alone_trains_and_reports_proposal_recall() {
 fn bad_faster_rcnn_configs_name_the_field() {
     let tmp = TempDir::new("faster-rcnn-bad");
     let dir = tmp.path();
-    synth(dir);
+    synth_dataset(dir, 4, 2, 64, 5);
     let cfg = config("faster_rcnn/faster_rcnn_r18_fpn_synth_demo.json");
     for (o, field) in [
         ("model.roi_head.type=\"DoubleHead\"", "model.roi_head"),

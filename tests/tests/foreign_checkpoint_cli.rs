@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use attndet_tests::{TempDir, run, workspace_root};
+use attndet_tests::{TempDir, run, synth_dataset, workspace_root};
 
 fn config(name: &str) -> String {
     workspace_root().join("configs").join(name).display().to_string()
@@ -18,26 +18,6 @@ fn fixture(name: &str) -> String {
         .join(name)
         .display()
         .to_string()
-}
-
-/// 2 val images of 64 x 64 in `dir/data`.
-fn synth(dir: &Path) {
-    let data = dir.join("data");
-    let out = run(&[
-        "dataset",
-        "synth",
-        "--out",
-        data.to_str().unwrap(),
-        "--train",
-        "1",
-        "--val",
-        "2",
-        "--size",
-        "64",
-        "--seed",
-        "5",
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// The fixture script's sizes, and the data of `dir`.
@@ -86,7 +66,7 @@ fn detections(path: &Path) -> serde_json::Value {
 fn converted_mmdet_checkpoints_test_and_infer_like_the_pth() {
     let tmp = TempDir::new("foreign-ckpt");
     let dir = tmp.path();
-    synth(dir);
+    synth_dataset(dir, 1, 2, 64, 5);
     let image: PathBuf = dir.join("data/val/000001.png");
     for (cfg, pth, retina) in [
         (
@@ -148,7 +128,7 @@ fn converted_mmdet_checkpoints_test_and_infer_like_the_pth() {
 fn bad_mmdet_checkpoints_exit_2_naming_the_keys() {
     let tmp = TempDir::new("foreign-ckpt-bad");
     let dir = tmp.path();
-    synth(dir);
+    synth_dataset(dir, 1, 2, 64, 5);
     let cfg = config("faster_rcnn/faster_rcnn_r18_fpn_synth_demo.json");
     let o = overrides(dir, false);
 

@@ -4,25 +4,7 @@
 
 use std::path::Path;
 
-use attndet_tests::{TempDir, run, workspace_root};
-
-fn synth(dir: &Path) {
-    let out = run(&[
-        "dataset",
-        "synth",
-        "--out",
-        dir.join("data").to_str().unwrap(),
-        "--train",
-        "4",
-        "--val",
-        "2",
-        "--size",
-        "64",
-        "--seed",
-        "9",
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-}
+use attndet_tests::{TempDir, run, synth_dataset, workspace_root};
 
 fn tiny(dir: &Path) -> Vec<String> {
     [
@@ -69,7 +51,7 @@ fn losses(work: &Path) -> Vec<f64> {
 fn mask_rcnn_trains_resumes_tests_both_kinds_and_infers_masks() {
     let tmp = TempDir::new("mask-rcnn-e2e");
     let dir = tmp.path();
-    synth(dir);
+    synth_dataset(dir, 4, 2, 64, 9);
     let cfg = workspace_root()
         .join("configs/mask_rcnn/mask_rcnn_r18_fpn_synth_demo.json")
         .display()

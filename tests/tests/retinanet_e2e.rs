@@ -3,33 +3,13 @@
 
 use std::path::Path;
 
-use attndet_tests::{TempDir, run, workspace_root};
+use attndet_tests::{TempDir, run, synth_dataset, workspace_root};
 
 fn demo_config() -> String {
     workspace_root()
         .join("configs/retinanet/retinanet_r18_fpn_synth_demo.json")
         .display()
         .to_string()
-}
-
-/// Generate 6 train + 3 val images of 64 x 64 in `dir/data`.
-fn synth(dir: &Path) {
-    let data = dir.join("data");
-    let out = run(&[
-        "dataset",
-        "synth",
-        "--out",
-        data.to_str().unwrap(),
-        "--train",
-        "6",
-        "--val",
-        "3",
-        "--size",
-        "64",
-        "--seed",
-        "3",
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Overrides that point the demo config at `dir/data` and shrink the model and the schedule.
@@ -91,7 +71,7 @@ fn losses(log: &Path) -> Vec<(usize, f64)> {
 fn trains_evaluates_tests_and_resumes_exactly() {
     let tmp = TempDir::new("retinanet-e2e");
     let dir = tmp.path();
-    synth(dir);
+    synth_dataset(dir, 6, 3, 64, 3);
     // 2 epochs of 2 iterations, evaluation after each epoch
     let out = train(dir, "full", &[], &tiny_overrides(dir, &["evaluation.interval=1"]));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -166,7 +146,7 @@ fn trains_evaluates_tests_and_resumes_exactly() {
 fn nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint() {
     let tmp = TempDir::new("retinanet-nan");
     let dir = tmp.path();
-    synth(dir);
+    synth_dataset(dir, 6, 3, 64, 3);
     // epoch 1 trains; a huge learning rate from epoch 2 on (lr_config.gamma multiplies at epoch 1) blows up
     let o = tiny_overrides(
         dir,
@@ -217,7 +197,7 @@ fn bad_inputs_exit_2_naming_the_problem() {
         String::from_utf8_lossy(&out.stderr)
     );
     // resume without a checkpoint
-    synth(dir);
+    synth_dataset(dir, 6, 3, 64, 3);
     let out = train(dir, "empty", &["--resume"], &tiny_overrides(dir, &[]));
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no checkpoint"));

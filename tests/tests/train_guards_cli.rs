@@ -6,31 +6,13 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use attndet_tests::{TempDir, attndet_bin, run, workspace_root};
+use attndet_tests::{TempDir, attndet_bin, run, synth_dataset, workspace_root};
 
 fn demo_config() -> String {
     workspace_root()
         .join("configs/retinanet/retinanet_r18_fpn_synth_demo.json")
         .display()
         .to_string()
-}
-
-/// 6 train + 3 val images of 64 x 64 in `dir/data`.
-fn synth(dir: &Path) {
-    let data = dir.join("data");
-    let out = run(&[
-        "dataset",
-        "synth",
-        "--out",
-        data.to_str().unwrap(),
-        "--train",
-        "6",
-        "--val",
-        "3",
-        "--size",
-        "64",
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// `train` arguments for a tiny model on `dir/data` in `work`.
@@ -66,7 +48,7 @@ fn train_args(dir: &Path, work: &Path, quiet: bool, extra: &[&str]) -> Vec<Strin
 fn one_writer_per_work_dir_and_stale_leftovers_are_cleaned() {
     let tmp = TempDir::new("workdir-lock");
     let dir = tmp.path();
-    synth(dir);
+    synth_dataset(dir, 6, 3, 64, 0);
     let work = dir.join("work");
     // A: a long run holding the lock
     let mut a = Command::new(attndet_bin())
@@ -127,7 +109,7 @@ fn one_writer_per_work_dir_and_stale_leftovers_are_cleaned() {
 fn non_finite_gradients_stop_before_the_step_with_or_without_clipping() {
     let tmp = TempDir::new("nan-grads");
     let dir = tmp.path();
-    synth(dir);
+    synth_dataset(dir, 6, 3, 64, 0);
     // a tiny (valid, positive) std: the inputs are ~1e38, the loss stays finite (saturated sigmoids) but the
     // gradients overflow
     for clip in ["optimizer.grad_clip=null", "optimizer.grad_clip.max_norm=10"] {
@@ -158,7 +140,7 @@ fn non_finite_gradients_stop_before_the_step_with_or_without_clipping() {
 fn a_failing_evaluation_loses_no_epoch() {
     let tmp = TempDir::new("eval-fails");
     let dir = tmp.path();
-    synth(dir);
+    synth_dataset(dir, 6, 3, 64, 0);
     // the val images are gone: the evaluation after epoch 1 fails
     for e in std::fs::read_dir(dir.join("data/val")).unwrap() {
         std::fs::remove_file(e.unwrap().path()).unwrap();

@@ -54,6 +54,47 @@ fn rpn_losses<B: Backend>(
     Ok(vec![("loss_rpn_cls", cls), ("loss_rpn_bbox", reg)])
 }
 
+/// What every two-stage detector starts with: the backbone, its FPN, the RPN, and the FPN levels' strides.
+struct Trunk<B: Backend> {
+    backbone: AnyBackbone<B>,
+    neck: Fpn<B>,
+    rpn_head: RpnHead<B>,
+    strides: Vec<usize>,
+}
+
+impl<B: Backend> Trunk<B> {
+    /// Build the trunk; `proposals`: the training and the test proposal settings.
+    fn build(
+        backbone: &crate::config::BackboneConfig,
+        neck: &crate::necks::FpnConfig,
+        rpn_head: &crate::config::RpnHeadConfig,
+        rpn_train: &crate::config::RpnTrainConfig,
+        [train, test]: [&crate::config::ProposalConfig; 2],
+        device: &B::Device,
+    ) -> Result<Self, ModelError> {
+        let backbone_module = build_backbone::<B>(backbone, device)?;
+        let neck_module = neck
+            .init::<B>(&backbone_module.feature_specs(), device)
+            .map_err(|e| ModelError(format!("model.neck: {e}")))?;
+        let strides: Vec<usize> = neck_module.output_specs().iter().map(|s| s.stride).collect();
+        let rpn_head = RpnHead::from_config(
+            rpn_head,
+            rpn_train,
+            train,
+            test,
+            neck.out_channels,
+            &strides,
+            device,
+        )?;
+        Ok(Self {
+            backbone: backbone_module,
+            neck: neck_module,
+            rpn_head,
+            strides,
+        })
+    }
+}
+
 /// A backbone, an FPN, an RPN and a RoI head (Faster R-CNN with the standard head).
 #[derive(Module, Debug)]
 pub struct TwoStage<B: Backend> {
@@ -70,19 +111,17 @@ pub struct TwoStage<B: Backend> {
 impl<B: Backend> TwoStage<B> {
     /// Build from a config.
     pub fn from_config(cfg: &TwoStageConfig, device: &B::Device) -> Result<Self, ModelError> {
-        let backbone = build_backbone::<B>(&cfg.backbone, device)?;
-        let neck = cfg
-            .neck
-            .init::<B>(&backbone.feature_specs(), device)
-            .map_err(|e| ModelError(format!("model.neck: {e}")))?;
-        let strides: Vec<usize> = neck.output_specs().iter().map(|s| s.stride).collect();
-        let rpn_head = RpnHead::from_config(
+        let Trunk {
+            backbone,
+            neck,
+            rpn_head,
+            strides,
+        } = Trunk::build(
+            &cfg.backbone,
+            &cfg.neck,
             &cfg.rpn_head,
             &cfg.train_cfg.rpn,
-            &cfg.train_cfg.rpn_proposal,
-            &cfg.test_cfg.rpn,
-            cfg.neck.out_channels,
-            &strides,
+            [&cfg.train_cfg.rpn_proposal, &cfg.test_cfg.rpn],
             device,
         )?;
         let roi_head = AnyRoiHead::from_config(
@@ -144,19 +183,18 @@ pub struct Rpn<B: Backend> {
 impl<B: Backend> Rpn<B> {
     /// Build from a config.
     pub fn from_config(cfg: &RpnConfig, device: &B::Device) -> Result<Self, ModelError> {
-        let backbone = build_backbone::<B>(&cfg.backbone, device)?;
-        let neck = cfg
-            .neck
-            .init::<B>(&backbone.feature_specs(), device)
-            .map_err(|e| ModelError(format!("model.neck: {e}")))?;
-        let strides: Vec<usize> = neck.output_specs().iter().map(|s| s.stride).collect();
-        let rpn_head = RpnHead::from_config(
+        // alone, the RPN makes its proposals with the test settings in training too (they are only evaluated)
+        let Trunk {
+            backbone,
+            neck,
+            rpn_head,
+            ..
+        } = Trunk::build(
+            &cfg.backbone,
+            &cfg.neck,
             &cfg.rpn_head,
             &cfg.train_cfg.rpn,
-            &cfg.test_cfg.rpn,
-            &cfg.test_cfg.rpn,
-            cfg.neck.out_channels,
-            &strides,
+            [&cfg.test_cfg.rpn, &cfg.test_cfg.rpn],
             device,
         )?;
         Ok(Self {
@@ -215,24 +253,34 @@ mod tests {
 
     type A = Autodiff<Flex>;
 
-    /// The shipped Faster R-CNN model config, shrunk: ResNet-18, 3 classes, 16-channel neck and heads.
-    fn tiny_config() -> TwoStageConfig {
+    /// Overrides that shrink the shipped two-stage model configs: ResNet-18, 3 classes, 16-channel neck and
+    /// heads.
+    const TINY: [&str; 8] = [
+        "model.backbone.name=resnet18",
+        "model.backbone.frozen_stages=-1",
+        "model.backbone.norm_eval=false",
+        "model.neck.out_channels=16",
+        "model.rpn_head.feat_channels=16",
+        "model.roi_head.bbox_head.in_channels=16",
+        "model.roi_head.bbox_head.fc_out_channels=32",
+        "model.roi_head.bbox_head.num_classes=3",
+    ];
+
+    /// The model config of `configs/_base_/models/{base}` with [`TINY`] and `extra` applied.
+    fn tiny_model(base: &str, extra: &[&str]) -> ModelConfig {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../configs/_base_/models/faster_rcnn_r50_fpn.json");
+            .join("../configs/_base_/models")
+            .join(base);
         let mut v = load_resolved(&path).unwrap();
-        for o in [
-            "model.backbone.name=resnet18",
-            "model.backbone.frozen_stages=-1",
-            "model.backbone.norm_eval=false",
-            "model.neck.out_channels=16",
-            "model.rpn_head.feat_channels=16",
-            "model.roi_head.bbox_head.in_channels=16",
-            "model.roi_head.bbox_head.fc_out_channels=32",
-            "model.roi_head.bbox_head.num_classes=3",
-        ] {
+        for o in TINY.iter().chain(extra) {
             apply_override(&mut v, o).unwrap();
         }
-        let ModelConfig::FasterRcnn(cfg) = from_value_with_path(&v["model"], "tiny").unwrap() else {
+        from_value_with_path(&v["model"], "tiny").unwrap()
+    }
+
+    /// The shipped Faster R-CNN model config, shrunk.
+    fn tiny_config() -> TwoStageConfig {
+        let ModelConfig::FasterRcnn(cfg) = tiny_model("faster_rcnn_r50_fpn.json", &[]) else {
             panic!("the Faster R-CNN base config is a FasterRCNN")
         };
         cfg
@@ -384,25 +432,12 @@ mod tests {
 
     /// The shipped Mask R-CNN model config, shrunk like [`tiny_config`].
     fn tiny_mask_config() -> TwoStageConfig {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../configs/_base_/models/mask_rcnn_r50_fpn.json");
-        let mut v = load_resolved(&path).unwrap();
-        for o in [
-            "model.backbone.name=resnet18",
-            "model.backbone.frozen_stages=-1",
-            "model.backbone.norm_eval=false",
-            "model.neck.out_channels=16",
-            "model.rpn_head.feat_channels=16",
-            "model.roi_head.bbox_head.in_channels=16",
-            "model.roi_head.bbox_head.fc_out_channels=32",
-            "model.roi_head.bbox_head.num_classes=3",
+        let extra = [
             "model.roi_head.mask_head.in_channels=16",
             "model.roi_head.mask_head.conv_out_channels=16",
             "model.roi_head.mask_head.num_classes=3",
-        ] {
-            apply_override(&mut v, o).unwrap();
-        }
-        let ModelConfig::MaskRcnn(cfg) = from_value_with_path(&v["model"], "tiny").unwrap() else {
+        ];
+        let ModelConfig::MaskRcnn(cfg) = tiny_model("mask_rcnn_r50_fpn.json", &extra) else {
             panic!("the Mask R-CNN base config is a MaskRCNN")
         };
         cfg
