@@ -282,12 +282,39 @@ pub fn load_model<B: burn::prelude::Backend, M: burn::module::Module<B>>(
     device: &B::Device,
 ) -> Result<M, CheckpointError> {
     let path = dir.join(MODEL_FILE);
-    model
+    let expected = attndet_backbones::checkpoint::tensor_shapes(&model);
+    let loaded = model
         .load_file(&path, &recorder(), device)
         .map_err(|e| CheckpointError::Record {
             path: path.with_extension("mpk"),
             message: e.to_string(),
+        })?;
+    // burn's recorder takes a record's shapes as they are: a checkpoint of another config (other class
+    // counts, widths) would load and fail later, deep in a forward pass. Compare every tensor with the model
+    // the config builds.
+    let got = attndet_backbones::checkpoint::tensor_shapes(&loaded);
+    let differing: Vec<String> = expected
+        .iter()
+        .zip(&got)
+        .filter(|(e, g)| e.shape != g.shape)
+        .map(|(e, g)| {
+            format!(
+                "{}: {:?} in the checkpoint, {:?} for the config",
+                e.path, g.shape, e.shape
+            )
         })
+        .collect();
+    if !differing.is_empty() {
+        return Err(CheckpointError::Record {
+            path: path.with_extension("mpk"),
+            message: format!(
+                "{} tensor(s) do not fit the config's model (was it trained with another config?): {}",
+                differing.len(),
+                differing.join("; ")
+            ),
+        });
+    }
+    Ok(loaded)
 }
 
 /// Load the optimizer record of a checkpoint into `optim`.

@@ -466,4 +466,39 @@ mod tests {
         let err = RetinaNet::<Flex>::from_config(&cfg, &Default::default()).unwrap_err();
         assert!(err.to_string().contains("model.backbone.name"), "{err}");
     }
+
+    /// Our own checkpoints load strictly too: a checkpoint of 3 classes given to a 5-class config is an
+    /// error naming the classifier's tensors and both shapes (burn's recorder alone would take the
+    /// checkpoint's shapes and fail later in a forward pass).
+    #[test]
+    fn a_checkpoint_of_another_config_is_an_error_naming_the_tensors() {
+        use crate::engine::checkpoint::{TrainState, load_model, save_model};
+        let device = Default::default();
+        let dir = std::env::temp_dir().join(format!("attndet-ckpt-mismatch-{}", std::process::id()));
+        let state = TrainState {
+            epoch: 1,
+            global_iter: 1,
+            seed: 0,
+            base_lr: 0.01,
+            best: None,
+            config: serde_json::Value::Null,
+        };
+        let three = RetinaNet::<Flex>::from_config(&tiny_config(), &device).unwrap();
+        save_model::<Flex, _>(&dir.join("ckpt"), &three, &state).unwrap();
+        // the same config loads
+        let again = RetinaNet::<Flex>::from_config(&tiny_config(), &device).unwrap();
+        load_model::<Flex, _>(&dir.join("ckpt"), again, &device).unwrap();
+        let mut cfg = tiny_config();
+        cfg.bbox_head.num_classes = 5;
+        let five = RetinaNet::<Flex>::from_config(&cfg, &device).unwrap();
+        let err = load_model::<Flex, _>(&dir.join("ckpt"), five, &device)
+            .unwrap_err()
+            .to_string();
+        // 9 anchors x 3 classes = 27 channels saved, 9 x 5 = 45 expected
+        assert!(
+            err.contains("bbox_head.retina_cls.weight: [27, 16, 3, 3] in the checkpoint, [45, 16, 3, 3]"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }
