@@ -92,6 +92,19 @@ impl CocoDataset {
             }
             if let Some(seg) = &ann.segmentation {
                 validate_segmentation(seg).map_err(|p| err(at(".segmentation"), p))?;
+                // a mask of another size than its image cannot be scored or trained against it
+                let image = &json.images[img];
+                if let Segmentation::Rle(r) = seg {
+                    if r.size != [image.height, image.width] {
+                        return Err(err(
+                            at(".segmentation.size"),
+                            format!(
+                                "RLE of size {:?} (h, w) on image {} of {}x{} (h x w)",
+                                r.size, image.id, image.height, image.width
+                            ),
+                        ));
+                    }
+                }
             }
             anns_by_image[img].push(i);
             anns_by_category[cat].push(i);
@@ -245,6 +258,13 @@ pub(crate) fn validate_segmentation(seg: &Segmentation) -> Result<(), String> {
     match seg {
         Segmentation::Polygons(polys) => {
             for (j, p) in polys.iter().enumerate() {
+                // pycocotools drops an odd trailing value without a word; a malformed polygon is refused
+                if p.len() % 2 != 0 {
+                    return Err(format!(
+                        "polygon {j} has an odd number of coordinates ({}): x, y pairs expected",
+                        p.len()
+                    ));
+                }
                 if p.len() < 6 {
                     return Err(format!(
                         "polygon {j} has {} coordinates; at least 3 points (6 numbers) needed",
@@ -338,6 +358,27 @@ mod tests {
                 r#""bbox": [0,0,1,1], "segmentation": {"size": [3, 4], "counts": "0 "}"#
             ))
             .contains("malformed compressed RLE string")
+        );
+        // odd coordinate counts are refused (pycocotools would drop the last value silently)
+        assert!(
+            err_of(&a(
+                r#""bbox": [0,0,1,1], "segmentation": [[0, 0, 3, 0, 3, 2, 1]]"#
+            ))
+            .contains("(id 9).segmentation: polygon 0 has an odd number of coordinates (7)")
+        );
+        // an RLE of another size than its 3x4 image
+        assert_eq!(
+            err_of(&a(
+                r#""bbox": [0,0,1,1], "segmentation": {"size": [4, 3], "counts": [2, 10]}"#
+            )),
+            "t.json: annotations[0] (id 9).segmentation.size: RLE of size [4, 3] (h, w) on image 1 of 3x4 (h x w)"
+        );
+        // a crowd region given as a polygon list (pycocotools reads it as the union of the polygons) loads
+        assert!(
+            load_str(&with_ann(
+                r#"{"id": 9, "image_id": 1, "category_id": 7, "area": 1, "iscrowd": 1, "bbox": [0,0,3,2], "segmentation": [[0, 0, 3, 0, 3, 2]]}"#
+            ))
+            .is_ok()
         );
         let unknown_img = with_ann(
             r#"{"id": 9, "image_id": 3, "category_id": 7, "bbox": [0,0,1,1], "area": 1, "iscrowd": 0}"#,
