@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use burn::module::AutodiffModule;
 use burn::optim::Optimizer;
-use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, NamedMpkFileRecorder, Record, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
@@ -75,6 +75,23 @@ fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
     NamedMpkFileRecorder::new()
 }
 
+/// Write `record` to `path` plus burn's `.mpk` extension, in the format of [`recorder`]. The record is encoded in
+/// memory and written with one `std::fs::write`, so that a full disk is reported as the operating system's
+/// error ("No space left on device") rather than as an encoder failure.
+fn write_record<B: burn::prelude::Backend, R: Record<B>>(
+    record: R,
+    path: &Path,
+) -> Result<(), CheckpointError> {
+    let path = path.with_extension("mpk");
+    let bytes = NamedMpkBytesRecorder::<FullPrecisionSettings>::new()
+        .record(record, ())
+        .map_err(|e| CheckpointError::Record {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+    std::fs::write(&path, bytes).map_err(io(&path))
+}
+
 /// Write the model, the optimizer and `state` into `dir` atomically (temp dir + rename; an existing `dir` is
 /// replaced only once the new one is complete).
 pub fn save<B, M, O>(dir: &Path, model: &M, optim: &O, state: &TrainState) -> Result<(), CheckpointError>
@@ -115,21 +132,8 @@ where
     M: AutodiffModule<B>,
     O: Optimizer<M, B>,
 {
-    let rec = recorder();
-    let model_path = tmp.join(MODEL_FILE);
-    model
-        .clone()
-        .save_file(&model_path, &rec)
-        .map_err(|e| CheckpointError::Record {
-            path: model_path.clone(),
-            message: e.to_string(),
-        })?;
-    let optim_path = tmp.join(OPTIM_FILE);
-    rec.record(optim.to_record(), optim_path.clone())
-        .map_err(|e| CheckpointError::Record {
-            path: optim_path,
-            message: e.to_string(),
-        })?;
+    write_record::<B, _>(model.clone().into_record(), &tmp.join(MODEL_FILE))?;
+    write_record::<B, _>(optim.to_record(), &tmp.join(OPTIM_FILE))?;
     let state_path = tmp.join(STATE_FILE);
     let text = serde_json::to_string_pretty(state).expect("TrainState serializes");
     std::fs::write(&state_path, text).map_err(io(&state_path))?;
@@ -165,14 +169,7 @@ pub fn save_model<B: burn::prelude::Backend, M: burn::module::Module<B>>(
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     let result = (|| {
-        let model_path = tmp.join(MODEL_FILE);
-        model
-            .clone()
-            .save_file(&model_path, &recorder())
-            .map_err(|e| CheckpointError::Record {
-                path: model_path.clone(),
-                message: e.to_string(),
-            })?;
+        write_record::<B, _>(model.clone().into_record(), &tmp.join(MODEL_FILE))?;
         let state_path = tmp.join(STATE_FILE);
         let text = serde_json::to_string_pretty(state).expect("TrainState serializes");
         std::fs::write(&state_path, text).map_err(io(&state_path))?;
