@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
-"""RetinaNet and Faster R-CNN R50-FPN speed, attndet against torchvision, side by side on the same machine.
+"""RetinaNet, Faster R-CNN and Mask R-CNN R50-FPN speed, attndet against torchvision, side by side.
 
-    python3 bench/retinanet/bench.py [--detector retinanet|faster_rcnn] [--attndet target/release/attndet]
-        [--threads 2] [--device cpu|cuda]
+    python3 bench/retinanet/bench.py [--detector retinanet|faster_rcnn|mask_rcnn]
+        [--attndet target/release/attndet] [--threads 2] [--device cpu|cuda]
 
 Faster R-CNN: mmdetection's config on our side (RPN 2000/1000 proposals in training, 512 sampled RoIs, 1000
 test proposals), torchvision's `FasterRCNN` with the same backbone, FPN P2-P6 and its defaults (2000/2000
 training proposals per image, 512 RoIs, 1000 test proposals) on theirs.
+
+Mask R-CNN: the same plus the mask branch on both sides (14x14 RoIAlign, 4 convs, deconv, 28x28 logits); the
+training images carry polygon masks. For inference the score threshold is 0 on both sides, so that each image
+has 100 detections whose masks are pasted into the 800x1216 image and encoded as COCO RLE (attndet in `test`;
+torchvision's `paste_masks_in_image` inside the model, then pycocotools' `encode`, as its COCO evaluation does).
 
 Measures (median over the timed iterations, after warm-up):
   train: one SGD iteration (forward, losses, backward, step) on a batch of 2 x 3 x 512 x 512 images with
@@ -33,12 +38,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CONFIGS = {
     "retinanet": os.path.join(ROOT, "configs/retinanet/retinanet_r50_fpn_1x_coco.json"),
     "faster_rcnn": os.path.join(ROOT, "configs/faster_rcnn/faster_rcnn_r50_fpn_1x_coco.json"),
+    "mask_rcnn": os.path.join(ROOT, "configs/mask_rcnn/mask_rcnn_r50_fpn_1x_coco.json"),
 }
 CONFIG = CONFIGS["retinanet"]
 
 
+def octagon(x, y, bw, bh):
+    """The octagon inscribed in box [x, y, bw, bh], as a COCO polygon."""
+    cx, cy, rx, ry = x + bw / 2, y + bh / 2, bw / 2, bh / 2
+    return [[v for k in range(8) for v in (cx + rx * np.cos(k * np.pi / 4), cy + ry * np.sin(k * np.pi / 4))]]
+
+
 def write_dataset(root, name, n, w, h, rng):
-    """n random images of w x h with 3 boxes each, as COCO JSON + PNGs under root/name."""
+    """n random images of w x h with 3 boxes (and octagon masks) each, as COCO JSON + PNGs under root/name."""
     os.makedirs(os.path.join(root, name), exist_ok=True)
     images, anns = [], []
     for i in range(n):
@@ -50,7 +62,7 @@ def write_dataset(root, name, n, w, h, rng):
             x, y = float(rng.integers(0, w // 2)), float(rng.integers(0, h // 2))
             bw, bh = float(rng.integers(32, w // 3)), float(rng.integers(32, h // 3))
             anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": j + 1, "bbox": [x, y, bw, bh],
-                         "area": bw * bh, "iscrowd": 0})
+                         "area": bw * bh, "iscrowd": 0, "segmentation": octagon(x, y, bw, bh)})
     cats = [{"id": k + 1, "name": f"c{k + 1}"} for k in range(80)]
     path = os.path.join(root, f"{name}.json")
     with open(path, "w") as f:
@@ -69,7 +81,7 @@ def attndet_overrides(root, train_name, val_name, side):
     ]
 
 
-def bench_attndet(binary, root, device, train_iters):
+def bench_attndet(binary, root, device, train_iters, detector):
     # train: train_iters iterations of batch 2 at 512 x 512 (one epoch), times from log.jsonl
     work = os.path.join(root, "work")
     args = [binary, "--device", device, "train", CONFIG, "--work-dir", work, "--quiet", "--cfg-options",
@@ -85,6 +97,8 @@ def bench_attndet(binary, root, device, train_iters):
     # infer: `attndet test` over the val images (800 x 1216, kept as is by the (1333, 800) rescale), batch 1
     args = [binary, "--device", device, "test", CONFIG, os.path.join(work, "epoch_1"), "--json", "--cfg-options",
             *attndet_overrides(root, "train512", "val1216", "[1333,800]"), "data.batch_size=1"]
+    if detector == "mask_rcnn":
+        args += ["model.test_cfg.rcnn.score_thr=0", "--eval", "bbox", "segm"]
     out = subprocess.run(args, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
     res = json.loads(out)
     infer_s = res["seconds"] / res["images"]
@@ -94,7 +108,7 @@ def bench_attndet(binary, root, device, train_iters):
 def bench_torchvision(threads, device, train_iters, infer_iters, detector="retinanet"):
     import torch
     import torchvision
-    from torchvision.models.detection import FasterRCNN, RetinaNet
+    from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
     from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
     from torchvision.ops.feature_pyramid_network import LastLevelP6P7
     from torchvision.ops.misc import FrozenBatchNorm2d
@@ -103,9 +117,12 @@ def bench_torchvision(threads, device, train_iters, infer_iters, detector="retin
     torch.manual_seed(0)
     backbone = torchvision.models.resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
     # images are given at their final size: no resize inside the model (min_size/max_size keep 512 and 800x1216)
-    if detector == "faster_rcnn":
+    if detector in ("faster_rcnn", "mask_rcnn"):
         backbone = _resnet_fpn_extractor(backbone, 3)  # P2-P5 + max-pooled P6
-        model = FasterRCNN(backbone, num_classes=81, min_size=512, max_size=1333).to(device)
+        if detector == "mask_rcnn":
+            model = MaskRCNN(backbone, num_classes=81, min_size=512, max_size=1333, box_score_thresh=0.0).to(device)
+        else:
+            model = FasterRCNN(backbone, num_classes=81, min_size=512, max_size=1333).to(device)
     else:
         backbone = _resnet_fpn_extractor(backbone, 3, returned_layers=[2, 3, 4],
                                          extra_blocks=LastLevelP6P7(2048, 256))
@@ -116,6 +133,14 @@ def bench_torchvision(threads, device, train_iters, infer_iters, detector="retin
     imgs = [torch.rand(3, 512, 512, generator=g).to(device) for _ in range(2)]
     targets = [{"boxes": torch.tensor([[10., 20., 200., 220.], [100., 50., 300., 400.], [300., 300., 500., 480.]],
                                       device=device), "labels": torch.tensor([1, 2, 3], device=device)} for _ in range(2)]
+    if detector == "mask_rcnn":
+        import pycocotools.mask as mask_util  # imported before timing
+
+        for t in targets:
+            m = torch.zeros(3, 512, 512, dtype=torch.uint8)
+            for k, (x1, y1, x2, y2) in enumerate(t["boxes"].tolist()):
+                m[k, int(y1):int(y2), int(x1):int(x2)] = 1
+            t["masks"] = m.to(device)
     model.train()
     times = []
     for _ in range(train_iters):
@@ -139,9 +164,12 @@ def bench_torchvision(threads, device, train_iters, infer_iters, detector="retin
     with torch.no_grad():
         for _ in range(infer_iters):
             t = time.perf_counter()
-            model([img])
+            out = model([img])
             if device == "cuda":
                 torch.cuda.synchronize()
+            if detector == "mask_rcnn":
+                bits = (out[0]["masks"][:, 0] > 0.5).cpu().numpy().astype(np.uint8)
+                mask_util.encode(np.asfortranarray(bits.transpose(1, 2, 0)))
             itimes.append(time.perf_counter() - t)
     infer_s = statistics.median(itimes[1:])
     return train_s, infer_s
@@ -165,7 +193,7 @@ def main():
         env_threads = str(a.threads)
         os.environ["RAYON_NUM_THREADS"] = env_threads
         ours_train, ours_infer, ours_times = bench_attndet(a.attndet, root, "cuda:0" if a.device == "cuda" else "cpu",
-                                                           a.train_iters)
+                                                           a.train_iters, a.detector)
     tv_train, tv_infer = bench_torchvision(a.threads, a.device, a.train_iters, a.infer_images + 1, a.detector)
     print(f"{'':28}{'attndet':>12}{'torchvision':>14}{'ratio':>8}")
     print(f"{'train iter 2x512x512 (s)':28}{ours_train:12.3f}{tv_train:14.3f}{ours_train / tv_train:8.2f}")
