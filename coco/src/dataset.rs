@@ -23,14 +23,42 @@ pub struct CocoDataset {
     anns_by_category: Vec<Vec<usize>>,
 }
 
+/// Default of [`max_json_bytes`]: 4 GiB, several times COCO's or LVIS's largest annotation file.
+pub const DEFAULT_MAX_JSON_BYTES: u64 = 4 << 30;
+
+/// The largest annotation or results file read: `ATTNDET_MAX_JSON_BYTES` if set to a number, else
+/// [`DEFAULT_MAX_JSON_BYTES`]. Parsing needs a few times the file's size in memory, so a file beyond what the
+/// machine can hold is refused up front with a clear error rather than by the out-of-memory killer.
+pub fn max_json_bytes() -> u64 {
+    std::env::var("ATTNDET_MAX_JSON_BYTES")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(DEFAULT_MAX_JSON_BYTES)
+}
+
+/// Read a JSON file whole, refusing one larger than [`max_json_bytes`] before reading it.
+pub fn read_json_file(path: &Path) -> Result<Vec<u8>, CocoError> {
+    let read_err = |error| CocoError::Read {
+        path: path.to_owned(),
+        error,
+    };
+    let size = std::fs::metadata(path).map_err(read_err)?.len();
+    let limit = max_json_bytes();
+    if size > limit {
+        return Err(CocoError::TooLarge {
+            path: path.to_owned(),
+            size,
+            limit,
+        });
+    }
+    std::fs::read(path).map_err(read_err)
+}
+
 impl CocoDataset {
     /// Read and validate a COCO instances JSON file.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, CocoError> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|error| CocoError::Read {
-            path: path.to_owned(),
-            error,
-        })?;
+        let bytes = read_json_file(path)?;
         let json: CocoJson = serde_json::from_slice(&bytes).map_err(|error| CocoError::Json {
             path: path.to_owned(),
             error,

@@ -39,6 +39,19 @@ pub enum CocoError {
         /// What is wrong.
         problem: String,
     },
+    /// A JSON file is larger than the limit ([`crate::dataset::max_json_bytes`]).
+    #[error(
+        "{}: {size} bytes is more than the limit of {limit} bytes for a JSON file (set ATTNDET_MAX_JSON_BYTES to raise it)",
+        path.display()
+    )]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size in bytes.
+        size: u64,
+        /// The limit in bytes.
+        limit: u64,
+    },
     /// A mask operation got invalid input.
     #[error("mask: {0}")]
     Mask(#[from] MaskError),

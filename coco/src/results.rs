@@ -97,10 +97,7 @@ struct RawResult {
 /// Results of categories not in `gt` are kept here and dropped by the evaluator, as pycocotools does.
 pub fn load_results(path: impl AsRef<Path>, gt: &CocoDataset) -> Result<Vec<Detection>, CocoError> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|error| CocoError::Read {
-        path: path.to_owned(),
-        error,
-    })?;
+    let bytes = crate::dataset::read_json_file(path)?;
     let raw: Vec<RawResult> = match serde_json::from_slice(&bytes) {
         Ok(r) => r,
         Err(source) => return Err(diagnose_parse_error(path, &bytes, source)),

@@ -17,6 +17,9 @@ pub fn load_resolved(path: &Path) -> Result<Value, ConfigError> {
     Ok(value)
 }
 
+/// The largest config file read (16 MiB; configs are a few KB): a bigger file is refused before reading.
+const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
 fn load_with_bases(path: &Path, chain: &mut Vec<PathBuf>) -> Result<Value, ConfigError> {
     let canonical = path.canonicalize().map_err(|source| ConfigError::Io {
         path: path.to_path_buf(),
@@ -28,10 +31,17 @@ fn load_with_bases(path: &Path, chain: &mut Vec<PathBuf>) -> Result<Value, Confi
             message: format!("`_base_` cycle: {}", describe_chain(chain, &canonical)),
         });
     }
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+    let io_err = |source| ConfigError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let size = std::fs::metadata(path).map_err(io_err)?.len();
+    if size > MAX_CONFIG_BYTES {
+        return Err(io_err(std::io::Error::other(format!(
+            "{size} bytes; a config file is at most {MAX_CONFIG_BYTES} bytes"
+        ))));
+    }
+    let text = std::fs::read_to_string(path).map_err(io_err)?;
     let mut value: Value = serde_json::from_str(&text).map_err(|source| ConfigError::Json {
         path: path.to_path_buf(),
         source,
