@@ -183,6 +183,19 @@ pub struct DemoArgs {
 /// Run `attndet demo`.
 pub fn run(args: &DemoArgs, device: &DeviceArg) -> anyhow::Result<()> {
     device.check_usable()?;
+    // training refuses a work dir holding another run; say so before generating the data, in the demo's terms
+    let previous = attndet_detectors::engine::checkpoint::latest(&args.work_dir).or_else(|| {
+        attndet_detectors::engine::checkpoint::epoch_checkpoints(&args.work_dir)
+            .pop()
+            .map(|(_, d)| d)
+    });
+    if let Some(ckpt) = previous {
+        return Err(bad_input(format!(
+            "demo: {} holds a previous run (checkpoint {}): remove the directory or give another --work-dir",
+            args.work_dir.display(),
+            ckpt.display()
+        )));
+    }
     let started = Instant::now();
     let config = match &args.config {
         Some(path) if !path.exists() => {
