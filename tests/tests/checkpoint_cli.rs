@@ -131,6 +131,11 @@ fn a_checkpoint_knows_itself() {
         "{names:?}"
     );
     assert!(stderr(&out).contains("max_keep_ckpts = 1"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("1 box(es) wholly outside their image dropped"),
+        "{}",
+        stderr(&out)
+    );
 
     // the checkpoint carries the class names of the annotations (in category-id order) and its config
     let ann: Value =

@@ -397,10 +397,14 @@ where
     };
     if !args.quiet {
         eprintln!(
-            "training {} on {} images ({} without boxes skipped), work dir {}",
+            "training {} on {} images ({} without boxes skipped{}), work dir {}",
             args.config.display(),
             setup.train_records.len(),
             train_set.1.images_without_boxes,
+            match train_set.1.boxes_outside_image {
+                0 => String::new(),
+                n => format!(", {n} box(es) wholly outside their image dropped"),
+            },
             work_dir.display()
         );
     }
