@@ -485,6 +485,15 @@ fn infer_and_test_name_what_they_need() {
         "{}",
         stderr(&out)
     );
+    // the demo does not train over a previous run (and says so before generating any data)
+    let demo = dir.join("demo");
+    std::fs::create_dir_all(demo.join("epoch_2")).unwrap();
+    std::fs::write(demo.join("epoch_2/state.json"), b"{}").unwrap();
+    std::fs::write(demo.join("latest"), b"epoch_2").unwrap();
+    let out = run(&["demo", "--work-dir", &demo.display().to_string()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("holds a previous run"), "{}", stderr(&out));
+    assert!(!demo.join("data").exists());
 }
 
 /// Every subcommand's help ends with two or three examples, and only the subcommands that compute offer
