@@ -25,7 +25,7 @@ pub struct InferArgs {
     /// directory, a work dir, or a whole mmdetection `.pth`, which needs CONFIG), then the images: files (PNG,
     /// JPEG, ...), directories (their image files, not recursive) or glob patterns (`'dir/*.jpg'`, quoted so
     /// that attndet expands them).
-    #[arg(required = true, num_args = 2.., value_name = "[CONFIG] CKPT IMAGE")]
+    #[arg(required = true, value_name = "[CONFIG] CKPT IMAGE")]
     pub paths: Vec<PathBuf>,
     /// Write the detections as JSON: one entry per image with boxes `[x1, y1, x2, y2]` in its pixels.
     #[arg(long)]
