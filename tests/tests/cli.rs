@@ -16,7 +16,7 @@ fn version_says_whether_cuda_is_compiled_in() {
 
 #[test]
 fn help_lists_devices_option() {
-    let out = run(&["--help"]);
+    let out = run(&["train", "--help"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("--device"), "{text}");
@@ -24,7 +24,7 @@ fn help_lists_devices_option() {
 
 #[test]
 fn bad_device_is_a_usage_error() {
-    let out = run(&["--device", "tpu:0", "devices"]);
+    let out = run(&["devices", "--device", "tpu:0"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown device `tpu:0`"), "{err}");
@@ -36,7 +36,7 @@ fn cuda_device_without_cuda_support_exits_2() {
     if version.contains("cuda: yes") {
         return; // a CUDA build: the device may well exist
     }
-    let out = run(&["--device", "cuda:0", "devices"]);
+    let out = run(&["devices", "--device", "cuda:0"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("built without CUDA support"), "{err}");

@@ -328,8 +328,8 @@ fn train_test_infer_demo_plot_convert_classify_reject_hostile_input() {
             &not_image,
         ],
         vec!["convert", "--model", "no_such_net", "--from", work, "--out", work],
-        vec!["--device", "cuda:99999999999999999999", "devices"],
-        vec!["--device", "cpu:-1", "devices"],
+        vec!["devices", "--device", "cuda:99999999999999999999"],
+        vec!["devices", "--device", "cpu:-1"],
         vec!["no-such-command"],
     ] {
         bad_input(&args);

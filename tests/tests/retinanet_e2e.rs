@@ -29,6 +29,8 @@ fn tiny_overrides(dir: &Path, extra: &[&str]) -> Vec<String> {
         "runner.max_epochs=2".into(),
         "lr_config.warmup_iters=2".into(),
         "log_config.interval=1".into(),
+        // every epoch's checkpoint is looked at (the demo config keeps only the last)
+        "checkpoint_config.max_keep_ckpts=null".into(),
     ]
     .into_iter()
     .collect();

@@ -20,15 +20,20 @@ const STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 /// Arguments of `attndet classify`.
 #[derive(Args, Debug)]
-#[command(long_about = "Classify images with an ImageNet model of the zoo.\n\n\
+#[command(
+    long_about = "Classify images with an ImageNet model of the zoo.\n\n\
 Preprocessing as torchvision's evaluation transform: RGB; the shorter side resized to 256 (bilinear, \
 antialiased) and the centre 224x224 cropped, unless --no-resize (the image is used as it is); values scaled to \
 [0, 1] and normalised with mean 0.485/0.456/0.406 and std 0.229/0.224/0.225.\n\n\
 Prints the top-k classes (softmax probability and logit) of each image. Class names come from --labels (one per \
 line, in class-index order); without it classes are named by index (class_0 .. class_999). With --json, \
 stdout is one JSON document: for one image an object {\"image\", \"logits\" (all), \"top\": [{\"index\", \
-\"label\", \"prob\", \"logit\"}]}, for several images a list of such objects.\n\n\
-Example:\n  attndet classify --model resnet50 --checkpoint resnet50.pth --topk 5 cat.jpg dog.png")]
+\"label\", \"prob\", \"logit\"}]}, for several images a list of such objects.",
+    after_help = "Examples:\n  \
+attndet classify --model resnet50 --checkpoint resnet50.pth --topk 5 cat.jpg dog.png\n  \
+attndet classify --model dca_se_resnet50 --checkpoint dca_se_resnet50.pth.tar --labels imagenet.txt --json cat.jpg\n  \
+attndet classify --model sda_resnet86 --checkpoint sda_resnet86.safetensors --explain cat.jpg"
+)]
 pub struct ClassifyArgs {
     /// Zoo name of the model, e.g. resnet50, dca_se_resnet50.
     #[arg(long)]
@@ -55,6 +60,9 @@ pub struct ClassifyArgs {
     /// Images (PNG or JPEG).
     #[arg(required = true, value_name = "IMAGE")]
     pub images: Vec<PathBuf>,
+    /// The compute device.
+    #[command(flatten)]
+    pub device: crate::device::DeviceOpt,
 }
 
 /// torchvision's `Compose([Resize(256), CenterCrop(224)])` on a PIL image: the shorter side becomes 256 (the

@@ -11,6 +11,11 @@ use crate::errors::bad_input;
 #[derive(Subcommand, Debug)]
 pub enum ConfigCommand {
     /// Print CONFIG fully resolved: `_base_` files merged, `--cfg-options` applied, every field type-checked.
+    #[command(
+        after_help = "Examples:\n  attndet config show configs/retinanet/retinanet_dca-se-r50_fpn_2x_coco.json\n  \
+attndet config show configs/retinanet/retinanet_r50_fpn_1x_coco.json --cfg-options optimizer.lr=0.005 \
+lr_config.step=8,11"
+    )]
     Show(ShowArgs),
 }
 

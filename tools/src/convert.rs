@@ -20,7 +20,8 @@ use crate::train::{build_model, prepare};
 
 /// Arguments of `attndet convert`.
 #[derive(Args, Debug)]
-#[command(long_about = "Convert released weights into attndet's formats.\n\n\
+#[command(
+    long_about = "Convert released weights into attndet's formats.\n\n\
 Backbone (--model NAME): the input is a PyTorch checkpoint (.pth or .pth.tar: a bare state_dict or a dict \
 holding `state_dict`, keys with or without DataParallel's `module.` prefix; torchvision ResNet files load \
 unchanged), a safetensors file with PyTorch naming, or one of our own files; the output is a safetensors file.\n\n\
@@ -31,10 +32,12 @@ take the .pth itself). A classifier with another number of classes than the conf
 key; torchvision detector checkpoints are not supported yet.\n\n\
 Every tensor of the architecture must be present with its shape and every tensor of the file must be used: \
 otherwise the missing, unexpected and mis-shaped keys are listed and the exit code is 2. The output is \
-written atomically.\n\n\
-Examples:\n  attndet convert --model dca_se_resnet50 --from dca_se_resnet50.pth.tar --out dca_se_resnet50.safetensors\n  \
+written atomically.",
+    after_help = "Examples:\n  attndet convert --model dca_se_resnet50 --from dca_se_resnet50.pth.tar --out dca_se_resnet50.safetensors\n  \
 attndet convert --config configs/faster_rcnn/faster_rcnn_r50_fpn_1x_coco.json \
---from faster_rcnn_r50_fpn_1x_coco_20200130-047c8118.pth --out work_dirs/faster_rcnn_mmdet")]
+--from faster_rcnn_r50_fpn_1x_coco_20200130-047c8118.pth --out work_dirs/faster_rcnn_mmdet\n  \
+attndet test work_dirs/faster_rcnn_mmdet --json   # the converted checkpoint records its config"
+)]
 pub struct ConvertArgs {
     /// Zoo name of the checkpoint's backbone architecture (backbone mode).
     #[arg(long, required_unless_present = "config", conflicts_with = "config")]
@@ -97,6 +100,10 @@ fn convert_detector(config: &Path, overrides: &[String], from: &Path, out: &Path
         base_lr: p.cfg.optimizer.lr(),
         best: None,
         config: p.resolved.clone(),
+        // the class names of the config's annotations when they can be read (test and infer show them)
+        classes: crate::train::load_split(&p.cfg, false)
+            .map(|(_, d)| d.category_names)
+            .unwrap_or_default(),
     };
     checkpoint::save_model(out, &model, &state).with_context(|| format!("converting {}", from.display()))?;
     eprintln!(

@@ -18,6 +18,10 @@ use serde_json::json;
 pub enum DatasetCommand {
     /// Counts per category, object sizes (small < 32², medium < 96², large), crowd regions, images without
     /// annotations.
+    #[command(
+        after_help = "Examples:\n  attndet dataset stats data/coco/annotations/instances_val2017.json\n  \
+attndet dataset stats data/shapes/annotations/instances_train.json --json"
+    )]
     Stats {
         /// A COCO instances JSON file.
         #[arg(value_name = "ANN.json")]
@@ -28,6 +32,8 @@ pub enum DatasetCommand {
     },
     /// Generate the synthetic "shapes" instance-segmentation dataset (PNG images + COCO JSON), deterministic
     /// for a seed: OUT/{train,val}/*.png and OUT/annotations/instances_{train,val}.json.
+    #[command(after_help = "Examples:\n  attndet dataset synth --out data/shapes\n  \
+attndet dataset synth --out data/tiny --train 24 --val 8 --size 96 --seed 3")]
     Synth {
         /// Output directory (created).
         #[arg(long)]
@@ -49,6 +55,11 @@ pub enum DatasetCommand {
         max_objects: usize,
     },
     /// Draw the annotations (masks, boxes, category labels) on the images and write them as PNGs to look at.
+    #[command(
+        after_help = "Examples:\n  attndet dataset browse data/shapes/annotations/instances_val.json --images \
+data/shapes/val --out browse/\n  \
+attndet dataset browse instances_val2017.json --images data/coco/val2017 --out browse/ --limit 20"
+    )]
     Browse {
         /// A COCO instances JSON file.
         #[arg(value_name = "ANN.json")]

@@ -137,6 +137,10 @@ fn write_embedded_config(dir: &Path, detector: DemoDetector) -> anyhow::Result<P
 
 /// Arguments of `attndet demo`.
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:\n  \
+attndet demo                                   # RetinaNet, about 11 minutes on 2 cores\n  \
+attndet demo --detector faster_rcnn --work-dir work_dirs/demo_frcnn --json\n  \
+attndet demo --train-images 96 --val-images 16 --cfg-options runner.max_epochs=2   # a quick look")]
 pub struct DemoArgs {
     /// Which detector to train.
     #[arg(long, value_enum, default_value = "retinanet")]
@@ -164,17 +168,34 @@ pub struct DemoArgs {
     /// Seed of the dataset and of training.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Print a JSON object as the last line of stdout: `{"bbox": {"stats": [12]}, "seconds": S, ...}`.
+    /// Print a JSON object as the last line of stdout: `{"bbox": {"iou_type", "stats": [12], "AP", ...},
+    /// "seconds": S, ...}` (each kind's object as `attndet eval --json` prints it).
     #[arg(long)]
     pub json: bool,
     /// Stop training after this many iterations (smoke tests).
     #[arg(long, hide = true)]
     pub max_iters: Option<usize>,
+    /// The compute device.
+    #[command(flatten)]
+    pub device: crate::device::DeviceOpt,
 }
 
 /// Run `attndet demo`.
 pub fn run(args: &DemoArgs, device: &DeviceArg) -> anyhow::Result<()> {
     device.check_usable()?;
+    // training refuses a work dir holding another run; say so before generating the data, in the demo's terms
+    let previous = attndet_detectors::engine::checkpoint::latest(&args.work_dir).or_else(|| {
+        attndet_detectors::engine::checkpoint::epoch_checkpoints(&args.work_dir)
+            .pop()
+            .map(|(_, d)| d)
+    });
+    if let Some(ckpt) = previous {
+        return Err(bad_input(format!(
+            "demo: {} holds a previous run (checkpoint {}): remove the directory or give another --work-dir",
+            args.work_dir.display(),
+            ckpt.display()
+        )));
+    }
     let started = Instant::now();
     let config = match &args.config {
         Some(path) if !path.exists() => {
@@ -220,6 +241,7 @@ pub fn run(args: &DemoArgs, device: &DeviceArg) -> anyhow::Result<()> {
         auto_scale_lr: false,
         max_iters: args.max_iters,
         quiet: false,
+        device: crate::device::DeviceOpt { device: *device },
     };
     let train_started = Instant::now();
     let outcome = device.run(TrainJob {
@@ -281,7 +303,7 @@ pub fn run(args: &DemoArgs, device: &DeviceArg) -> anyhow::Result<()> {
                 "checkpoint": ckpt,
         });
         for e in &evals {
-            v[e.kind.name()] = serde_json::json!({ "stats": e.stats });
+            v[e.kind.name()] = crate::eval::kind_stats_json(e.kind, &e.stats);
         }
         println!("{v}");
     }

@@ -1,6 +1,15 @@
-//! The global `--device cpu|cuda:N` option.
+//! The `--device cpu|cuda:N` option of the subcommands that compute with tensors (train, test, infer, demo,
+//! classify, devices).
 
 use std::str::FromStr;
+
+/// `--device`, flattened into the arguments of each subcommand that computes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DeviceOpt {
+    /// Where tensors live: `cpu` (burn's Flex backend) or `cuda:N` (needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda:N")]
+    pub device: DeviceArg,
+}
 
 /// A compute device named on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,6 +6,8 @@ use std::time::Instant;
 use anyhow::Context;
 use attndet_coco::eval::STAT_NAMES;
 use attndet_coco::{CocoDataset, EvalParams, Evaluation, IouType, evaluate, load_results};
+use attndet_detectors::engine::evaluate::PROPOSAL_STAT_NAMES;
+use attndet_detectors::models::EvalKind;
 use clap::{Args, ValueEnum};
 use serde_json::{Value, json};
 
@@ -23,11 +25,16 @@ pub const LONG_ABOUT: &str = "Evaluate detection results against COCO ground tru
 (COCOeval: evaluate, accumulate, summarize), and much faster.\n\n\
 Prints the familiar 12-line summary (AP@[.50:.95], AP50, AP75, AP small/medium/large, AR@1/10/100, AR \
 small/medium/large). With --json, stdout is one JSON object: {\"iou_type\", \"stats\": [12 numbers in \
-pycocotools' order], \"AP\", \"AP50\", ..., \"ARl\"} plus \"per_class\" with --per-class.\n\n\
+pycocotools' order], \"AP\", \"AP50\", ..., \"ARl\"} plus \"per_class\" with --per-class; with --proposals the six proposal figures instead: {\"iou_type\", \"stats\": [6], \"AR@100\", \"AR@300\", \"AR@1000\", \"AR_s@1000\", \"AR_m@1000\", \"AR_l@1000\"}. `attndet test --json` prints the same object for each evaluated kind.\n\n\
 The results file is a JSON list of {image_id, category_id, bbox: [x, y, w, h], score} (and \"segmentation\" as \
 compressed RLE for segm), read with pycocotools' loadRes rules: every image must be in the ground truth; \
-detections of unknown categories are dropped; an empty list gives AP 0.\n\n\
-Example:\n  attndet eval --ann instances_val2017.json --results dets.json --iou-type bbox --per-class";
+detections of unknown categories are dropped; an empty list gives AP 0.";
+
+/// The examples at the end of `attndet eval --help`.
+pub const EXAMPLES: &str = "Examples:\n  \
+attndet eval --ann instances_val2017.json --results dets.json --iou-type bbox --per-class\n  \
+attndet eval --ann instances_val2017.json --results res.segm.json --iou-type segm --json\n  \
+attndet eval --ann instances_val2017.json --results proposals.json --proposals";
 
 /// Arguments of `attndet eval`.
 #[derive(Args, Debug)]
@@ -97,6 +104,31 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The one JSON shape of a kind's stats, in `eval --json`, `test --json` and `demo --json`:
+/// `{"iou_type": "bbox", "stats": [numbers in pycocotools' order], "AP": .., "AP50": .., ...}` (the list and
+/// the same numbers by name; -1 where pycocotools gives -1, a non-finite value as null).
+pub fn stats_json(iou_type: &str, stats: &[f64], names: &[&str]) -> Value {
+    let mut obj = serde_json::Map::new();
+    obj.insert("iou_type".into(), json!(iou_type));
+    obj.insert(
+        "stats".into(),
+        Value::Array(stats.iter().map(|v| finite_or_null(*v)).collect()),
+    );
+    for (name, v) in names.iter().zip(stats) {
+        obj.insert((*name).into(), finite_or_null(*v));
+    }
+    Value::Object(obj)
+}
+
+/// [`stats_json`] of one evaluated kind: the 12 COCO stats for bbox and segm, the six proposal figures
+/// (box IoU) for proposals.
+pub fn kind_stats_json(kind: EvalKind, stats: &[f64]) -> Value {
+    match kind {
+        EvalKind::Proposal => stats_json("bbox", stats, &PROPOSAL_STAT_NAMES),
+        _ => stats_json(kind.name(), stats, &STAT_NAMES),
+    }
+}
+
 fn finite_or_null(v: f64) -> Value {
     if v.is_finite() { json!(v) } else { Value::Null }
 }
@@ -104,15 +136,13 @@ fn finite_or_null(v: f64) -> Value {
 fn to_json(ev: &Evaluation, args: &EvalArgs) -> Value {
     let mut obj = serde_json::Map::new();
     obj.insert("iou_type".into(), json!(ev.params.iou_type.to_string()));
-    if args.proposals {
-        for (m, ar) in ev.average_recall() {
-            obj.insert(format!("AR@{m}"), finite_or_null(ar));
-        }
+    let (stats, names): (Vec<f64>, &[&str]) = if args.proposals {
+        (ev.proposal_stats(), &PROPOSAL_STAT_NAMES)
     } else {
-        obj.insert("stats".into(), json!(ev.stats));
-        for (name, v) in STAT_NAMES.iter().zip(&ev.stats) {
-            obj.insert((*name).into(), json!(v));
-        }
+        (ev.stats.clone(), &STAT_NAMES)
+    };
+    if let Value::Object(named) = stats_json(&ev.params.iou_type.to_string(), &stats, names) {
+        obj.extend(named);
     }
     if args.per_class {
         let rows: Vec<Value> = ev

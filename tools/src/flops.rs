@@ -23,8 +23,8 @@ one JSON object: {\"model\", \"input\": [3, H, W], \"params\", \"flops\" (MACs),
 With a detector CONFIG instead of --model: parameters and MACs per part (backbone without its classifier, \
 neck, RPN / dense head, RoI head for test_cfg.rpn.max_per_img proposals), in mmdetection's get_flops \
 convention (the same counting; RoIAlign and NMS free), at the config's test scale (short x long side of \
-data.pipeline.img_scale, e.g. 800 x 1333) unless --input-size is given.\n\n\
-Examples:\n  attndet flops --model resnet50\n  attndet flops --model dca_se_resnet50 --input-size 800 1216 --json\n  \
+data.pipeline.img_scale, e.g. 800 x 1333) unless --input-size is given.",
+    after_help = "Examples:\n  attndet flops --model resnet50\n  attndet flops --model dca_se_resnet50 --input-size 800 1216 --json\n  \
 attndet flops configs/faster_rcnn/faster_rcnn_r50_fpn_1x_coco.json"
 )]
 pub struct FlopsArgs {

@@ -3,6 +3,7 @@
 //! One module per subcommand; this file only parses the command line, dispatches, and maps errors to exit
 //! codes (0 ok, 1 runtime failure, 2 bad usage or bad input).
 
+mod ckpt;
 mod classify;
 mod config_cmd;
 mod convert;
@@ -19,8 +20,6 @@ mod test;
 mod train;
 
 use clap::{Parser, Subcommand};
-
-use crate::device::DeviceArg;
 
 /// Long version string: the crate version and whether CUDA support is compiled in.
 #[cfg(feature = "cuda")]
@@ -40,15 +39,12 @@ const LONG_VERSION: &str = concat!(
     about = "Object detection and instance segmentation research on attention-enhanced backbones",
     long_about = "attndet trains and evaluates detectors (RetinaNet, R-CNN family) with attention-enhanced \
 backbones (SE, ECA, CBAM, GC, SK, GE, DCA, SDA) and evaluates them with a COCO metric identical to \
-pycocotools.\n\nEvery subcommand that computes takes --device cpu|cuda:N (default cpu).\n\
+pycocotools.\n\nEvery subcommand that computes (train, test, infer, demo, classify, devices) takes --device \
+cpu|cuda:N (default cpu).\n\
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad input (the message names the file or field).",
     propagate_version = true
 )]
 struct Cli {
-    /// Where tensors live: `cpu` (burn's Flex backend) or `cuda:N` (needs a build with `--features cuda`).
-    #[arg(long, global = true, default_value = "cpu", value_name = "cpu|cuda:N")]
-    device: DeviceArg,
-
     #[command(subcommand)]
     command: Command,
 }
@@ -56,16 +52,28 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Show which compute devices this build can use.
-    Devices,
+    #[command(
+        after_help = "Examples:\n  attndet devices\n  attndet devices --device cuda:0   # exit 2 when it cannot be used"
+    )]
+    Devices(device::DeviceOpt),
     /// Inspect configs: `attndet config show CONFIG [--cfg-options KEY=VALUE ...]`.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  attndet config show configs/retinanet/retinanet_r50_fpn_1x_coco.json\n  \
+attndet config show CONFIG --cfg-options data.batch_size=4"
+    )]
     Config(config_cmd::ConfigCommand),
     /// COCO evaluation of a results file (bbox or segm), identical to pycocotools: `attndet eval --ann GT.json
     /// --results DT.json --iou-type bbox|segm [--json] [--per-class]`.
-    #[command(long_about = eval::LONG_ABOUT)]
+    #[command(long_about = eval::LONG_ABOUT, after_help = eval::EXAMPLES)]
     Eval(eval::EvalArgs),
     /// COCO datasets: `stats ANN.json`, `synth --out DIR`, `browse ANN.json --images DIR --out DIR`.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  attndet dataset stats instances_val2017.json\n  \
+attndet dataset synth --out data/shapes\n  \
+attndet dataset browse instances_val.json --images data/shapes/val --out browse/"
+    )]
     Dataset(dataset::DatasetCommand),
     /// ImageNet classification with a zoo model: `attndet classify --model NAME --checkpoint FILE [--no-resize]
     /// [--topk K] [--json] IMAGE...`.
@@ -79,9 +87,9 @@ enum Command {
     Convert(convert::ConvertArgs),
     /// Train a detector: `attndet train CONFIG [--work-dir DIR] [--resume [CKPT]] [--cfg-options ...] [--seed S]`.
     Train(train::TrainArgs),
-    /// Evaluate a checkpoint on the val split: `attndet test CONFIG CKPT [--out results.json] [--json]`.
+    /// Evaluate a checkpoint on the val split: `attndet test [CONFIG] CKPT [--out results.json] [--json]`.
     Test(test::TestArgs),
-    /// Detect objects in images: `attndet infer CONFIG CKPT IMAGE... [--out dets.json] [--show-dir DIR]`.
+    /// Detect objects in images: `attndet infer [CONFIG] CKPT IMAGE|DIR|GLOB... [--out dets.json] [--show-dir DIR]`.
     Infer(infer::InferArgs),
     /// Generate the synthetic dataset, train a small RetinaNet on it from scratch, evaluate, show.
     Demo(demo::DemoArgs),
@@ -93,17 +101,17 @@ fn main() {
     sigpipe::restore_default_sigpipe();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Devices => device::print_devices(&cli.device),
+        Command::Devices(opt) => device::print_devices(&opt.device),
         Command::Config(cmd) => config_cmd::run(&cmd),
         Command::Eval(args) => eval::run(&args),
         Command::Dataset(cmd) => dataset::run(&cmd),
-        Command::Classify(args) => classify::run(&args, &cli.device),
+        Command::Classify(args) => classify::run(&args, &args.device.device),
         Command::Flops(args) => flops::run(&args),
         Command::Convert(args) => convert::run(&args),
-        Command::Train(args) => train::run(&args, &cli.device),
-        Command::Test(args) => test::run(&args, &cli.device),
-        Command::Infer(args) => infer::run(&args, &cli.device),
-        Command::Demo(args) => demo::run(&args, &cli.device),
+        Command::Train(args) => train::run(&args, &args.device.device),
+        Command::Test(args) => test::run(&args, &args.device.device),
+        Command::Infer(args) => infer::run(&args, &args.device.device),
+        Command::Demo(args) => demo::run(&args, &args.device.device),
         Command::Plot(args) => plot::run(&args),
     };
     if let Err(err) = result {

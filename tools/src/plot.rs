@@ -24,6 +24,10 @@ use crate::errors::bad_input;
 
 /// Arguments of `attndet plot`.
 #[derive(Args, Debug)]
+#[command(
+    after_help = "Examples:\n  attndet plot work_dirs/r50          # loss.png, lr.png, ap.png in the work dir\n  \
+attndet plot work_dirs/demo"
+)]
 pub struct PlotArgs {
     /// A training work dir (holding `log.jsonl`).
     pub work_dir: PathBuf,

@@ -1,25 +1,34 @@
-//! `attndet test CONFIG CKPT`: run a trained detector over the val split, write COCO results, print the COCO
-//! table (or `--json`).
+//! `attndet test [CONFIG] CKPT`: run a trained detector over the val split, write COCO results, print the COCO
+//! table (or `--json`). A checkpoint of ours carries its config; a config given is checked against it.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
 
-use crate::device::DeviceArg;
+use crate::device::{DeviceArg, DeviceOpt};
 use crate::errors::bad_input;
 use attndet_detectors::engine::evaluate::summary_text;
 use attndet_detectors::models::EvalKind;
 
-use crate::train::{eval_kinds, evaluate_val, load_checkpoint_model, load_split, prepare};
+use crate::train::{eval_kinds, evaluate_val, evaluated_images, load_split};
 
 /// Arguments of `attndet test`.
 #[derive(Args, Debug)]
+#[command(
+    allow_missing_positional = true,
+    after_help = "Examples:\n  \
+attndet test work_dirs/r50/best --json                      # the checkpoint's own config\n  \
+attndet test configs/retinanet/retinanet_r50_fpn_1x_coco.json work_dirs/r50/epoch_12 --out results.json\n  \
+attndet test work_dirs/mask --eval bbox segm --cfg-options data.data_root=data/coco"
+)]
 pub struct TestArgs {
-    /// The config the model was trained with (JSON).
-    pub config: PathBuf,
+    /// The config (JSON) [default: the one the checkpoint records]. When given, it is compared with the
+    /// checkpoint's: a difference that changes the model's tensors is an error naming the fields (exit 2),
+    /// any other difference applies with a warning naming them.
+    pub config: Option<PathBuf>,
     /// A checkpoint directory (WORK_DIR/epoch_N, WORK_DIR/best), a work dir (its newest checkpoint), or a whole
-    /// mmdetection detector checkpoint (`.pth`, read strictly; see `attndet convert --help`).
+    /// mmdetection detector checkpoint (`.pth`, read strictly, needs CONFIG; see `attndet convert --help`).
     pub checkpoint: PathBuf,
     /// Write the detections as a COCO results file (JSON list of {image_id, category_id, bbox, score}); with
     /// several kinds evaluated, one file each, named FILE's stem + `.KIND.json`.
@@ -29,7 +38,9 @@ pub struct TestArgs {
     /// detector predicts: bbox, or proposal for an RPN].
     #[arg(long, num_args = 1.., value_name = "KIND")]
     pub eval: Vec<EvalKind>,
-    /// Print one JSON object `{"bbox": {"stats": [12 numbers]}, ...}` instead of the table.
+    /// Print one JSON object instead of the table: `{"images", "skipped_images", "detections", "seconds",
+    /// "bbox": {"iou_type", "stats": [12 numbers], "AP", "AP50", ..., "ARl"}, ...}` (the object of each kind is
+    /// what `attndet eval --json` prints).
     #[arg(long)]
     pub json: bool,
     /// Draw the detections (score >= --show-score-thr) on the val images into this directory.
@@ -38,37 +49,43 @@ pub struct TestArgs {
     /// Minimum score of a drawn detection.
     #[arg(long, default_value_t = 0.3)]
     pub show_score_thr: f32,
-    /// Config overrides `a.b.c=VALUE` (e.g. data.val.ann_file=...).
+    /// Config overrides `a.b.c=VALUE` (e.g. data.val.ann_file=...), applied to CONFIG or the checkpoint's.
     #[arg(long = "cfg-options", value_name = "KEY=VALUE", num_args = 1..)]
     pub cfg_options: Vec<String>,
+    /// The compute device.
+    #[command(flatten)]
+    pub device: DeviceOpt,
 }
 
 /// Run `attndet test`.
 pub fn run(args: &TestArgs, device: &DeviceArg) -> anyhow::Result<()> {
     device.check_usable()?;
-    let p = prepare(&args.config, &args.cfg_options, None)?;
-    device.run(TestJob { args, prepared: &p })
+    device.run(TestJob { args })
 }
 
 struct TestJob<'a> {
     args: &'a TestArgs,
-    prepared: &'a crate::train::Prepared,
 }
 
 impl crate::device::BackendJob for TestJob<'_> {
     type Output = ();
 
     fn run<B: attndet_detectors::models::DetBackend>(self, device: &B::Device) -> anyhow::Result<()> {
-        run_on::<B>(self.args, self.prepared, device)
+        run_on::<B>(self.args, device)
     }
 }
 
 fn run_on<B: attndet_detectors::models::DetBackend>(
     args: &TestArgs,
-    p: &crate::train::Prepared,
     device: &B::Device,
 ) -> anyhow::Result<()> {
-    let model = load_checkpoint_model::<B>(&p.cfg, &args.checkpoint, device)?;
+    let loaded = crate::ckpt::load::<B>(
+        args.config.as_deref(),
+        &args.checkpoint,
+        &args.cfg_options,
+        device,
+    )?;
+    let (model, p) = (&loaded.model, &loaded.prepared);
     let val = load_split(&p.cfg, false)?;
     if val.1.records.is_empty() {
         return Err(bad_input(format!(
@@ -78,11 +95,12 @@ fn run_on<B: attndet_detectors::models::DetBackend>(
     }
     let started = std::time::Instant::now();
     let kinds = if args.eval.is_empty() {
-        eval_kinds(&model, &p.cfg)
+        eval_kinds(model, &p.cfg)
     } else {
         args.eval.clone()
     };
-    let (evals, preds) = evaluate_val(&model, &p.cfg, &val, &kinds, device, args.json)?;
+    let (evals, preds) = evaluate_val(model, &p.cfg, &val, &kinds, device, args.json)?;
+    let (images, skipped_note) = evaluated_images(val.1.records.len(), preds.len());
     if let Some(dir) = &args.show_dir {
         let files: std::collections::HashMap<u64, &std::path::Path> = val
             .1
@@ -104,21 +122,21 @@ fn run_on<B: attndet_detectors::models::DetBackend>(
     let detections: usize = preds.iter().map(|(_, d)| d.len()).sum();
     if args.json {
         let mut v = serde_json::json!({
-            "images": val.1.records.len(),
+            "images": images,
+            "skipped_images": val.1.records.len() - images,
             "detections": detections,
             "seconds": started.elapsed().as_secs_f64(),
         });
         for e in &evals {
-            v[e.kind.name()] = serde_json::json!({ "stats": e.stats });
+            v[e.kind.name()] = crate::eval::kind_stats_json(e.kind, &e.stats);
         }
         println!("{v}");
     } else {
         for e in &evals {
             println!(
-                "{} evaluation of {} on {} images ({} detections)",
+                "{} evaluation of {} on {images} images{skipped_note} ({} detections)",
                 e.kind,
-                args.checkpoint.display(),
-                val.1.records.len(),
+                loaded.path.display(),
                 detections
             );
             print!("{}", summary_text(e));
@@ -148,6 +166,24 @@ pub fn save_drawn(
     score_thr: f32,
     out_dir: &std::path::Path,
 ) -> anyhow::Result<PathBuf> {
+    let name = file
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| "image.png".into());
+    let out = out_dir.join(name);
+    save_drawn_to(file, dets, names, score_thr, &out)?;
+    Ok(out)
+}
+
+/// Draw `dets` (boxes at least `score_thr`) on the image `file` and save the drawing as `out` (its directory
+/// is created).
+pub fn save_drawn_to(
+    file: &std::path::Path,
+    dets: &attndet_detectors::models::Detections,
+    names: &[String],
+    score_thr: f32,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
     use attndet_coco::draw::{Instance, draw_instances, enlarge_small, palette};
     let img = image::open(file)
         .with_context(|| format!("reading {}", file.display()))?
@@ -182,15 +218,12 @@ pub fn save_drawn(
         })
         .collect();
     draw_instances(&mut img, &instances);
-    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let name = file
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_else(|| "image.png".into());
-    let out = out_dir.join(name);
-    img.save(&out)
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    img.save(out)
         .with_context(|| format!("writing {}", out.display()))?;
-    Ok(out)
+    Ok(())
 }
 
 /// A mask enlarged by an integer factor (nearest), to match an image enlarged by [`enlarge_small`].

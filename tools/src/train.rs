@@ -10,7 +10,7 @@ use attndet_detectors::config::ExperimentConfig;
 use attndet_detectors::data::coco::{DetDataset, records_from_coco};
 use attndet_detectors::engine::checkpoint;
 use attndet_detectors::engine::evaluate::{
-    EvalResults, evaluate_kinds, predict_records, summary_text, test_loader_options,
+    EvalResults, evaluate_kinds_on, predict_records, summary_text, test_loader_options,
 };
 use attndet_detectors::engine::log::IterRecord;
 use attndet_detectors::engine::trainer::{TrainError, TrainHooks, TrainSetup, train};
@@ -22,11 +22,16 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config_cmd::load_config;
-use crate::device::{BackendJob, DeviceArg};
+use crate::device::{BackendJob, DeviceArg, DeviceOpt};
 use crate::errors::bad_input;
 
 /// Arguments of `attndet train`.
 #[derive(Args, Debug, Clone)]
+#[command(after_help = "Examples:\n  \
+attndet train configs/retinanet/retinanet_r50_fpn_1x_coco.json --work-dir work_dirs/r50 \\\n      \
+--cfg-options data.data_root=data/coco model.backbone.init_checkpoint=resnet50.pth\n  \
+attndet train configs/retinanet/retinanet_r50_fpn_1x_coco.json --work-dir work_dirs/r50 --resume\n  \
+attndet train CONFIG --resume work_dirs/r50/epoch_3 --cfg-options optimizer.lr=0.005   # the log says what changed")]
 pub struct TrainArgs {
     /// The config (JSON), e.g. configs/retinanet/retinanet_r50_fpn_1x_coco.json.
     pub config: PathBuf,
@@ -52,6 +57,9 @@ pub struct TrainArgs {
     /// No progress bar (logs still go to the work dir).
     #[arg(long)]
     pub quiet: bool,
+    /// The compute device.
+    #[command(flatten)]
+    pub device: DeviceOpt,
 }
 
 /// A config with `--seed` applied, its resolved JSON, and the data it names.
@@ -64,12 +72,17 @@ pub struct Prepared {
 
 /// Load a config and apply `--seed`.
 pub fn prepare(config: &Path, overrides: &[String], seed: Option<u64>) -> anyhow::Result<Prepared> {
-    let (mut cfg, mut resolved) = load_config(config, overrides)?;
+    let (cfg, resolved) = load_config(config, overrides)?;
+    Ok(with_seed(Prepared { cfg, resolved }, seed))
+}
+
+/// Apply `--seed` to a loaded config (typed and resolved alike).
+pub fn with_seed(mut p: Prepared, seed: Option<u64>) -> Prepared {
     if let Some(s) = seed {
-        cfg.seed = s;
-        resolved["seed"] = serde_json::json!(s);
+        p.cfg.seed = s;
+        p.resolved["seed"] = serde_json::json!(s);
     }
-    Ok(Prepared { cfg, resolved })
+    p
 }
 
 /// Load a split of the config's dataset.
@@ -147,7 +160,11 @@ pub fn evaluate_val<B: Backend, M: Detector<B>>(
         &mut |done, _| pb.set_position(done as u64),
     )?;
     pb.finish_and_clear();
-    let evals = evaluate_kinds(&val.0, &preds, &val.1.category_ids, kinds)?;
+    // images skipped as unreadable (`data.skip_bad_images`) are left out of the evaluation, not scored as
+    // images where every object was missed
+    let scored: Option<Vec<u64>> =
+        (preds.len() < val.1.records.len()).then(|| preds.iter().map(|(id, _)| *id).collect());
+    let evals = evaluate_kinds_on(&val.0, &preds, &val.1.category_ids, kinds, scored)?;
     Ok((evals, preds))
 }
 
@@ -215,6 +232,17 @@ impl<'a, B: Backend> CliHooks<'a, B> {
     }
 }
 
+/// The number of evaluated images and, when some were skipped as unreadable, a note saying how many.
+pub fn evaluated_images(records: usize, predicted: usize) -> (usize, String) {
+    let skipped = records.saturating_sub(predicted);
+    let note = if skipped > 0 {
+        format!(" ({skipped} unreadable image(s) skipped, data.skip_bad_images)")
+    } else {
+        String::new()
+    };
+    (predicted, note)
+}
+
 /// `h:mm:ss` of a number of seconds.
 fn hms(secs: f64) -> String {
     let s = secs.max(0.0).round() as u64;
@@ -272,14 +300,14 @@ impl<'a, B: Backend, M: Detector<B>> TrainHooks<M> for CliHooks<'a, B> {
         let Some(val) = self.val else { return Ok(None) };
         self.bar.finish_and_clear();
         let kinds = eval_kinds(model, self.cfg);
-        let (evals, _) = evaluate_val(model, self.cfg, val, &kinds, self.device, self.quiet)
+        let (evals, preds) = evaluate_val(model, self.cfg, val, &kinds, self.device, self.quiet)
             .map_err(|e| format!("{e:#}"))?;
         if !self.quiet {
+            let (evaluated, skipped) = evaluated_images(val.1.records.len(), preds.len());
             for e in &evals {
                 eprintln!(
-                    "epoch {epoch}: {} evaluation on {} val images\n{}",
+                    "epoch {epoch}: {} evaluation on {evaluated} val images{skipped}\n{}",
                     e.kind,
-                    val.1.records.len(),
                     summary_text(e)
                 );
             }
@@ -363,15 +391,20 @@ where
         work_dir: work_dir.clone(),
         train_records: Arc::new(train_set.1.records.clone()),
         resume_from,
+        classes: train_set.1.category_names.clone(),
         auto_scale_lr: args.auto_scale_lr,
         max_iters: args.max_iters,
     };
     if !args.quiet {
         eprintln!(
-            "training {} on {} images ({} without boxes skipped), work dir {}",
+            "training {} on {} images ({} without boxes skipped{}), work dir {}",
             args.config.display(),
             setup.train_records.len(),
             train_set.1.images_without_boxes,
+            match train_set.1.boxes_outside_image {
+                0 => String::new(),
+                n => format!(", {n} box(es) wholly outside their image dropped"),
+            },
             work_dir.display()
         );
     }
@@ -379,7 +412,9 @@ where
     let result = train::<B, AnyDetector<B>, _>(model, &setup, device, &mut hooks);
     hooks.bar.finish_and_clear();
     let (_, summary) = result.map_err(|e| match e {
-        TrainError::Resume { .. } | TrainError::Config(_) => bad_input(e.to_string()),
+        TrainError::Resume { .. } | TrainError::Config(_) | TrainError::WorkDirReused { .. } => {
+            bad_input(e.to_string())
+        }
         TrainError::Model(m) => bad_input(m.to_string()),
         other => anyhow::Error::new(other),
     })?;
@@ -412,7 +447,12 @@ impl BackendJob for TrainJob<'_> {
 /// Run `attndet train`.
 pub fn run(args: &TrainArgs, device: &DeviceArg) -> anyhow::Result<()> {
     device.check_usable()?;
-    let p = prepare(&args.config, &args.cfg_options, args.seed)?;
+    let mut p = prepare(&args.config, &args.cfg_options, args.seed)?;
+    if args.auto_scale_lr {
+        // recorded in config.json and the checkpoints: what runs, and what a resume recomputes the lr from
+        p.cfg.auto_scale_lr.enable = true;
+        p.resolved["auto_scale_lr"]["enable"] = serde_json::json!(true);
+    }
     let out = device.run(TrainJob { args, prepared: &p })?;
     println!(
         "done: {} iterations; last checkpoint {}",

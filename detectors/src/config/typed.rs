@@ -408,6 +408,10 @@ impl SaveBest {
 pub struct CheckpointConfig {
     /// Save every N epochs.
     pub interval: usize,
+    /// Keep only the N newest `epoch_N` checkpoints (`best/` is kept besides them, and so is a checkpoint the
+    /// run resumed from); absent or `null`: keep every one.
+    #[serde(default)]
+    pub max_keep_ckpts: Option<usize>,
 }
 
 /// Logging.

@@ -151,6 +151,9 @@ fn check_schedule(c: &mut Checks, cfg: &ExperimentConfig) {
     c.positive("lr_config.gamma", cfg.lr_config.gamma);
     c.at_least("runner.max_epochs", cfg.runner.max_epochs, 1);
     c.at_least("checkpoint_config.interval", cfg.checkpoint_config.interval, 1);
+    if let Some(n) = cfg.checkpoint_config.max_keep_ckpts {
+        c.at_least("checkpoint_config.max_keep_ckpts", n, 1);
+    }
     c.at_least("log_config.interval", cfg.log_config.interval, 1);
     c.at_least(
         "auto_scale_lr.base_batch_size",
@@ -351,6 +354,10 @@ mod tests {
             ("model.bbox_head.prior_prob=1", "model.bbox_head.prior_prob"),
             ("runner.max_epochs=0", "runner.max_epochs"),
             ("checkpoint_config.interval=0", "checkpoint_config.interval"),
+            (
+                "checkpoint_config.max_keep_ckpts=0",
+                "checkpoint_config.max_keep_ckpts",
+            ),
             ("log_config.interval=0", "log_config.interval"),
             ("auto_scale_lr.base_batch_size=0", "auto_scale_lr.base_batch_size"),
             ("lr_config.gamma=0", "lr_config.gamma"),

@@ -1,7 +1,8 @@
 //! From a COCO dataset (the `attndet-coco` loader) to the pipeline's records: boxes converted from
 //! `[x, y, w, h]` to `[x1, y1, x2, y2]`, categories mapped to contiguous labels in ascending id order, crowd
-//! annotations kept apart as ignore regions, and degenerate boxes (width or height below 1 pixel, as
-//! mmdetection) dropped.
+//! annotations kept apart as ignore regions, and degenerate boxes (width or height below 1 pixel) and boxes
+//! that do not overlap their image dropped, as mmdetection does (clipped to the image, such a box would have
+//! no width and an infinite regression target).
 
 use std::path::Path;
 
@@ -20,6 +21,8 @@ pub struct DetDataset {
     pub category_names: Vec<String>,
     /// Images left out because they had no usable (non-crowd, non-degenerate) box.
     pub images_without_boxes: usize,
+    /// Boxes dropped because they lie wholly outside their image.
+    pub boxes_outside_image: usize,
 }
 
 /// Build the records of `coco`, with image files under `img_dir`. With `skip_empty` (training), images without
@@ -33,6 +36,7 @@ pub fn records_from_coco(coco: &CocoDataset, img_dir: &Path, skip_empty: bool) -
     let label_of = |cat: u64| category_ids.binary_search(&cat).ok();
     let mut records = Vec::new();
     let mut images_without_boxes = 0;
+    let mut boxes_outside_image = 0;
     for id in coco.sorted_image_ids() {
         let Some(img) = coco.image(id) else { continue };
         let mut r = DetRecord {
@@ -53,6 +57,13 @@ pub fn records_from_coco(coco: &CocoDataset, img_dir: &Path, skip_empty: bool) -
                 continue;
             }
             if w < 1.0 || h < 1.0 || ann.area <= 0.0 {
+                continue;
+            }
+            // mmdetection's rule: the box must overlap the image (the resize clips boxes to the image)
+            let inter_w = (x + w).min(img.width as f64) - x.max(0.0);
+            let inter_h = (y + h).min(img.height as f64) - y.max(0.0);
+            if inter_w <= 0.0 || inter_h <= 0.0 {
+                boxes_outside_image += 1;
                 continue;
             }
             let Some(label) = label_of(ann.category_id) else {
@@ -76,6 +87,7 @@ pub fn records_from_coco(coco: &CocoDataset, img_dir: &Path, skip_empty: bool) -
         category_ids,
         category_names,
         images_without_boxes,
+        boxes_outside_image,
     }
 }
 
@@ -125,5 +137,34 @@ mod tests {
         let d = records_from_coco(&dataset(), Path::new("imgs"), true);
         assert_eq!(d.records.len(), 1);
         assert_eq!(d.records[0].image_id, 1);
+    }
+
+    /// A box wholly outside its 40 x 30 image would be clipped to zero width by the resize and reach the
+    /// regression loss as log(0): it is dropped and counted; a box partly inside is kept as annotated.
+    #[test]
+    fn boxes_outside_their_image_are_dropped_and_counted() {
+        let j: CocoJson = serde_json::from_value(json!({
+            "images": [{"id": 1, "width": 40, "height": 30, "file_name": "a.png"}],
+            "categories": [{"id": 1, "name": "one"}],
+            "annotations": [
+                {"id": 1, "image_id": 1, "category_id": 1, "bbox": [50, 5, 10, 10], "area": 100, "iscrowd": 0},
+                {"id": 2, "image_id": 1, "category_id": 1, "bbox": [5, -20, 10, 20], "area": 200, "iscrowd": 0},
+                {"id": 3, "image_id": 1, "category_id": 1, "bbox": [35, 25, 10, 10], "area": 100, "iscrowd": 0}
+            ]
+        }))
+        .unwrap();
+        let coco = CocoDataset::from_json(j, "mem.json").unwrap();
+        let d = records_from_coco(&coco, Path::new("imgs"), true);
+        // id 1 starts right of x = 40; id 2 ends at y = 0 (touching, no overlap); id 3 overlaps 5 x 5
+        assert_eq!(d.boxes_outside_image, 2);
+        assert_eq!(d.records[0].ann_ids, vec![3]);
+        assert_eq!(d.records[0].boxes, vec![[35.0, 25.0, 45.0, 35.0]]);
+        let empty = CocoDataset::from_json(
+            serde_json::from_value(json!({"images": [], "categories": [], "annotations": []})).unwrap(),
+            "empty.json",
+        )
+        .unwrap();
+        let e = records_from_coco(&empty, Path::new("imgs"), true);
+        assert_eq!((e.records.len(), e.boxes_outside_image), (0, 0));
     }
 }

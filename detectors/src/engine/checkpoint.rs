@@ -3,6 +3,9 @@
 //! seed, best AP, resolved config). Each directory is written under a temporary name and renamed into place,
 //! so a crash never leaves a half-written checkpoint behind.
 //!
+//! A checkpoint knows itself: `state.json` holds the resolved config of the run and the class names, so
+//! `attndet test CKPT` and `attndet infer CKPT IMAGE...` need nothing else.
+//!
 //! Layout of a work dir: `epoch_N/`, `best/`, `latest` (a text file naming the newest `epoch_N`).
 
 use std::path::{Path, PathBuf};
@@ -31,8 +34,13 @@ pub struct TrainState {
     pub base_lr: f64,
     /// Best validation bbox AP so far and its epoch.
     pub best: Option<(f64, usize)>,
-    /// The resolved config of the run.
+    /// The resolved config of the run (`null` in checkpoints that predate it).
+    #[serde(default)]
     pub config: serde_json::Value,
+    /// Class names in label order (empty when unknown: older checkpoints, or converted weights whose
+    /// annotations could not be read).
+    #[serde(default)]
+    pub classes: Vec<String>,
 }
 
 /// A checkpoint that cannot be written or read.
@@ -53,6 +61,14 @@ pub enum CheckpointError {
         path: PathBuf,
         /// The recorder's message.
         message: String,
+    },
+    /// The checkpoint's tensors do not fit the model they are loaded into.
+    #[error("checkpoint {path}: {mismatch}")]
+    Mismatch {
+        /// The model file.
+        path: PathBuf,
+        /// What differs.
+        mismatch: TensorMismatch,
     },
     /// `state.json` is unreadable.
     #[error("checkpoint {path}: bad state.json: {source}")]
@@ -273,45 +289,361 @@ pub fn load_state(dir: &Path) -> Result<TrainState, CheckpointError> {
 
 /// Load the model record of a checkpoint into `model` (which must have the same structure). The record's
 /// ParamIds are restored, so the optimizer record of the same checkpoint matches.
+///
+/// Strict: the tensors stored in the file are compared with those of `model` before burn reads the record
+/// (burn takes a record's shapes as they are, and panics on a list of another length), and every missing,
+/// unexpected and mis-shaped tensor is named ([`CheckpointError::Mismatch`]).
 pub fn load_model<B: burn::prelude::Backend, M: burn::module::Module<B>>(
     dir: &Path,
     model: M,
     device: &B::Device,
 ) -> Result<M, CheckpointError> {
     let path = dir.join(MODEL_FILE);
-    let expected = attndet_backbones::checkpoint::tensor_shapes(&model);
-    let loaded = model
+    let file = path.with_extension("mpk");
+    let expected: Vec<(String, Vec<usize>)> = attndet_backbones::checkpoint::tensor_shapes(&model)
+        .into_iter()
+        .map(|t| (t.path, t.shape))
+        .collect();
+    let stored = record_shapes(&file)?;
+    let mismatch = TensorMismatch::between(&stored, &expected);
+    if !mismatch.is_empty() {
+        return Err(CheckpointError::Mismatch { path: file, mismatch });
+    }
+    model
         .load_file(&path, &recorder(), device)
         .map_err(|e| CheckpointError::Record {
-            path: path.with_extension("mpk"),
+            path: file,
             message: e.to_string(),
-        })?;
-    // burn's recorder takes a record's shapes as they are: a checkpoint of another config (other class
-    // counts, widths) would load and fail later, deep in a forward pass. Compare every tensor with the model
-    // the config builds.
-    let got = attndet_backbones::checkpoint::tensor_shapes(&loaded);
-    let differing: Vec<String> = expected
-        .iter()
-        .zip(&got)
-        .filter(|(e, g)| e.shape != g.shape)
-        .map(|(e, g)| {
-            format!(
-                "{}: {:?} in the checkpoint, {:?} for the config",
-                e.path, g.shape, e.shape
-            )
         })
-        .collect();
-    if !differing.is_empty() {
+}
+
+/// How a checkpoint's tensors differ from a model's (paths as burn names them, e.g. `bbox_head.retina_cls.weight`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TensorMismatch {
+    /// In the model, not in the checkpoint.
+    pub missing: Vec<String>,
+    /// In the checkpoint, not in the model.
+    pub unexpected: Vec<String>,
+    /// In both with other shapes: `(path, checkpoint's shape, model's shape)`.
+    pub misshaped: Vec<(String, Vec<usize>, Vec<usize>)>,
+}
+
+impl TensorMismatch {
+    /// Compare the tensors `stored` in a checkpoint with those a model `expected`.
+    pub fn between(stored: &[(String, Vec<usize>)], expected: &[(String, Vec<usize>)]) -> Self {
+        use std::collections::BTreeMap;
+        let stored_map: BTreeMap<&str, &Vec<usize>> = stored.iter().map(|(p, s)| (p.as_str(), s)).collect();
+        let expected_map: BTreeMap<&str, &Vec<usize>> =
+            expected.iter().map(|(p, s)| (p.as_str(), s)).collect();
+        let mut m = Self::default();
+        for (p, want) in &expected_map {
+            match stored_map.get(p) {
+                None => m.missing.push(p.to_string()),
+                Some(got) if got != want => {
+                    m.misshaped.push((p.to_string(), (*got).clone(), (*want).clone()))
+                }
+                Some(_) => {}
+            }
+        }
+        m.unexpected = stored_map
+            .keys()
+            .filter(|p| !expected_map.contains_key(*p))
+            .map(|p| p.to_string())
+            .collect();
+        m
+    }
+
+    /// Nothing differs.
+    pub fn is_empty(&self) -> bool {
+        self.missing.is_empty() && self.unexpected.is_empty() && self.misshaped.is_empty()
+    }
+}
+
+impl std::fmt::Display for TensorMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // long lists (a whole stage of another backbone) are cut: the first names say enough
+        fn list(items: &[String]) -> String {
+            const SHOWN: usize = 12;
+            let mut s = items.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+            if items.len() > SHOWN {
+                s.push_str(&format!(", ... ({} more)", items.len() - SHOWN));
+            }
+            s
+        }
+        write!(
+            f,
+            "its tensors do not fit the config's model (was it trained with another config?):"
+        )?;
+        let mut sep = " ";
+        if !self.missing.is_empty() {
+            write!(f, "{sep}{} missing: {}", self.missing.len(), list(&self.missing))?;
+            sep = "; ";
+        }
+        if !self.unexpected.is_empty() {
+            write!(
+                f,
+                "{sep}{} unexpected: {}",
+                self.unexpected.len(),
+                list(&self.unexpected)
+            )?;
+            sep = "; ";
+        }
+        if !self.misshaped.is_empty() {
+            let items: Vec<String> = self
+                .misshaped
+                .iter()
+                .map(|(p, got, want)| format!("{p}: {got:?} in the checkpoint, {want:?} for the config"))
+                .collect();
+            write!(f, "{sep}{} mis-shaped: {}", items.len(), list(&items))?;
+        }
+        Ok(())
+    }
+}
+
+/// The float tensors stored in a model record file (burn's named MessagePack), with their shapes, read
+/// without knowing the model: paths as [`attndet_backbones::checkpoint::tensor_shapes`] names them (struct
+/// fields and list indices joined by `.`, enum variants left out).
+pub fn record_shapes(file: &Path) -> Result<Vec<(String, Vec<usize>)>, CheckpointError> {
+    use serde::de::DeserializeSeed;
+    let f = std::fs::File::open(file).map_err(io(file))?;
+    let mut out = Vec::new();
+    let mut de = rmp_serde::Deserializer::new(std::io::BufReader::new(f));
+    RecordWalker {
+        path: Vec::new(),
+        out: &mut out,
+        root: true,
+    }
+    .deserialize(&mut de)
+    .map_err(|e| CheckpointError::Record {
+        path: file.to_path_buf(),
+        message: format!("not a model record: {e}"),
+    })?;
+    if out.is_empty() {
+        // any MessagePack value parses; a record of a detector has tensors
         return Err(CheckpointError::Record {
-            path: path.with_extension("mpk"),
-            message: format!(
-                "{} tensor(s) do not fit the config's model (was it trained with another config?): {}",
-                differing.len(),
-                differing.join("; ")
-            ),
+            path: file.to_path_buf(),
+            message: "not a model record: it holds no tensor".into(),
         });
     }
-    Ok(loaded)
+    Ok(out)
+}
+
+/// Walks any serde value, recording `(path, shape)` of every `ParamSerde { id, param: TensorData { bytes,
+/// shape, dtype } }` below the record's `item`; tensor bytes are skipped, not kept.
+struct RecordWalker<'a> {
+    path: Vec<String>,
+    out: &'a mut Vec<(String, Vec<usize>)>,
+    /// At `BurnRecord { metadata, item }`: only `item` is walked, and adds no path segment.
+    root: bool,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for RecordWalker<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for RecordWalker<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a burn record")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let in_param = self.path.last().is_some_and(|p| p == "param");
+        while let Some(key) = map.next_key::<String>()? {
+            if self.root {
+                if key == "item" {
+                    map.next_value_seed(RecordWalker {
+                        path: Vec::new(),
+                        out: &mut *self.out,
+                        root: false,
+                    })?;
+                } else {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            } else if in_param && key == "shape" {
+                let shape: Vec<usize> = map.next_value()?;
+                let owner = self.path[..self.path.len() - 1].join(".");
+                self.out.push((owner, shape));
+            } else if in_param {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            } else {
+                // an enum's record is `{Variant: record}`: variants are CamelCase, fields snake_case
+                let mut path = self.path.clone();
+                if !key.starts_with(|c: char| c.is_ascii_uppercase()) {
+                    path.push(key);
+                }
+                map.next_value_seed(RecordWalker {
+                    path,
+                    out: &mut *self.out,
+                    root: false,
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut i = 0usize;
+        loop {
+            let mut path = self.path.clone();
+            path.push(i.to_string());
+            let seed = RecordWalker {
+                path,
+                out: &mut *self.out,
+                root: false,
+            };
+            if seq.next_element_seed(seed)?.is_none() {
+                return Ok(());
+            }
+            i += 1;
+        }
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_bytes<E>(self, _: &[u8]) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_none<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_newtype_struct<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+/// One field in which two resolved configs differ: its JSON path and both values (`None`: absent).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigDifference {
+    /// Dotted JSON path, e.g. `model.bbox_head.num_classes`.
+    pub path: String,
+    /// The checkpoint's value.
+    pub checkpoint: Option<serde_json::Value>,
+    /// The value of the config given now.
+    pub given: Option<serde_json::Value>,
+}
+
+impl std::fmt::Display for ConfigDifference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let show = |v: &Option<serde_json::Value>| match v {
+            Some(v) => v.to_string(),
+            None => "(absent)".into(),
+        };
+        write!(
+            f,
+            "{}: {} in the checkpoint, {} now",
+            self.path,
+            show(&self.checkpoint),
+            show(&self.given)
+        )
+    }
+}
+
+/// The leaf fields in which two resolved configs differ, in path order (objects are compared field by field,
+/// lists and scalars as whole values).
+pub fn config_diff(checkpoint: &serde_json::Value, given: &serde_json::Value) -> Vec<ConfigDifference> {
+    fn walk(
+        path: &str,
+        a: Option<&serde_json::Value>,
+        b: Option<&serde_json::Value>,
+        out: &mut Vec<ConfigDifference>,
+    ) {
+        match (a, b) {
+            (Some(serde_json::Value::Object(x)), Some(serde_json::Value::Object(y))) => {
+                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                for k in keys {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    walk(&p, x.get(k), y.get(k), out);
+                }
+            }
+            (a, b) if a != b => out.push(ConfigDifference {
+                path: path.to_string(),
+                checkpoint: a.cloned(),
+                given: b.cloned(),
+            }),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk("", Some(checkpoint), Some(given), &mut out);
+    out
+}
+
+/// The `epoch_N` checkpoints of a work dir, oldest first.
+pub fn epoch_checkpoints(work_dir: &Path) -> Vec<(usize, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(work_dir) else {
+        return Vec::new();
+    };
+    let mut v: Vec<(usize, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let n = name.strip_prefix("epoch_")?.parse::<usize>().ok()?;
+            e.path().join(STATE_FILE).exists().then(|| (n, e.path()))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Keep the `keep` newest `epoch_N` checkpoints of `work_dir` (`checkpoint_config.max_keep_ckpts`) and
+/// remove the older ones, except `protected` (the checkpoint a run resumed from). `best/` is not an epoch
+/// checkpoint and stays. Each is first renamed to `.epoch_N.old-PID`, so an interrupted removal leaves a
+/// temporary that the next start cleans, never a half-deleted `epoch_N`. Returns the removed paths.
+pub fn prune_epochs(
+    work_dir: &Path,
+    keep: usize,
+    protected: &[PathBuf],
+) -> Result<Vec<PathBuf>, CheckpointError> {
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    };
+    let all = epoch_checkpoints(work_dir);
+    let excess = all.len().saturating_sub(keep.max(1));
+    let mut removed = Vec::new();
+    for (_, dir) in all.into_iter().take(excess) {
+        if protected.iter().any(|p| same(p, &dir)) {
+            continue;
+        }
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let parked = work_dir.join(format!(".{name}.old-{}", std::process::id()));
+        std::fs::rename(&dir, &parked).map_err(io(&dir))?;
+        std::fs::remove_dir_all(&parked).map_err(io(&parked))?;
+        removed.push(dir);
+    }
+    Ok(removed)
 }
 
 /// Load the optimizer record of a checkpoint into `optim`.
@@ -355,6 +687,7 @@ mod tests {
             base_lr: 0.01,
             best: None,
             config: serde_json::json!({}),
+            classes: vec!["a".into()],
         }
     }
 

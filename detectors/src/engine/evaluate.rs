@@ -136,7 +136,7 @@ pub struct KindEvaluation {
     pub results: Vec<Detection>,
 }
 
-/// Evaluate per-image detections against `gt` for each of `kinds`.
+/// Evaluate per-image detections against `gt` for each of `kinds`, on every image of `gt`.
 ///
 /// # Errors
 /// [`EvalError::Model`] when segm is asked of detections without masks; evaluator errors.
@@ -145,6 +145,21 @@ pub fn evaluate_kinds(
     preds: &[(u64, Detections)],
     category_ids: &[u64],
     kinds: &[EvalKind],
+) -> Result<Vec<KindEvaluation>, EvalError> {
+    evaluate_kinds_on(gt, preds, category_ids, kinds, None)
+}
+
+/// [`evaluate_kinds`] on the images `image_ids` only (pycocotools' `params.imgIds`; `None`: every image),
+/// e.g. leaving out images that could not be read.
+///
+/// # Errors
+/// As [`evaluate_kinds`].
+pub fn evaluate_kinds_on(
+    gt: &CocoDataset,
+    preds: &[(u64, Detections)],
+    category_ids: &[u64],
+    kinds: &[EvalKind],
+    image_ids: Option<Vec<u64>>,
 ) -> Result<Vec<KindEvaluation>, EvalError> {
     kinds
         .iter()
@@ -176,6 +191,10 @@ pub fn evaluate_kinds(
                     EvalParams::new(IouType::Segm),
                 ),
             };
+            let params = EvalParams {
+                image_ids: image_ids.clone(),
+                ..params
+            };
             let evaluation = attndet_coco::evaluate(gt, &results, &params)?;
             let stats = match kind {
                 EvalKind::Proposal => evaluation.proposal_stats(),
@@ -191,24 +210,24 @@ pub fn evaluate_kinds(
         .collect()
 }
 
+/// Names of the proposal stats ([`Evaluation::proposal_stats`]), in order.
+pub const PROPOSAL_STAT_NAMES: [&str; 6] = [
+    "AR@100",
+    "AR@300",
+    "AR@1000",
+    "AR_s@1000",
+    "AR_m@1000",
+    "AR_l@1000",
+];
+
 /// A printable summary of one evaluated kind: the COCO table, or the proposal recall lines.
 pub fn summary_text(e: &KindEvaluation) -> String {
     match e.kind {
-        EvalKind::Proposal => {
-            let names = [
-                "AR@100",
-                "AR@300",
-                "AR@1000",
-                "AR_s@1000",
-                "AR_m@1000",
-                "AR_l@1000",
-            ];
-            names
-                .iter()
-                .zip(&e.stats)
-                .map(|(n, v)| format!(" {n:<10} = {v:.3}\n"))
-                .collect()
-        }
+        EvalKind::Proposal => PROPOSAL_STAT_NAMES
+            .iter()
+            .zip(&e.stats)
+            .map(|(n, v)| format!(" {n:<10} = {v:.3}\n"))
+            .collect(),
         _ => e.evaluation.summary(),
     }
 }

@@ -82,6 +82,19 @@ pub enum TrainError {
     /// A config value does not fit the model (named in the message).
     #[error("{0}")]
     Config(String),
+    /// The work dir holds checkpoints of an earlier run and this run does not resume it: starting afresh would
+    /// mix the two runs' checkpoints (and their `best/`).
+    #[error(
+        "work dir {} already holds a run (latest checkpoint {}): pass --resume to continue it, choose another \
+         --work-dir, or remove the directory to start over",
+        work_dir.display(), latest.display()
+    )]
+    WorkDirReused {
+        /// The work dir.
+        work_dir: PathBuf,
+        /// Its newest checkpoint.
+        latest: PathBuf,
+    },
     /// The resume checkpoint belongs to a different setup.
     #[error("cannot resume from {path}: {message}")]
     Resume {
@@ -105,6 +118,8 @@ pub struct TrainSetup {
     pub train_records: Arc<Vec<DetRecord>>,
     /// Resume from this checkpoint directory.
     pub resume_from: Option<PathBuf>,
+    /// Class names in label order, saved with every checkpoint (so that `test` and `infer` need no annotations).
+    pub classes: Vec<String>,
     /// Scale the learning rate by `batch_size / auto_scale_lr.base_batch_size`.
     pub auto_scale_lr: bool,
     /// Stop after this many iterations in total (tests and smoke runs); `None`: the full schedule.
@@ -233,6 +248,14 @@ where
     let cfg = &setup.cfg;
     std::fs::create_dir_all(&setup.work_dir).map_err(io_err(&setup.work_dir))?;
     let _lock = lock::lock_for_training(&setup.work_dir, &mut |m: &str| hooks.on_message(m))?;
+    if setup.resume_from.is_none()
+        && let Some(latest) = previous_run(&setup.work_dir)
+    {
+        return Err(TrainError::WorkDirReused {
+            work_dir: setup.work_dir.clone(),
+            latest,
+        });
+    }
     let config_path = setup.work_dir.join("config.json");
     write_atomic(
         &config_path,
@@ -256,6 +279,7 @@ where
         base_lr,
         best: None,
         config: setup.resolved.clone(),
+        classes: setup.classes.clone(),
     };
     let mut last_checkpoint = None;
     if let Some(dir) = &setup.resume_from {
@@ -269,16 +293,67 @@ where
                 ),
             });
         }
-        model = checkpoint::load_model(dir, model, device)?;
+        // the config of this run against the checkpoint's: what changes the model's tensors is an error
+        // naming both the fields and the tensors; anything else applies from now on and is reported
+        let differences = if saved.config.is_null() {
+            Vec::new()
+        } else {
+            checkpoint::config_diff(&saved.config, &setup.resolved)
+        };
+        let listed = || {
+            differences
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        model = match checkpoint::load_model(dir, model, device) {
+            Ok(m) => m,
+            Err(CheckpointError::Mismatch { mismatch, .. }) => {
+                return Err(TrainError::Resume {
+                    path: dir.clone(),
+                    message: if differences.is_empty() {
+                        mismatch.to_string()
+                    } else {
+                        format!(
+                            "the config differs from the checkpoint's in {} field(s): {}; {mismatch}",
+                            differences.len(),
+                            listed()
+                        )
+                    },
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
         optim = checkpoint::load_optimizer::<B, M, _>(dir, optim, device)?;
-        hooks.on_message(&format!(
-            "resumed from {} (epoch {}, iteration {})",
+        let mut report = format!(
+            "resumed from {} (epoch {}, iteration {}): weights, optimizer state, schedule position, seed and \
+             best figure from the checkpoint",
             dir.display(),
             saved.epoch,
             saved.global_iter
-        ));
+        );
+        if differences.is_empty() {
+            report.push_str("; the config is the checkpoint's");
+        } else {
+            report.push_str(&format!(
+                "; from this run's config and --cfg-options ({} field(s) changed, recorded in config.json): {}",
+                differences.len(),
+                listed()
+            ));
+        }
+        if saved.base_lr != base_lr {
+            report.push_str(&format!(
+                "; base lr {} in the checkpoint, {base_lr} from iteration {} on",
+                saved.base_lr,
+                saved.global_iter + 1
+            ));
+        }
+        hooks.on_message(&report);
         state = TrainState {
             config: setup.resolved.clone(),
+            classes: setup.classes.clone(),
+            base_lr,
             ..saved
         };
         last_checkpoint = Some(dir.clone());
@@ -384,6 +459,15 @@ where
             checkpoint::save::<B, M, _>(&dir, &model, &optim, &state)?;
             checkpoint::mark_latest(&setup.work_dir, &dir)?;
             hooks.on_checkpoint(&dir);
+            if let Some(keep) = cfg.checkpoint_config.max_keep_ckpts {
+                let protected: Vec<PathBuf> = setup.resume_from.iter().cloned().collect();
+                for old in checkpoint::prune_epochs(&setup.work_dir, keep, &protected)? {
+                    hooks.on_message(&format!(
+                        "removed {} (checkpoint_config.max_keep_ckpts = {keep})",
+                        old.display()
+                    ));
+                }
+            }
             last_checkpoint = Some(dir.clone());
             epoch_dir = Some(dir);
         }
@@ -433,6 +517,16 @@ where
         last_eval,
     };
     Ok((model, summary))
+}
+
+/// The newest checkpoint of an earlier run in `work_dir` (`latest`, else any `epoch_N` or `best/`), if any.
+fn previous_run(work_dir: &Path) -> Option<PathBuf> {
+    checkpoint::latest(work_dir)
+        .or_else(|| checkpoint::epoch_checkpoints(work_dir).pop().map(|(_, d)| d))
+        .or_else(|| {
+            let best = work_dir.join("best");
+            best.join("state.json").exists().then_some(best)
+        })
 }
 
 /// Write a text file through a temporary file and a rename.

@@ -233,7 +233,7 @@ impl<B: Backend> Detector<B> for RetinaNet<B> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::{ModelConfig, apply_override, from_value_with_path, load_resolved};
     use crate::structures::GroundTruth;
@@ -482,6 +482,7 @@ mod tests {
             base_lr: 0.01,
             best: None,
             config: serde_json::Value::Null,
+            classes: Vec::new(),
         };
         let three = RetinaNet::<Flex>::from_config(&tiny_config(), &device).unwrap();
         save_model::<Flex, _>(&dir.join("ckpt"), &three, &state).unwrap();

@@ -278,6 +278,95 @@ mod tests {
         from_value_with_path(&v["model"], "tiny").unwrap()
     }
 
+    /// The tensors read back from a saved checkpoint file, without the model, are named and shaped exactly as
+    /// the model's own (through the `AnyDetector` enum, whose record names its variant), for every detector;
+    /// a checkpoint of another structure is refused naming what is missing, never a panic.
+    #[test]
+    fn checkpoint_files_list_the_model_tensors_of_every_detector() {
+        use crate::engine::checkpoint::{CheckpointError, TrainState, load_model, record_shapes, save_model};
+        use crate::models::AnyDetector;
+        let device = Default::default();
+        let dir = std::env::temp_dir().join(format!("attndet-record-shapes-{}", std::process::id()));
+        let state = TrainState {
+            epoch: 0,
+            global_iter: 0,
+            seed: 0,
+            base_lr: 0.01,
+            best: None,
+            config: serde_json::Value::Null,
+            classes: Vec::new(),
+        };
+        let retina = {
+            let mut c = crate::models::retinanet::tests::tiny_config();
+            c.bbox_head.num_classes = 3;
+            ModelConfig::RetinaNet(c)
+        };
+        let mask = [
+            "model.roi_head.mask_head.in_channels=16",
+            "model.roi_head.mask_head.conv_out_channels=16",
+            "model.roi_head.mask_head.num_classes=3",
+        ];
+        let rpn_extra: [&str; 0] = [];
+        let configs = [
+            retina,
+            tiny_model("faster_rcnn_r50_fpn.json", &[]),
+            tiny_model("mask_rcnn_r50_fpn.json", &mask),
+            tiny_rpn(&rpn_extra),
+        ];
+        for (i, cfg) in configs.iter().enumerate() {
+            let model = AnyDetector::<Flex>::from_config(cfg, &device).unwrap();
+            let ckpt = dir.join(format!("m{i}"));
+            save_model::<Flex, _>(&ckpt, &model, &state).unwrap();
+            let mut stored = record_shapes(&ckpt.join("model.mpk")).unwrap();
+            let mut expected: Vec<(String, Vec<usize>)> =
+                attndet_backbones::checkpoint::tensor_shapes(&model)
+                    .into_iter()
+                    .map(|t| (t.path, t.shape))
+                    .collect();
+            stored.sort();
+            expected.sort();
+            assert!(expected.len() > 50, "{i}: {}", expected.len());
+            assert_eq!(stored, expected, "detector {i}");
+            load_model::<Flex, _>(&ckpt, AnyDetector::from_config(cfg, &device).unwrap(), &device).unwrap();
+        }
+        // Faster R-CNN weights into a Mask R-CNN: the mask head is missing (burn alone would not say so)
+        let masked = AnyDetector::<Flex>::from_config(&configs[2], &device).unwrap();
+        match load_model::<Flex, _>(&dir.join("m1"), masked, &device) {
+            Err(CheckpointError::Mismatch { mismatch, .. }) => {
+                assert!(
+                    mismatch.unexpected.is_empty() && mismatch.misshaped.is_empty(),
+                    "{mismatch}"
+                );
+                assert!(
+                    mismatch.missing.iter().any(|p| p.contains("mask_head")),
+                    "{mismatch}"
+                );
+            }
+            other => panic!("expected a mismatch, got {:?}", other.map(|_| ())),
+        }
+        // and the other way round: the mask head's tensors are unexpected
+        let plain = AnyDetector::<Flex>::from_config(&configs[1], &device).unwrap();
+        let err = load_model::<Flex, _>(&dir.join("m2"), plain, &device)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unexpected: roi_head.mask_head"), "{err}");
+        // a file that is not a record
+        std::fs::write(dir.join("m0/model.mpk"), b"garbage").unwrap();
+        assert!(record_shapes(&dir.join("m0/model.mpk")).is_err());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// The shipped RPN model config, shrunk (its RoI-head overrides do not apply).
+    fn tiny_rpn(extra: &[&str]) -> ModelConfig {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../configs/_base_/models/rpn_r50_fpn.json");
+        let mut v = load_resolved(&path).unwrap();
+        for o in TINY.iter().take(5).chain(extra) {
+            apply_override(&mut v, o).unwrap();
+        }
+        from_value_with_path(&v["model"], "tiny").unwrap()
+    }
+
     /// The shipped Faster R-CNN model config, shrunk.
     fn tiny_config() -> TwoStageConfig {
         let ModelConfig::FasterRcnn(cfg) = tiny_model("faster_rcnn_r50_fpn.json", &[]) else {
