@@ -84,7 +84,7 @@ def attndet_overrides(root, train_name, val_name, side):
 def bench_attndet(binary, root, device, train_iters, detector):
     # train: train_iters iterations of batch 2 at 512 x 512 (one epoch), times from log.jsonl
     work = os.path.join(root, "work")
-    args = [binary, "--device", device, "train", CONFIG, "--work-dir", work, "--quiet", "--cfg-options",
+    args = [binary, "train", CONFIG, "--device", device, "--work-dir", work, "--quiet", "--cfg-options",
             *attndet_overrides(root, "train512", "val1216", "[512,512]")]
     subprocess.run(args, check=True)
     times = []
@@ -95,7 +95,7 @@ def bench_attndet(binary, root, device, train_iters, detector):
                 times.append(rec["time"] - rec["data_time"])
     train_s = statistics.median(times[1:]) if len(times) > 1 else times[0]
     # infer: `attndet test` over the val images (800 x 1216, kept as is by the (1333, 800) rescale), batch 1
-    args = [binary, "--device", device, "test", CONFIG, os.path.join(work, "epoch_1"), "--json", "--cfg-options",
+    args = [binary, "test", CONFIG, os.path.join(work, "epoch_1"), "--device", device, "--json", "--cfg-options",
             *attndet_overrides(root, "train512", "val1216", "[1333,800]"), "data.batch_size=1"]
     if detector == "mask_rcnn":
         args += ["model.test_cfg.rcnn.score_thr=0", "--eval", "bbox", "segm"]
