@@ -94,6 +94,8 @@ pub fn detector_cost<B: Backend>(model: &AnyDetector<B>, hw: [usize; 2], rois: u
             let mut c = CostCounter::new();
             match &m.roi_head {
                 AnyRoiHead::Standard(h) => h.bbox_head.count_flops(&mut c, rois),
+                // every stage sees the same number of RoIs
+                AnyRoiHead::Cascade(h) => h.bbox_head.iter().for_each(|b| b.count_flops(&mut c, rois)),
             }
             let mut roi = part("roi_head", c);
             // parameters counted from the module itself: a layer never called would be missed by the walk

@@ -205,8 +205,26 @@ pub fn mmdet_key_map(cfg: &ModelConfig) -> Result<Vec<PartMap>, String> {
             parts.push(conv_module_part("roi_head.mask_head.", &["convs"]));
             parts.push(same_part("roi_head."));
         }
+        ModelConfig::CascadeRcnn(c) => {
+            parts.push(same_part("rpn_head."));
+            // `roi_head.bbox_head.{i}.*` are ours unchanged; each stage's mask head has ConvModule convs
+            if c.roi_head.has_mask() {
+                for i in 0..cascade_stages(&c.roi_head) {
+                    parts.push(conv_module_part(&format!("roi_head.mask_head.{i}."), &["convs"]));
+                }
+            }
+            parts.push(same_part("roi_head."));
+        }
     }
     Ok(parts)
+}
+
+/// Stages of a cascade RoI head (1 for any other head).
+fn cascade_stages(h: &RoiHeadConfig) -> usize {
+    match h {
+        RoiHeadConfig::Cascade(c) => c.num_stages,
+        RoiHeadConfig::Standard(_) => 1,
+    }
 }
 
 /// Compiled rules.
@@ -288,10 +306,9 @@ fn check_classes(
     };
     match cfg {
         ModelConfig::FasterRcnn(c) | ModelConfig::MaskRcnn(c) => {
-            let RoiHeadConfig::Standard(h) = &c.roi_head;
             let key = "roi_head.bbox_head.fc_cls.weight";
             if let Some(&rows) = file.get(key).and_then(|s| s.first()) {
-                let expected = h.bbox_head.num_classes;
+                let expected = c.roi_head.num_classes();
                 if rows != expected + 1 {
                     return Err(err(
                         key,
@@ -299,6 +316,25 @@ fn check_classes(
                         rows.saturating_sub(1),
                         expected,
                         "model.roi_head.bbox_head.num_classes; the classifier has one more row, background",
+                    ));
+                }
+            }
+        }
+        ModelConfig::CascadeRcnn(c) => {
+            let expected = c.roi_head.num_classes();
+            for i in 0..cascade_stages(&c.roi_head) {
+                let key = format!("roi_head.bbox_head.{i}.fc_cls.weight");
+                if let Some(&rows) = file.get(key.as_str()).and_then(|s| s.first())
+                    && rows != expected + 1
+                {
+                    return Err(err(
+                        &key,
+                        rows,
+                        rows.saturating_sub(1),
+                        expected,
+                        &format!(
+                            "model.roi_head.bbox_head.{i}.num_classes; the classifier has one more row, background"
+                        ),
                     ));
                 }
             }

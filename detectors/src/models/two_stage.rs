@@ -6,7 +6,7 @@ use attndet_backbones::{AnyBackbone, Backbone};
 use burn::prelude::*;
 
 use super::{Detections, Detector, EvalKind, Losses, ModelError, build_backbone};
-use crate::config::{RpnConfig, TwoStageConfig};
+use crate::config::{CascadeConfig, RpnConfig, TwoStageConfig};
 use crate::data::BatchItem;
 use crate::heads::rpn::{Proposals, RpnHead};
 use crate::necks::Fpn;
@@ -111,12 +111,7 @@ pub struct TwoStage<B: Backend> {
 impl<B: Backend> TwoStage<B> {
     /// Build from a config.
     pub fn from_config(cfg: &TwoStageConfig, device: &B::Device) -> Result<Self, ModelError> {
-        let Trunk {
-            backbone,
-            neck,
-            rpn_head,
-            strides,
-        } = Trunk::build(
+        let trunk = Trunk::build(
             &cfg.backbone,
             &cfg.neck,
             &cfg.rpn_head,
@@ -124,13 +119,49 @@ impl<B: Backend> TwoStage<B> {
             [&cfg.train_cfg.rpn_proposal, &cfg.test_cfg.rpn],
             device,
         )?;
-        let roi_head = AnyRoiHead::from_config(
+        Self::assemble(
+            trunk,
+            &cfg.roi_head,
+            std::slice::from_ref(&cfg.train_cfg.rcnn),
+            &cfg.test_cfg.rcnn,
+            device,
+        )
+    }
+
+    /// Build a Cascade R-CNN (one second-stage target setting per stage).
+    pub fn from_cascade_config(cfg: &CascadeConfig, device: &B::Device) -> Result<Self, ModelError> {
+        let trunk = Trunk::build(
+            &cfg.backbone,
+            &cfg.neck,
+            &cfg.rpn_head,
+            &cfg.train_cfg.rpn,
+            [&cfg.train_cfg.rpn_proposal, &cfg.test_cfg.rpn],
+            device,
+        )?;
+        Self::assemble(
+            trunk,
             &cfg.roi_head,
             &cfg.train_cfg.rcnn,
             &cfg.test_cfg.rcnn,
-            &strides,
             device,
-        )?;
+        )
+    }
+
+    /// The trunk and the configured RoI head, as one model.
+    fn assemble(
+        trunk: Trunk<B>,
+        roi_head: &crate::config::RoiHeadConfig,
+        train: &[crate::config::RcnnTrainConfig],
+        test: &crate::config::RcnnTestConfig,
+        device: &B::Device,
+    ) -> Result<Self, ModelError> {
+        let Trunk {
+            backbone,
+            neck,
+            rpn_head,
+            strides,
+        } = trunk;
+        let roi_head = AnyRoiHead::from_config(roi_head, train, test, &strides, device)?;
         Ok(Self {
             backbone,
             neck,
@@ -152,7 +183,7 @@ impl<B: super::DetBackend> Detector<B> for TwoStage<B> {
         let proposals = self.rpn_head.proposals(outs, &sizes, &metas, true)?;
         let gts: Vec<&GroundTruth> = items.iter().map(|i| &i.gt).collect();
         let seeds: Vec<u64> = items.iter().map(|i| i.seed).collect();
-        terms.extend(self.roi_head.losses(&feats, &proposals, &gts, &seeds)?);
+        terms.extend(self.roi_head.losses(&feats, &proposals, &gts, &seeds, &metas)?);
         Ok(Losses { terms })
     }
 
@@ -475,7 +506,9 @@ mod tests {
         assert!(mask.clone().into_scalar() > 0.0);
         // the loss reaches the mask head
         let grads = l.total().backward();
-        let AnyRoiHead::Standard(h) = &model.roi_head;
+        let AnyRoiHead::Standard(h) = &model.roi_head else {
+            panic!("a MaskRCNN has the standard head")
+        };
         let g = h
             .mask_head
             .as_ref()
