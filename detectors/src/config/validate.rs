@@ -448,4 +448,39 @@ mod tests {
         let (cfg, _): (ExperimentConfig, _) = load_typed(&path, &[]).unwrap();
         validate_experiment(&cfg, "demo.json").unwrap();
     }
+
+    /// Cascade R-CNN: the stage counts of the heads, the weights and `train_cfg.rcnn` must agree, every stage
+    /// has one class count, and each stage's values are checked at their index.
+    #[test]
+    fn cascade_values_are_checked_with_their_path() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../configs/cascade_rcnn/cascade_rcnn_r18_fpn_synth_demo.json");
+        for (o, field) in [
+            ("model.roi_head.num_stages=2", "model.roi_head.bbox_head"),
+            (
+                "model.roi_head.stage_loss_weights=[1.0, 0.5]",
+                "model.roi_head.stage_loss_weights",
+            ),
+            (
+                "model.roi_head.stage_loss_weights=[1.0, -0.5, 0.25]",
+                "model.roi_head.stage_loss_weights.1",
+            ),
+            (
+                "model.roi_head.bbox_head.2.num_classes=4",
+                "model.roi_head.bbox_head.2.num_classes",
+            ),
+            (
+                "model.train_cfg.rcnn.1.sampler.num=0",
+                "model.train_cfg.rcnn.1.sampler.num",
+            ),
+        ] {
+            let err = match load_typed::<ExperimentConfig>(&path, &[o.to_string()]) {
+                Ok((cfg, _)) => validate_experiment(&cfg, "demo.json").unwrap_err().to_string(),
+                Err(e) => e.to_string(),
+            };
+            assert!(err.contains(field), "{o}: {err}");
+        }
+        let (cfg, _): (ExperimentConfig, _) = load_typed(&path, &[]).unwrap();
+        validate_experiment(&cfg, "demo.json").unwrap();
+    }
 }

@@ -54,6 +54,8 @@ pub trait RoiHead<B: Backend> {
 }
 
 /// Every RoI head, built from its [`RoiHeadConfig`] arm.
+// One head per model: the size difference between the arms does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum AnyRoiHead<B: Backend> {
     /// Faster R-CNN's.

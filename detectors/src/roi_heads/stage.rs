@@ -153,6 +153,9 @@ pub fn host_rows<B: Backend>(t: Tensor<B, 2>) -> Vec<[f32; 4]> {
     v.chunks(4).map(|c| [c[0], c[1], c[2], c[3]]).collect()
 }
 
+/// Each image's detections (original image) and their boxes in the resized image.
+pub type ImageDetections = (Vec<Detections>, Vec<Vec<[f32; 4]>>);
+
 /// Detections of each image from the last box stage's outputs on its RoIs (mmdetection
 /// `predict_by_feat`): softmax, decoding against the RoIs, score threshold, per-class NMS, top-k.
 ///
@@ -166,7 +169,7 @@ pub fn detect<B: Backend>(
     deltas: Tensor<B, 2>,
     test: &RcnnTestConfig,
     metas: &[&ImageMeta],
-) -> Result<(Vec<Detections>, Vec<Vec<[f32; 4]>>), ModelError> {
+) -> Result<ImageDetections, ModelError> {
     let mut start = 0;
     let mut out = Vec::with_capacity(metas.len());
     // each image's detections in the resized image (the mask branch pools from them)
