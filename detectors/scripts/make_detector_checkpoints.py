@@ -14,7 +14,10 @@ Writes:
   configs/retinanet/retinanet_r18_fpn_synth_demo.json with RETINANET_OVERRIDES;
 - faster_rcnn_r18_tiny_broken.pth: the Faster R-CNN with one key dropped (roi_head.bbox_head.shared_fcs.1.bias),
   one added (roi_head.bbox_head.fc_extra.weight) and one mis-shaped (neck.fpn_convs.2.conv.weight [16,16,1,1]);
-- torchvision_faster_rcnn_keys.pth: a few keys of torchvision's Faster R-CNN layout (tiny shapes).
+- torchvision_faster_rcnn_keys.pth: a few keys of torchvision's Faster R-CNN layout (tiny shapes);
+- cascade_mask_rcnn_r18_tiny.pth: a Cascade Mask R-CNN (three class-agnostic box heads
+  `roi_head.bbox_head.{0,1,2}`, three one-conv mask heads `roi_head.mask_head.{0,1,2}`) matching
+  configs/cascade_rcnn/cascade_rcnn_r18_fpn_synth_demo.json with CASCADE_OVERRIDES and a mask branch.
 
 Values: element i (flattened, row-major) of tensor `key` is v = (((7 i + len(key)) % 23) - 11) / 1000, plus 1 for
 BatchNorm weights and running variances (see `value`); num_batches_tracked is 5. The Rust tests compute the
@@ -35,6 +38,14 @@ FASTER_RCNN_OVERRIDES = [
     "model.roi_head.bbox_head.in_channels=16",
     "model.roi_head.bbox_head.fc_out_channels=32",
     "model.roi_head.bbox_head.num_classes=3",
+]
+CASCADE_OVERRIDES = [
+    "model.neck.out_channels=16",
+    "model.rpn_head.feat_channels=16",
+] + [
+    f"model.roi_head.bbox_head.{i}.{field}"
+    for i in range(3)
+    for field in ("in_channels=16", "fc_out_channels=32", "num_classes=3")
 ]
 RETINANET_OVERRIDES = [
     "model.neck.out_channels=16",
@@ -125,6 +136,28 @@ def faster_rcnn():
     return shapes
 
 
+def cascade_mask_rcnn():
+    c, feat, fc, k, a, roi = 16, 16, 32, 3, 3, 7
+    shapes = resnet18()
+    shapes.update(fpn([64, 128, 256, 512], c))
+    conv(shapes, "rpn_head.rpn_conv", feat, c, 3)
+    conv(shapes, "rpn_head.rpn_cls", a, feat, 1)
+    conv(shapes, "rpn_head.rpn_reg", 4 * a, feat, 1)
+    for i in range(3):
+        h = f"roi_head.bbox_head.{i}"
+        linear(shapes, f"{h}.shared_fcs.0", fc, c * roi * roi)
+        linear(shapes, f"{h}.shared_fcs.1", fc, fc)
+        linear(shapes, f"{h}.fc_cls", k + 1, fc)
+        linear(shapes, f"{h}.fc_reg", 4, fc)  # reg_class_agnostic
+        m = f"roi_head.mask_head.{i}"
+        conv(shapes, f"{m}.convs.0.conv", 16, c, 3)
+        # ConvTranspose2d weights are [in, out, kh, kw]
+        shapes[f"{m}.upsample.weight"] = [16, 16, 2, 2]
+        shapes[f"{m}.upsample.bias"] = [16]
+        conv(shapes, f"{m}.conv_logits", k, 16, 1)
+    return shapes
+
+
 def retinanet():
     c, feat, k, a = 16, 16, 3, 9
     shapes = resnet18()
@@ -181,6 +214,8 @@ def main():
         "roi_heads.box_predictor.cls_score.weight": [91, 8],
     }
     save_deflated(state_dict(tv), os.path.join(out, "torchvision_faster_rcnn_keys.pth"))
+    save_deflated({"meta": meta, "state_dict": state_dict(cascade_mask_rcnn())},
+                  os.path.join(out, "cascade_mask_rcnn_r18_tiny.pth"))
 
 
 if __name__ == "__main__":

@@ -60,6 +60,42 @@ pub fn synth_dataset(dir: &Path, train: usize, val: usize, size: u32, seed: u64)
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// `attndet train CFG --work-dir WORK_DIR --quiet EXTRA_ARGS... --cfg-options OVERRIDES...`.
+pub fn train(cfg: &str, work_dir: &Path, extra_args: &[&str], overrides: &[String]) -> Output {
+    let mut args: Vec<String> = vec![
+        "train".into(),
+        cfg.into(),
+        "--work-dir".into(),
+        work_dir.display().to_string(),
+        "--quiet".into(),
+    ];
+    args.extend(extra_args.iter().map(|s| s.to_string()));
+    run_with_overrides(args, overrides)
+}
+
+/// Run `attndet ARGS... --cfg-options OVERRIDES...`.
+pub fn run_with_overrides(mut args: Vec<String>, overrides: &[String]) -> Output {
+    args.push("--cfg-options".into());
+    args.extend(overrides.iter().cloned());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    run(&refs)
+}
+
+/// The lines of `WORK_DIR/log.jsonl` whose `mode` is `mode` (`train` or `val`).
+pub fn log_lines(work_dir: &Path, mode: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(work_dir.join("log.jsonl"))
+        .expect("log.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON log line"))
+        .filter(|v| v["mode"] == mode)
+        .collect()
+}
+
+/// The path of `configs/{name}` as a string.
+pub fn config_path(name: &str) -> String {
+    workspace_root().join("configs").join(name).display().to_string()
+}
+
 /// Root of the workspace (the directory holding the top-level `Cargo.toml`).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -4,10 +4,10 @@
 
 use std::path::Path;
 
-use attndet_tests::{TempDir, run, synth_dataset, workspace_root};
+use attndet_tests::{TempDir, config_path, log_lines, run, synth_dataset, train};
 
 fn config(name: &str) -> String {
-    workspace_root().join("configs").join(name).display().to_string()
+    config_path(name)
 }
 
 /// Overrides that point the demo config at `dir/data` and shrink the model and the schedule.
@@ -28,30 +28,6 @@ fn tiny(dir: &Path, extra: &[&str]) -> Vec<String> {
     ];
     o.extend(extra.iter().map(|s| s.to_string()));
     o
-}
-
-fn train(cfg: &str, work_dir: &Path, extra_args: &[&str], overrides: &[String]) -> std::process::Output {
-    let mut args: Vec<String> = vec![
-        "train".into(),
-        cfg.into(),
-        "--work-dir".into(),
-        work_dir.display().to_string(),
-        "--quiet".into(),
-    ];
-    args.extend(extra_args.iter().map(|s| s.to_string()));
-    args.push("--cfg-options".into());
-    args.extend(overrides.iter().cloned());
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    run(&refs)
-}
-
-fn log_lines(work_dir: &Path, mode: &str) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(work_dir.join("log.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["mode"] == mode)
-        .collect()
 }
 
 #[test]

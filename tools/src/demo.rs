@@ -81,6 +81,22 @@ const MASK_RCNN_FILES: [(&str, &str); 4] = [
     ),
 ];
 
+/// Cascade R-CNN's demo config and its model bases.
+const CASCADE_RCNN_FILES: [(&str, &str); 3] = [
+    (
+        "cascade_rcnn/cascade_rcnn_r18_fpn_synth_demo.json",
+        include_str!("../../configs/cascade_rcnn/cascade_rcnn_r18_fpn_synth_demo.json"),
+    ),
+    (
+        "_base_/models/cascade_rcnn_r50_fpn.json",
+        include_str!("../../configs/_base_/models/cascade_rcnn_r50_fpn.json"),
+    ),
+    (
+        "_base_/models/rpn_r50_fpn.json",
+        include_str!("../../configs/_base_/models/rpn_r50_fpn.json"),
+    ),
+];
+
 /// Detectors the demo can train.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DemoDetector {
@@ -92,6 +108,9 @@ pub enum DemoDetector {
     /// Mask R-CNN with a ResNet-18 FPN (boxes and masks).
     #[value(name = "mask_rcnn", alias = "mask-rcnn")]
     MaskRcnn,
+    /// Cascade R-CNN with a ResNet-18 FPN (three box stages).
+    #[value(name = "cascade_rcnn", alias = "cascade-rcnn")]
+    CascadeRcnn,
 }
 
 impl DemoDetector {
@@ -101,6 +120,7 @@ impl DemoDetector {
             Self::Retinanet => &RETINANET_FILES,
             Self::FasterRcnn => &FASTER_RCNN_FILES,
             Self::MaskRcnn => &MASK_RCNN_FILES,
+            Self::CascadeRcnn => &CASCADE_RCNN_FILES,
         }
     }
 
@@ -110,6 +130,7 @@ impl DemoDetector {
             Self::Retinanet => "RetinaNet (ResNet-18 FPN)",
             Self::FasterRcnn => "Faster R-CNN (ResNet-18 FPN)",
             Self::MaskRcnn => "Mask R-CNN (ResNet-18 FPN)",
+            Self::CascadeRcnn => "Cascade R-CNN (ResNet-18 FPN)",
         }
     }
 
@@ -119,6 +140,7 @@ impl DemoDetector {
             Self::Retinanet => "retinanet",
             Self::FasterRcnn => "faster_rcnn",
             Self::MaskRcnn => "mask_rcnn",
+            Self::CascadeRcnn => "cascade_rcnn",
         }
     }
 }
@@ -327,6 +349,7 @@ mod tests {
             DemoDetector::Retinanet,
             DemoDetector::FasterRcnn,
             DemoDetector::MaskRcnn,
+            DemoDetector::CascadeRcnn,
         ] {
             let dir = std::env::temp_dir().join(format!(
                 "attndet-demo-config-{}-{}",
@@ -345,6 +368,7 @@ mod tests {
                 DemoDetector::Retinanet => 18,
                 DemoDetector::FasterRcnn => 12,
                 DemoDetector::MaskRcnn => 8,
+                DemoDetector::CascadeRcnn => 12,
             };
             assert_eq!(cfg.runner.max_epochs, epochs, "{}", detector.name());
         }

@@ -135,6 +135,7 @@ fn run_detector(config: &std::path::Path, args: &FlopsArgs) -> anyhow::Result<()
     )?;
     let rois = match &cfg.model {
         ModelConfig::FasterRcnn(m) | ModelConfig::MaskRcnn(m) => m.test_cfg.rpn.max_per_img,
+        ModelConfig::CascadeRcnn(m) => m.test_cfg.rpn.max_per_img,
         _ => 0,
     };
     let model = AnyDetector::<Flex>::from_config(&cfg.model, &Default::default())

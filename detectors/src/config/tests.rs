@@ -264,7 +264,9 @@ fn two_stage_configs_load_with_mmdetections_settings() {
                 ModelConfig::MaskRcnn(m) => {
                     // Mask R-CNN's second-stage assigner keeps low-quality matches (Faster R-CNN's does not)
                     assert!(m.train_cfg.rcnn.assigner.match_low_quality, "{name}");
-                    let crate::config::RoiHeadConfig::Standard(h) = &m.roi_head;
+                    let crate::config::RoiHeadConfig::Standard(h) = &m.roi_head else {
+                        panic!("{name}: a MaskRCNN has the standard head")
+                    };
                     let mask = h.mask_head.as_ref().expect("a mask head");
                     assert_eq!(mask.roi_feat_size, 14, "{name}");
                     assert_eq!(
@@ -290,7 +292,9 @@ fn two_stage_configs_load_with_mmdetections_settings() {
                     assert_eq!(m.train_cfg.rcnn.assigner.pos_iou_thr, 0.5, "{name}");
                     assert!(!m.train_cfg.rcnn.assigner.match_low_quality, "{name}");
                     assert_eq!(m.train_cfg.rcnn.sampler.pos_fraction, 0.25, "{name}");
-                    let crate::config::RoiHeadConfig::Standard(h) = &m.roi_head;
+                    let crate::config::RoiHeadConfig::Standard(h) = &m.roi_head else {
+                        panic!("{name}: a FasterRCNN has the standard head")
+                    };
                     assert_eq!(h.bbox_head.bbox_coder.target_stds, [0.1, 0.1, 0.2, 0.2], "{name}");
                     assert_eq!(
                         cfg.evaluation.metric,
@@ -311,13 +315,101 @@ fn two_stage_configs_load_with_mmdetections_settings() {
                         "{name}"
                     );
                 }
-                ModelConfig::RetinaNet(_) => panic!("{name}: not a two-stage config"),
+                ModelConfig::RetinaNet(_) | ModelConfig::CascadeRcnn(_) => {
+                    panic!("{name}: not a Faster R-CNN, Mask R-CNN or RPN config")
+                }
             }
         }
     }
     assert_eq!(
         seen, 13,
         "7 Faster R-CNN configs, 1 RPN config and 5 Mask R-CNN configs"
+    );
+}
+
+/// Every Cascade R-CNN config loads, names a backbone of the zoo and keeps mmdetection's
+/// `cascade-rcnn_r50_fpn` settings: RPN with 2000 training proposals, `allowed_border` 0 and SmoothL1 beta
+/// 1/9; three class-agnostic stages at IoU 0.5 / 0.6 / 0.7, weights 1 / 0.5 / 0.25, stds
+/// 0.1-0.2 / 0.05-0.1 / 0.033-0.067, SmoothL1 beta 1; DCANet's "20e" files train 24 epochs (steps 16 and
+/// 22, warmup ratio 1/3, clipping at 35).
+#[test]
+fn cascade_configs_load_with_mmdetections_settings() {
+    use crate::config::{BoxLossConfig, RoiHeadConfig};
+    let mut seen = 0;
+    for entry in std::fs::read_dir(configs_dir().join("cascade_rcnn")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let name = path.display().to_string();
+        let (cfg, _): (ExperimentConfig, _) =
+            load_typed(&path, &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
+        crate::config::validate_experiment(&cfg, &name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        attndet_backbones::BackboneArch::parse(&cfg.model.backbone().name)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        seen += 1;
+        let ModelConfig::CascadeRcnn(m) = &cfg.model else {
+            panic!("{name}: not a CascadeRCNN")
+        };
+        let RoiHeadConfig::Cascade(h) = &m.roi_head else {
+            panic!("{name}: not a CascadeRoIHead")
+        };
+        assert_eq!(m.train_cfg.rpn.allowed_border, 0, "{name}");
+        assert_eq!(
+            m.rpn_head.loss_bbox,
+            BoxLossConfig::SmoothL1Loss(serde_json::from_value(json!({"beta": 1.0 / 9.0})).unwrap()),
+            "{name}"
+        );
+        assert_eq!(h.num_stages, 3, "{name}");
+        assert_eq!(h.stage_loss_weights, [1.0, 0.5, 0.25], "{name}");
+        let stds = [
+            [0.1, 0.1, 0.2, 0.2],
+            [0.05, 0.05, 0.1, 0.1],
+            [0.033, 0.033, 0.067, 0.067],
+        ];
+        for (i, (b, t)) in h.bbox_head.iter().zip(&m.train_cfg.rcnn).enumerate() {
+            let iou = [0.5, 0.6, 0.7][i];
+            assert!(b.reg_class_agnostic, "{name} stage {i}");
+            assert_eq!(b.bbox_coder.target_stds, stds[i], "{name} stage {i}");
+            assert_eq!(
+                b.loss_bbox,
+                BoxLossConfig::SmoothL1Loss(serde_json::from_value(json!({"beta": 1.0})).unwrap()),
+                "{name} stage {i}"
+            );
+            let a = &t.assigner;
+            assert_eq!((a.pos_iou_thr, a.min_pos_iou), (iou, iou), "{name} stage {i}");
+            assert!(!a.match_low_quality, "{name} stage {i}");
+            assert!(t.sampler.add_gt_as_proposals, "{name} stage {i}");
+            assert_eq!(t.sampler.pos_fraction, 0.25, "{name} stage {i}");
+            if !name.contains("synth") {
+                assert_eq!((b.num_classes, b.fc_out_channels), (80, 1024), "{name}");
+                assert_eq!(t.sampler.num, 512, "{name}");
+            }
+        }
+        if !name.contains("synth") {
+            assert_eq!(m.train_cfg.rpn_proposal.max_per_img, 2000, "{name}");
+            assert_eq!(m.test_cfg.rpn.max_per_img, 1000, "{name}");
+        }
+        let metric = if cfg.model.trains_masks() {
+            vec![crate::models::EvalKind::Bbox, crate::models::EvalKind::Segm]
+        } else {
+            vec![crate::models::EvalKind::Bbox]
+        };
+        assert_eq!(cfg.evaluation.metric, metric, "{name}");
+        if name.contains("20e") {
+            assert_eq!(cfg.runner.max_epochs, 24, "{name}");
+            assert_eq!(cfg.lr_config.step, [16, 22], "{name}");
+            assert!((cfg.lr_config.warmup_ratio - 1.0 / 3.0).abs() < 1e-12, "{name}");
+            assert_eq!(
+                cfg.optimizer.grad_clip().map(|g| g.max_norm),
+                Some(35.0),
+                "{name}"
+            );
+        }
+    }
+    assert_eq!(
+        seen, 6,
+        "2 mmdetection 1x configs, 3 DCANet 20e configs, 1 synthetic demo"
     );
 }
 

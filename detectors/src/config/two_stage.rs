@@ -139,6 +139,49 @@ pub enum RoiHeadConfig {
     /// One box head on one multi-level RoIAlign (Faster R-CNN).
     #[serde(rename = "StandardRoIHead")]
     Standard(StandardRoiHeadConfig),
+    /// Stages of box heads, each refining the previous one's boxes (Cascade R-CNN).
+    #[serde(rename = "CascadeRoIHead")]
+    Cascade(CascadeRoiHeadConfig),
+}
+
+impl RoiHeadConfig {
+    /// Whether the head has a mask branch.
+    pub fn has_mask(&self) -> bool {
+        match self {
+            Self::Standard(h) => h.mask_head.is_some(),
+            Self::Cascade(h) => h.mask_head.is_some(),
+        }
+    }
+
+    /// Object classes of the (last) box head.
+    pub fn num_classes(&self) -> usize {
+        match self {
+            Self::Standard(h) => h.bbox_head.num_classes,
+            Self::Cascade(h) => h.bbox_head.last().map_or(0, |b| b.num_classes),
+        }
+    }
+}
+
+/// mmdetection's `CascadeRoIHead`: `num_stages` box heads, each with its own RoIAlign (one config shared by
+/// every stage) and its own assignment (`train_cfg.rcnn[i]`); stage `i`'s refined boxes are stage `i + 1`'s
+/// proposals. With `mask_head`, one mask head per stage (Cascade Mask R-CNN).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CascadeRoiHeadConfig {
+    /// Stages (3).
+    pub num_stages: usize,
+    /// Weight of each stage's losses (1, 0.5, 0.25).
+    pub stage_loss_weights: Vec<f64>,
+    /// Multi-level RoIAlign of every stage's box branch (7x7).
+    pub bbox_roi_extractor: RoiExtractorConfig,
+    /// The box head of each stage (class-agnostic, stds shrinking stage by stage).
+    pub bbox_head: Vec<BBoxHeadConfig>,
+    /// Multi-level RoIAlign of every stage's mask branch (14x14).
+    #[serde(default)]
+    pub mask_roi_extractor: Option<RoiExtractorConfig>,
+    /// The mask head, one built per stage (Cascade Mask R-CNN).
+    #[serde(default)]
+    pub mask_head: Option<FcnMaskHeadConfig>,
 }
 
 /// mmdetection's `StandardRoIHead`, with the mask branch of Mask R-CNN when `mask_head` is given.
@@ -220,6 +263,37 @@ pub struct TwoStageTrainConfig {
     pub rpn_proposal: ProposalConfig,
     /// Second-stage targets.
     pub rcnn: RcnnTrainConfig,
+}
+
+/// Training settings of a Cascade R-CNN: the RPN's, and one second-stage assignment per stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CascadeTrainConfig {
+    /// RPN targets.
+    pub rpn: RpnTrainConfig,
+    /// Proposals made in training.
+    pub rpn_proposal: ProposalConfig,
+    /// Each stage's targets (IoU 0.5, 0.6, 0.7).
+    pub rcnn: Vec<RcnnTrainConfig>,
+}
+
+/// Cascade R-CNN and Cascade Mask R-CNN (mmdetection's `CascadeRCNN`): a two-stage detector whose RoI head
+/// has one set of targets per stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CascadeConfig {
+    /// The backbone.
+    pub backbone: BackboneConfig,
+    /// The FPN neck.
+    pub neck: FpnConfig,
+    /// The RPN head.
+    pub rpn_head: RpnHeadConfig,
+    /// The RoI head (`CascadeRoIHead`).
+    pub roi_head: RoiHeadConfig,
+    /// Training settings.
+    pub train_cfg: CascadeTrainConfig,
+    /// Inference settings.
+    pub test_cfg: TwoStageTestConfig,
 }
 
 /// Inference settings of a two-stage detector.

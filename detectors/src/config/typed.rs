@@ -45,6 +45,9 @@ pub enum ModelConfig {
     /// Mask R-CNN (He et al. 2017): Faster R-CNN with a mask branch in its RoI head.
     #[serde(rename = "MaskRCNN")]
     MaskRcnn(super::TwoStageConfig),
+    /// Cascade R-CNN (Cai and Vasconcelos 2018), with masks Cascade Mask R-CNN: a cascade RoI head.
+    #[serde(rename = "CascadeRCNN")]
+    CascadeRcnn(super::CascadeConfig),
 }
 
 impl ModelConfig {
@@ -54,15 +57,15 @@ impl ModelConfig {
             Self::RetinaNet(c) => &c.backbone,
             Self::Rpn(c) => &c.backbone,
             Self::FasterRcnn(c) | Self::MaskRcnn(c) => &c.backbone,
+            Self::CascadeRcnn(c) => &c.backbone,
         }
     }
 
     /// Whether the detector trains on instance masks (the loader then rasterizes them).
     pub fn trains_masks(&self) -> bool {
         match self {
-            Self::FasterRcnn(c) | Self::MaskRcnn(c) => match &c.roi_head {
-                super::RoiHeadConfig::Standard(h) => h.mask_head.is_some(),
-            },
+            Self::FasterRcnn(c) | Self::MaskRcnn(c) => c.roi_head.has_mask(),
+            Self::CascadeRcnn(c) => c.roi_head.has_mask(),
             _ => false,
         }
     }
@@ -73,6 +76,7 @@ impl ModelConfig {
             Self::RetinaNet(c) => &mut c.backbone,
             Self::Rpn(c) => &mut c.backbone,
             Self::FasterRcnn(c) | Self::MaskRcnn(c) => &mut c.backbone,
+            Self::CascadeRcnn(c) => &mut c.backbone,
         }
     }
 
@@ -81,9 +85,8 @@ impl ModelConfig {
         match self {
             Self::RetinaNet(c) => c.bbox_head.num_classes,
             Self::Rpn(_) => 1,
-            Self::FasterRcnn(c) | Self::MaskRcnn(c) => match &c.roi_head {
-                super::RoiHeadConfig::Standard(h) => h.bbox_head.num_classes,
-            },
+            Self::FasterRcnn(c) | Self::MaskRcnn(c) => c.roi_head.num_classes(),
+            Self::CascadeRcnn(c) => c.roi_head.num_classes(),
         }
     }
 }

@@ -30,6 +30,7 @@ pub fn validate_experiment(cfg: &ExperimentConfig, source: &str) -> Result<(), C
             check_proposals(&mut c, &m.test_cfg.rpn, "model.test_cfg.rpn");
         }
         ModelConfig::FasterRcnn(m) | ModelConfig::MaskRcnn(m) => check_two_stage(&mut c, m),
+        ModelConfig::CascadeRcnn(m) => check_cascade(&mut c, m),
     }
     match c.first {
         None => Ok(()),
@@ -273,13 +274,69 @@ fn check_two_stage(c: &mut Checks, m: &super::TwoStageConfig) {
     check_proposals(c, &m.train_cfg.rpn_proposal, "model.train_cfg.rpn_proposal");
     check_proposals(c, &m.test_cfg.rpn, "model.test_cfg.rpn");
     check_sampler(c, &m.train_cfg.rcnn.sampler, "model.train_cfg.rcnn.sampler");
-    let super::RoiHeadConfig::Standard(r) = &m.roi_head;
-    let b = &r.bbox_head;
-    c.at_least("model.roi_head.bbox_head.num_classes", b.num_classes, 1);
-    c.at_least("model.roi_head.bbox_head.fc_out_channels", b.fc_out_channels, 1);
-    c.at_least("model.roi_head.bbox_head.roi_feat_size", b.roi_feat_size, 1);
-    check_coder(c, &b.bbox_coder, "model.roi_head.bbox_head.bbox_coder");
-    let t = &m.test_cfg.rcnn;
+    match &m.roi_head {
+        super::RoiHeadConfig::Standard(r) => check_bbox_head(c, &r.bbox_head, "model.roi_head.bbox_head"),
+        super::RoiHeadConfig::Cascade(_) => c.fail(
+            "model.roi_head.type",
+            "a CascadeRoIHead needs one train_cfg.rcnn per stage: use \"type\": \"CascadeRCNN\"".into(),
+        ),
+    }
+    check_rcnn_test(c, &m.test_cfg.rcnn);
+}
+
+fn check_bbox_head(c: &mut Checks, b: &super::BBoxHeadConfig, path: &str) {
+    c.at_least(&format!("{path}.num_classes"), b.num_classes, 1);
+    c.at_least(&format!("{path}.fc_out_channels"), b.fc_out_channels, 1);
+    c.at_least(&format!("{path}.roi_feat_size"), b.roi_feat_size, 1);
+    check_coder(c, &b.bbox_coder, &format!("{path}.bbox_coder"));
+}
+
+/// Cascade R-CNN: as a two-stage detector, with as many box heads, loss weights and `train_cfg.rcnn`
+/// entries as stages, all heads of one class count.
+fn check_cascade(c: &mut Checks, m: &super::CascadeConfig) {
+    check_rpn(c, &m.neck, &m.rpn_head, &m.train_cfg.rpn);
+    check_proposals(c, &m.train_cfg.rpn_proposal, "model.train_cfg.rpn_proposal");
+    check_proposals(c, &m.test_cfg.rpn, "model.test_cfg.rpn");
+    let super::RoiHeadConfig::Cascade(r) = &m.roi_head else {
+        c.fail(
+            "model.roi_head.type",
+            "a CascadeRCNN needs a CascadeRoIHead (a StandardRoIHead is a FasterRCNN or MaskRCNN)".into(),
+        );
+        return;
+    };
+    let n = r.num_stages;
+    c.at_least("model.roi_head.num_stages", n, 1);
+    for (path, len) in [
+        ("model.roi_head.bbox_head", r.bbox_head.len()),
+        ("model.roi_head.stage_loss_weights", r.stage_loss_weights.len()),
+        ("model.train_cfg.rcnn", m.train_cfg.rcnn.len()),
+    ] {
+        if len != n {
+            c.fail(path, format!("{len} entries for {n} stages (num_stages)"));
+        }
+    }
+    for (i, b) in r.bbox_head.iter().enumerate() {
+        check_bbox_head(c, b, &format!("model.roi_head.bbox_head.{i}"));
+        if b.num_classes != r.bbox_head[0].num_classes {
+            c.fail(
+                format!("model.roi_head.bbox_head.{i}.num_classes"),
+                format!(
+                    "{} classes, stage 0 has {}",
+                    b.num_classes, r.bbox_head[0].num_classes
+                ),
+            );
+        }
+    }
+    for (i, w) in r.stage_loss_weights.iter().enumerate() {
+        c.non_negative(&format!("model.roi_head.stage_loss_weights.{i}"), *w);
+    }
+    for (i, t) in m.train_cfg.rcnn.iter().enumerate() {
+        check_sampler(c, &t.sampler, &format!("model.train_cfg.rcnn.{i}.sampler"));
+    }
+    check_rcnn_test(c, &m.test_cfg.rcnn);
+}
+
+fn check_rcnn_test(c: &mut Checks, t: &super::RcnnTestConfig) {
     c.at_least("model.test_cfg.rcnn.max_per_img", t.max_per_img, 1);
     c.finite("model.test_cfg.rcnn.score_thr", t.score_thr);
     c.within("model.test_cfg.rcnn.nms_iou_thr", t.nms_iou_thr, 0.0, 1.0, false);
@@ -393,6 +450,41 @@ mod tests {
         ] {
             let (cfg, _): (ExperimentConfig, _) = load_typed(&path, &[o.to_string()]).expect("typed");
             let err = validate_experiment(&cfg, "demo.json").unwrap_err().to_string();
+            assert!(err.contains(field), "{o}: {err}");
+        }
+        let (cfg, _): (ExperimentConfig, _) = load_typed(&path, &[]).unwrap();
+        validate_experiment(&cfg, "demo.json").unwrap();
+    }
+
+    /// Cascade R-CNN: the stage counts of the heads, the weights and `train_cfg.rcnn` must agree, every stage
+    /// has one class count, and each stage's values are checked at their index.
+    #[test]
+    fn cascade_values_are_checked_with_their_path() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../configs/cascade_rcnn/cascade_rcnn_r18_fpn_synth_demo.json");
+        for (o, field) in [
+            ("model.roi_head.num_stages=2", "model.roi_head.bbox_head"),
+            (
+                "model.roi_head.stage_loss_weights=[1.0, 0.5]",
+                "model.roi_head.stage_loss_weights",
+            ),
+            (
+                "model.roi_head.stage_loss_weights=[1.0, -0.5, 0.25]",
+                "model.roi_head.stage_loss_weights.1",
+            ),
+            (
+                "model.roi_head.bbox_head.2.num_classes=4",
+                "model.roi_head.bbox_head.2.num_classes",
+            ),
+            (
+                "model.train_cfg.rcnn.1.sampler.num=0",
+                "model.train_cfg.rcnn.1.sampler.num",
+            ),
+        ] {
+            let err = match load_typed::<ExperimentConfig>(&path, &[o.to_string()]) {
+                Ok((cfg, _)) => validate_experiment(&cfg, "demo.json").unwrap_err().to_string(),
+                Err(e) => e.to_string(),
+            };
             assert!(err.contains(field), "{o}: {err}");
         }
         let (cfg, _): (ExperimentConfig, _) = load_typed(&path, &[]).unwrap();

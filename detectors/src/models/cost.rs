@@ -94,6 +94,8 @@ pub fn detector_cost<B: Backend>(model: &AnyDetector<B>, hw: [usize; 2], rois: u
             let mut c = CostCounter::new();
             match &m.roi_head {
                 AnyRoiHead::Standard(h) => h.bbox_head.count_flops(&mut c, rois),
+                // every stage sees the same number of RoIs
+                AnyRoiHead::Cascade(h) => h.bbox_head.iter().for_each(|b| b.count_flops(&mut c, rois)),
             }
             let mut roi = part("roi_head", c);
             // parameters counted from the module itself: a layer never called would be missed by the walk
@@ -140,5 +142,35 @@ mod tests {
         let none = detector_cost(&model, [800, 1333], 0);
         assert_eq!(none[3].flops, 0);
         assert_eq!(none[3].params, parts[3].params);
+    }
+
+    /// Cascade R-CNN R50-FPN: the Faster R-CNN trunk, and three box heads with class-agnostic deltas. By
+    /// hand, a stage's head: shared fcs 12,544 x 1,024 + 1,024 = 12,846,080 and 1,024 x 1,024 + 1,024 =
+    /// 1,049,600, fc_cls 1,024 x 81 + 81 = 83,025, fc_reg 1,024 x 4 + 4 = 4,100: 13,982,805. The three
+    /// stages see the same RoIs, so the RoI head's MACs are three times one stage's.
+    #[test]
+    fn cascade_rcnn_r50_roi_head_is_three_class_agnostic_stages() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../configs/cascade_rcnn/cascade_rcnn_r50_fpn_1x_coco.json");
+        let (cfg, _): (ExperimentConfig, _) = load_typed(&path, &[]).unwrap();
+        let model = AnyDetector::<Flex>::from_config(&cfg.model, &Default::default()).unwrap();
+        let parts = detector_cost(&model, [800, 1333], 1000);
+        let roi = parts.iter().find(|p| p.part == "roi_head").unwrap();
+        assert_eq!(roi.params, 3 * 13_982_805);
+        let AnyDetector::TwoStage(m) = &model else {
+            panic!("a CascadeRCNN config builds a TwoStage")
+        };
+        let AnyRoiHead::Cascade(h) = &m.roi_head else {
+            panic!("a CascadeRCNN config builds the cascade head")
+        };
+        let mut c = CostCounter::new();
+        h.bbox_head[0].count_flops(&mut c, 1000);
+        assert_eq!(roi.flops, 3 * c.flops());
+        let total: usize = parts.iter().map(|p| p.params).sum();
+        // the Faster R-CNN total (see above) less its class-specific head (fc_reg 1,024 x 320 + 320) plus three
+        // stages
+        let faster = 41_755_286 + 53_120 - 10_250 - 45_100;
+        let faster_head = 12_846_080 + 1_049_600 + 83_025 + 328_000;
+        assert_eq!(total, faster - faster_head + 3 * 13_982_805);
     }
 }

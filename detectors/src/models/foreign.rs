@@ -205,8 +205,26 @@ pub fn mmdet_key_map(cfg: &ModelConfig) -> Result<Vec<PartMap>, String> {
             parts.push(conv_module_part("roi_head.mask_head.", &["convs"]));
             parts.push(same_part("roi_head."));
         }
+        ModelConfig::CascadeRcnn(c) => {
+            parts.push(same_part("rpn_head."));
+            // `roi_head.bbox_head.{i}.*` are ours unchanged; each stage's mask head has ConvModule convs
+            if c.roi_head.has_mask() {
+                for i in 0..cascade_stages(&c.roi_head) {
+                    parts.push(conv_module_part(&format!("roi_head.mask_head.{i}."), &["convs"]));
+                }
+            }
+            parts.push(same_part("roi_head."));
+        }
     }
     Ok(parts)
+}
+
+/// Stages of a cascade RoI head (1 for any other head).
+fn cascade_stages(h: &RoiHeadConfig) -> usize {
+    match h {
+        RoiHeadConfig::Cascade(c) => c.num_stages,
+        RoiHeadConfig::Standard(_) => 1,
+    }
 }
 
 /// Compiled rules.
@@ -288,10 +306,9 @@ fn check_classes(
     };
     match cfg {
         ModelConfig::FasterRcnn(c) | ModelConfig::MaskRcnn(c) => {
-            let RoiHeadConfig::Standard(h) = &c.roi_head;
             let key = "roi_head.bbox_head.fc_cls.weight";
             if let Some(&rows) = file.get(key).and_then(|s| s.first()) {
-                let expected = h.bbox_head.num_classes;
+                let expected = c.roi_head.num_classes();
                 if rows != expected + 1 {
                     return Err(err(
                         key,
@@ -299,6 +316,25 @@ fn check_classes(
                         rows.saturating_sub(1),
                         expected,
                         "model.roi_head.bbox_head.num_classes; the classifier has one more row, background",
+                    ));
+                }
+            }
+        }
+        ModelConfig::CascadeRcnn(c) => {
+            let expected = c.roi_head.num_classes();
+            for i in 0..cascade_stages(&c.roi_head) {
+                let key = format!("roi_head.bbox_head.{i}.fc_cls.weight");
+                if let Some(&rows) = file.get(key.as_str()).and_then(|s| s.first())
+                    && rows != expected + 1
+                {
+                    return Err(err(
+                        &key,
+                        rows,
+                        rows.saturating_sub(1),
+                        expected,
+                        &format!(
+                            "model.roi_head.bbox_head.{i}.num_classes; the classifier has one more row, background"
+                        ),
                     ));
                 }
             }
@@ -705,5 +741,66 @@ mod tests {
         let path = root().join("configs/faster_rcnn/faster_rcnn_r18_fpn_synth_demo.json");
         let err = load_mmdet(&mut model, &cfg, &path).unwrap_err();
         assert!(matches!(err, ForeignError::Read { .. }), "{err}");
+    }
+
+    /// The script's Cascade Mask R-CNN: the Cascade R-CNN demo config, shrunk as `CASCADE_OVERRIDES`, with
+    /// a one-conv mask head per stage.
+    fn cascade_mask_rcnn() -> ModelConfig {
+        let mut o: Vec<String> = vec![
+            "model.neck.out_channels=16".into(),
+            "model.rpn_head.feat_channels=16".into(),
+        ];
+        for i in 0..3 {
+            o.push(format!("model.roi_head.bbox_head.{i}.in_channels=16"));
+            o.push(format!("model.roi_head.bbox_head.{i}.fc_out_channels=32"));
+            o.push(format!("model.roi_head.bbox_head.{i}.num_classes=3"));
+        }
+        o.push(
+            r#"model.roi_head.mask_roi_extractor={"output_size": [14, 14], "sampling_ratio": 0, "aligned": true, "featmap_strides": [4, 8, 16, 32], "mapping": {"type": "mmdet", "finest_scale": 56}}"#
+                .into(),
+        );
+        o.push(
+            r#"model.roi_head.mask_head={"num_convs": 1, "in_channels": 16, "conv_out_channels": 16, "roi_feat_size": 14, "num_classes": 3, "mask_thr_binary": 0.5}"#
+                .into(),
+        );
+        let o: Vec<&str> = o.iter().map(String::as_str).collect();
+        config("cascade_rcnn/cascade_rcnn_r18_fpn_synth_demo.json", &o, &[])
+    }
+
+    /// mmdetection's Cascade Mask R-CNN layout loads strictly: `roi_head.bbox_head.{0,1,2}.*` onto each
+    /// stage's box head, `roi_head.mask_head.{i}.convs.0.conv.*` (ConvModules) onto each stage's mask head;
+    /// a Faster R-CNN file's single-head keys do not fit the cascade.
+    #[test]
+    fn a_cascade_mask_rcnn_checkpoint_maps_every_stage() {
+        let cfg = cascade_mask_rcnn();
+        assert!(cfg.trains_masks());
+        let (model, result) = load(&cfg, "cascade_mask_rcnn_r18_tiny.pth");
+        let summary = result.unwrap();
+        // 150 Faster R-CNN keys - 8 box-head keys + 3 x (8 box-head + 6 mask-head) keys; 20 BN counters
+        assert_eq!(
+            summary,
+            ForeignSummary {
+                applied: 130 - 8 + 42,
+                in_file: 150 - 8 + 42
+            }
+        );
+        assert_eq!(model.type_name(), "CascadeRCNN");
+        for i in 0..3 {
+            let key = format!("roi_head.bbox_head.{i}.fc_reg.weight");
+            let (shape, got) = ours(&model, &key);
+            assert_eq!(shape, [32, 4], "class-agnostic deltas");
+            assert_same(
+                &got,
+                (0..32 * 4).map(|j| formula(&key, (j % 4) * 32 + j / 4)),
+                &key,
+            );
+            let file = format!("roi_head.mask_head.{i}.convs.0.conv.weight");
+            let (shape, got) = ours(&model, &format!("roi_head.mask_head.{i}.convs.0.weight"));
+            assert_eq!(shape, [16, 16, 3, 3]);
+            assert_same(&got, (0..got.len()).map(|j| formula(&file, j)), &file);
+        }
+        let (_, result) = load(&cfg, "faster_rcnn_r18_tiny.pth");
+        let err = result.unwrap_err().to_string();
+        assert!(err.contains("roi_head.bbox_head.0.fc_cls.weight"), "{err}");
     }
 }

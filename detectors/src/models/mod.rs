@@ -166,6 +166,7 @@ impl<B: DetBackend> AnyDetector<B> {
                 }
                 Self::TwoStage(TwoStage::from_config(c, device)?)
             }
+            ModelConfig::CascadeRcnn(c) => Self::TwoStage(TwoStage::from_cascade_config(c, device)?),
         })
     }
 
@@ -174,6 +175,9 @@ impl<B: DetBackend> AnyDetector<B> {
         match self {
             Self::RetinaNet(_) => "RetinaNet",
             Self::Rpn(_) => "RPN",
+            Self::TwoStage(m) if matches!(m.roi_head, crate::roi_heads::AnyRoiHead::Cascade(_)) => {
+                "CascadeRCNN"
+            }
             Self::TwoStage(m) if m.eval_kinds().contains(&EvalKind::Segm) => "MaskRCNN",
             Self::TwoStage(_) => "FasterRCNN",
         }

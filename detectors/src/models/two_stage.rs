@@ -6,7 +6,7 @@ use attndet_backbones::{AnyBackbone, Backbone};
 use burn::prelude::*;
 
 use super::{Detections, Detector, EvalKind, Losses, ModelError, build_backbone};
-use crate::config::{RpnConfig, TwoStageConfig};
+use crate::config::{CascadeConfig, RpnConfig, TwoStageConfig};
 use crate::data::BatchItem;
 use crate::heads::rpn::{Proposals, RpnHead};
 use crate::necks::Fpn;
@@ -111,12 +111,7 @@ pub struct TwoStage<B: Backend> {
 impl<B: Backend> TwoStage<B> {
     /// Build from a config.
     pub fn from_config(cfg: &TwoStageConfig, device: &B::Device) -> Result<Self, ModelError> {
-        let Trunk {
-            backbone,
-            neck,
-            rpn_head,
-            strides,
-        } = Trunk::build(
+        let trunk = Trunk::build(
             &cfg.backbone,
             &cfg.neck,
             &cfg.rpn_head,
@@ -124,13 +119,49 @@ impl<B: Backend> TwoStage<B> {
             [&cfg.train_cfg.rpn_proposal, &cfg.test_cfg.rpn],
             device,
         )?;
-        let roi_head = AnyRoiHead::from_config(
+        Self::assemble(
+            trunk,
+            &cfg.roi_head,
+            std::slice::from_ref(&cfg.train_cfg.rcnn),
+            &cfg.test_cfg.rcnn,
+            device,
+        )
+    }
+
+    /// Build a Cascade R-CNN (one second-stage target setting per stage).
+    pub fn from_cascade_config(cfg: &CascadeConfig, device: &B::Device) -> Result<Self, ModelError> {
+        let trunk = Trunk::build(
+            &cfg.backbone,
+            &cfg.neck,
+            &cfg.rpn_head,
+            &cfg.train_cfg.rpn,
+            [&cfg.train_cfg.rpn_proposal, &cfg.test_cfg.rpn],
+            device,
+        )?;
+        Self::assemble(
+            trunk,
             &cfg.roi_head,
             &cfg.train_cfg.rcnn,
             &cfg.test_cfg.rcnn,
-            &strides,
             device,
-        )?;
+        )
+    }
+
+    /// The trunk and the configured RoI head, as one model.
+    fn assemble(
+        trunk: Trunk<B>,
+        roi_head: &crate::config::RoiHeadConfig,
+        train: &[crate::config::RcnnTrainConfig],
+        test: &crate::config::RcnnTestConfig,
+        device: &B::Device,
+    ) -> Result<Self, ModelError> {
+        let Trunk {
+            backbone,
+            neck,
+            rpn_head,
+            strides,
+        } = trunk;
+        let roi_head = AnyRoiHead::from_config(roi_head, train, test, &strides, device)?;
         Ok(Self {
             backbone,
             neck,
@@ -152,7 +183,7 @@ impl<B: super::DetBackend> Detector<B> for TwoStage<B> {
         let proposals = self.rpn_head.proposals(outs, &sizes, &metas, true)?;
         let gts: Vec<&GroundTruth> = items.iter().map(|i| &i.gt).collect();
         let seeds: Vec<u64> = items.iter().map(|i| i.seed).collect();
-        terms.extend(self.roi_head.losses(&feats, &proposals, &gts, &seeds)?);
+        terms.extend(self.roi_head.losses(&feats, &proposals, &gts, &seeds, &metas)?);
         Ok(Losses { terms })
     }
 
@@ -268,11 +299,16 @@ mod tests {
 
     /// The model config of `configs/_base_/models/{base}` with [`TINY`] and `extra` applied.
     fn tiny_model(base: &str, extra: &[&str]) -> ModelConfig {
+        tiny_model_with(base, &TINY, extra)
+    }
+
+    /// The model config of `configs/_base_/models/{base}` with `shrink` and `extra` applied.
+    fn tiny_model_with(base: &str, shrink: &[&str], extra: &[&str]) -> ModelConfig {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../configs/_base_/models")
             .join(base);
         let mut v = load_resolved(&path).unwrap();
-        for o in TINY.iter().chain(extra) {
+        for o in shrink.iter().chain(extra) {
             apply_override(&mut v, o).unwrap();
         }
         from_value_with_path(&v["model"], "tiny").unwrap()
@@ -564,7 +600,9 @@ mod tests {
         assert!(mask.clone().into_scalar() > 0.0);
         // the loss reaches the mask head
         let grads = l.total().backward();
-        let AnyRoiHead::Standard(h) = &model.roi_head;
+        let AnyRoiHead::Standard(h) = &model.roi_head else {
+            panic!("a MaskRCNN has the standard head")
+        };
         let g = h
             .mask_head
             .as_ref()
@@ -578,6 +616,242 @@ mod tests {
         cfg.test_cfg.rcnn.score_thr = 0.0;
         cfg.test_cfg.rcnn.max_per_img = 5;
         let model = TwoStage::<Flex>::from_config(&cfg, &device).unwrap();
+        let mut meta = ImageMeta::unscaled(1, (32, 32));
+        meta.img_size = (64, 64);
+        meta.scale = (2.0, 2.0);
+        let dets = model.predict(images.inner(), &[meta]).unwrap();
+        let masks = dets[0].masks.as_ref().unwrap();
+        assert_eq!(masks.len(), dets[0].len());
+        assert!(masks.iter().all(|m| (m.h, m.w) == (32, 32)));
+        assert_eq!(model.eval_kinds(), vec![EvalKind::Bbox, EvalKind::Segm]);
+    }
+
+    /// [`TINY`] for the cascade's list of box heads: the trunk's overrides and each stage's head shrunk.
+    fn tiny_cascade_overrides(extra: &[&str]) -> Vec<String> {
+        let mut o: Vec<String> = TINY[..5].iter().map(|s| s.to_string()).collect();
+        for i in 0..3 {
+            o.push(format!("model.roi_head.bbox_head.{i}.in_channels=16"));
+            o.push(format!("model.roi_head.bbox_head.{i}.fc_out_channels=32"));
+            o.push(format!("model.roi_head.bbox_head.{i}.num_classes=3"));
+        }
+        o.extend(extra.iter().map(|s| s.to_string()));
+        o
+    }
+
+    /// The shipped Cascade R-CNN model config (`base`), shrunk like [`tiny_config`].
+    fn tiny_cascade(base: &str, extra: &[&str]) -> crate::config::CascadeConfig {
+        let o = tiny_cascade_overrides(extra);
+        let o: Vec<&str> = o.iter().map(String::as_str).collect();
+        let ModelConfig::CascadeRcnn(cfg) = tiny_model_with(base, &o, &[]) else {
+            panic!("the Cascade R-CNN base configs are CascadeRCNNs")
+        };
+        cfg
+    }
+
+    const CASCADE_NAMES: [&str; 8] = [
+        "loss_rpn_cls",
+        "loss_rpn_bbox",
+        "s0.loss_cls",
+        "s0.loss_bbox",
+        "s1.loss_cls",
+        "s1.loss_bbox",
+        "s2.loss_cls",
+        "s2.loss_bbox",
+    ];
+
+    /// mmdetection's head tests for every stage: no ground truth gives positive classification losses and
+    /// zero box losses at each stage; one box makes every term positive (the GT box is a proposal at each
+    /// stage, since the sampler adds it again after the refinement drops it); a batch of images without
+    /// boxes; and images whose RPN proposes nothing (the second stage sees only the GT boxes).
+    #[test]
+    fn cascade_empty_gt_gives_cls_losses_only_at_every_stage() {
+        let device = Default::default();
+        A::seed(&device, 0);
+        let model =
+            TwoStage::<A>::from_cascade_config(&tiny_cascade("cascade_rcnn_r50_fpn.json", &[]), &device)
+                .unwrap();
+        let l = losses(&model, &[item(vec![], vec![], 1)]);
+        let names: Vec<&str> = l.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, CASCADE_NAMES);
+        for s in 0..3 {
+            assert!(l[2 + 2 * s].1 > 0.0, "stage {s}: {l:?}");
+            assert_eq!(l[3 + 2 * s].1, 0.0, "stage {s}: {l:?}");
+        }
+        let l = losses(&model, &[item(vec![[10.0, 12.0, 40.0, 50.0]], vec![1], 1)]);
+        assert!(l.iter().all(|(_, v)| *v > 0.0), "{l:?}");
+        let l = losses(&model, &[item(vec![], vec![], 1), item(vec![], vec![], 2)]);
+        assert!((0..3).all(|s| l[3 + 2 * s].1 == 0.0), "{l:?}");
+        // no proposals at all: with no ground truth nothing is sampled, with one box only the GT is
+        let (feats, _) = pyramid(
+            &model.backbone,
+            &model.neck,
+            Tensor::<A, 4>::zeros([1, 3, 64, 64], &device),
+        )
+        .unwrap();
+        let meta = ImageMeta::unscaled(1, (64, 64));
+        let none = GroundTruth::default();
+        let terms = model
+            .roi_head
+            .losses(&feats, &[Proposals::default()], &[&none], &[1], &[&meta])
+            .unwrap();
+        assert_eq!(terms.len(), 6);
+        assert!(
+            terms.iter().all(|(_, t)| t.clone().into_scalar() == 0.0),
+            "{terms:?}"
+        );
+        let one = GroundTruth {
+            boxes: vec![[10.0, 12.0, 40.0, 50.0]],
+            labels: vec![2],
+            ..Default::default()
+        };
+        let terms = model
+            .roi_head
+            .losses(&feats, &[Proposals::default()], &[&one], &[1], &[&meta])
+            .unwrap();
+        for (n, t) in &terms {
+            let v = t.clone().into_scalar();
+            assert!(v.is_finite(), "{n}: {v}");
+            if n.ends_with("loss_cls") {
+                assert!(v > 0.0, "{n}: {v}");
+            }
+        }
+    }
+
+    /// The stage weights scale each stage's terms: weights 1 / 0.5 / 0.25 against 1 / 1 / 1 on the same
+    /// model and batch give stage 1 half and stage 2 a quarter of the unweighted terms, stage 0 the same.
+    #[test]
+    fn cascade_stage_weights_scale_each_stage() {
+        let device = Default::default();
+        let batch = [item(
+            vec![[10.0, 12.0, 40.0, 50.0], [30.0, 5.0, 60.0, 30.0]],
+            vec![1, 0],
+            3,
+        )];
+        let images = Tensor::<A, 4>::random(
+            [1, 3, 64, 64],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let plain_model = TwoStage::<A>::from_cascade_config(
+            &tiny_cascade(
+                "cascade_rcnn_r50_fpn.json",
+                &["model.roi_head.stage_loss_weights=[1.0, 1.0, 1.0]"],
+            ),
+            &device,
+        )
+        .unwrap();
+        let run = |weights: &str| -> Vec<f32> {
+            let cfg = tiny_cascade(
+                "cascade_rcnn_r50_fpn.json",
+                &[&format!("model.roi_head.stage_loss_weights={weights}")],
+            );
+            // the same parameters in both models: only the weights differ
+            let model = TwoStage::<A>::from_cascade_config(&cfg, &device)
+                .unwrap()
+                .load_record(plain_model.clone().into_record());
+            let l = model.losses(images.clone(), &batch).unwrap();
+            l.terms.iter().map(|(_, t)| t.clone().into_scalar()).collect()
+        };
+        let weighted = run("[1.0, 0.5, 0.25]");
+        let plain = run("[1.0, 1.0, 1.0]");
+        for (i, scale) in [(2, 1.0), (3, 1.0), (4, 0.5), (5, 0.5), (6, 0.25), (7, 0.25)] {
+            let (a, b) = (weighted[i], plain[i] * scale);
+            assert!(
+                (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                "{}: {a} vs {b}",
+                CASCADE_NAMES[i]
+            );
+        }
+    }
+
+    /// Inference: at most `max_per_img` detections by descending score inside the original image; an image
+    /// without proposals gives none; the detector is a CascadeRCNN.
+    #[test]
+    fn cascade_predictions_respect_the_caps() {
+        let device = Default::default();
+        let mut cfg = tiny_cascade("cascade_rcnn_r50_fpn.json", &[]);
+        cfg.test_cfg.rcnn.max_per_img = 7;
+        cfg.test_cfg.rcnn.score_thr = 0.0;
+        let model = TwoStage::<Flex>::from_cascade_config(&cfg, &device).unwrap();
+        let mut meta = ImageMeta::unscaled(1, (32, 32));
+        meta.img_size = (64, 64);
+        meta.scale = (2.0, 2.0);
+        let images = Tensor::<Flex, 4>::random(
+            [2, 3, 64, 64],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let dets = model
+            .predict(images.clone(), &[meta.clone(), meta.clone()])
+            .unwrap();
+        assert_eq!(dets.len(), 2);
+        assert_eq!(dets[0].len(), 7);
+        assert!(dets[0].boxes.iter().flatten().all(|&c| (0.0..=32.0).contains(&c)));
+        assert!(dets[0].scores.windows(2).all(|w| w[0] >= w[1]));
+        assert!(dets[0].labels.iter().all(|&l| l < 3));
+        let (feats, _) = pyramid(&model.backbone, &model.neck, images).unwrap();
+        let none = model
+            .roi_head
+            .predict(
+                &feats,
+                &[Proposals::default(), Proposals::default()],
+                &[&meta, &meta],
+            )
+            .unwrap();
+        assert_eq!(none, vec![Detections::default(); 2]);
+        let any = super::super::AnyDetector::TwoStage(model);
+        assert_eq!(any.type_name(), "CascadeRCNN");
+    }
+
+    /// Cascade Mask R-CNN: a mask loss per stage (zero without instances, positive with one, reaching every
+    /// stage's mask head), and masks at the original size on the final boxes.
+    #[test]
+    fn cascade_mask_loss_per_stage_and_masks_at_test() {
+        let device = Default::default();
+        A::seed(&device, 0);
+        let extra = [
+            "model.roi_head.mask_head.in_channels=16",
+            "model.roi_head.mask_head.conv_out_channels=16",
+            "model.roi_head.mask_head.num_classes=3",
+        ];
+        let cfg = tiny_cascade("cascade_mask_rcnn_r50_fpn.json", &extra);
+        let model = TwoStage::<A>::from_cascade_config(&cfg, &device).unwrap();
+        let mut empty = item(vec![], vec![], 1);
+        empty.gt.masks = Some(vec![]);
+        let l = losses(&model, &[empty]);
+        let masks: Vec<_> = l.iter().filter(|(n, _)| n.ends_with("loss_mask")).collect();
+        assert_eq!(masks.len(), 3, "{l:?}");
+        assert!(masks.iter().all(|(_, v)| *v == 0.0), "{l:?}");
+        let b = [10.0f32, 12.0, 40.0, 50.0];
+        let bits: Vec<bool> = (0..64 * 64)
+            .map(|p| {
+                let (y, x) = ((p / 64) as f32, (p % 64) as f32);
+                x >= b[0] && x < 25.0 && y >= b[1] && y < b[3]
+            })
+            .collect();
+        let mut one = item(vec![b], vec![1], 1);
+        one.gt.masks = Some(vec![crate::structures::RleMask::encode(&bits, [64, 64])]);
+        let images = Tensor::<A, 4>::random(
+            [1, 3, 64, 64],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let l = model.losses(images.clone(), std::slice::from_ref(&one)).unwrap();
+        let names: Vec<&str> = l.terms.iter().map(|(n, _)| *n).collect();
+        assert_eq!(&names[2..5], ["s0.loss_cls", "s0.loss_bbox", "s0.loss_mask"]);
+        let grads = l.total().backward();
+        let AnyRoiHead::Cascade(h) = &model.roi_head else {
+            panic!("a CascadeRCNN has the cascade head")
+        };
+        assert_eq!(h.mask_head.len(), 3);
+        for (i, m) in h.mask_head.iter().enumerate() {
+            let g = m.conv_logits.weight.grad(&grads).unwrap();
+            assert!(g.abs().sum().into_scalar() > 0.0, "mask head {i}");
+        }
+        let mut cfg = cfg;
+        cfg.test_cfg.rcnn.score_thr = 0.0;
+        cfg.test_cfg.rcnn.max_per_img = 5;
+        let model = TwoStage::<Flex>::from_cascade_config(&cfg, &device).unwrap();
         let mut meta = ImageMeta::unscaled(1, (32, 32));
         meta.img_size = (64, 64);
         meta.scale = (2.0, 2.0);

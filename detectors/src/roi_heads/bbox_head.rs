@@ -261,6 +261,28 @@ impl<B: Backend> BBoxHead<B> {
         Ok((loss_cls, loss_bbox))
     }
 
+    /// mmdetection's `regress_by_class`: each RoI moved by its deltas for `labels` (the shared deltas when
+    /// class-agnostic), clipped to `img_hw`. The boxes one cascade stage hands the next.
+    ///
+    /// # Shapes
+    /// - rois: `[R, 4]`; labels: `[R]` (classes `< K`); deltas: `[R, 4 K]` or `[R, 4]`; output: `[R, 4]`
+    pub fn regress_by_class(
+        &self,
+        rois: Tensor<B, 2>,
+        labels: Tensor<B, 1, Int>,
+        deltas: Tensor<B, 2>,
+        img_hw: [usize; 2],
+    ) -> Result<Tensor<B, 2>, ModelError> {
+        if rois.dims()[0] == 0 {
+            return Ok(rois);
+        }
+        let d = self.deltas_of_class(deltas, labels);
+        self.parts
+            .coder
+            .decode(rois, d, Some(img_hw))
+            .map_err(err("regress_by_class"))
+    }
+
     /// Class probabilities `[R, K + 1]` and the boxes of every class `[R, K, 4]` (the same box for every class
     /// when class-agnostic), decoded against `rois` and clipped to `img_hw`.
     ///

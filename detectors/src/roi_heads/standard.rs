@@ -3,11 +3,10 @@
 //! their FPN level by RoIAlign 7x7 and classified / regressed by the box head.
 
 use burn::prelude::*;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 
-use super::bbox_head::{BBoxHead, gt_tensors, rois_tensor};
-use super::mask_head::{FcnMaskHead, mask_targets, paste_mask};
+use super::bbox_head::{BBoxHead, rois_tensor};
+use super::mask_head::FcnMaskHead;
+use super::stage::{assign_and_sample, box_stage_losses, detect, mask_loss, predict_masks};
 use super::{RoiHead, RoiLosses};
 use crate::assigners::MaxIouAssigner;
 use crate::config::{RcnnTestConfig, RcnnTrainConfig, StandardRoiHeadConfig};
@@ -15,7 +14,7 @@ use crate::heads::dense::rows_tensor;
 use crate::heads::rpn::Proposals;
 use crate::models::{DetBackend, Detections, EvalKind, ModelError};
 use crate::ops::RoiExtractor;
-use crate::samplers::{RandomSampler, SamplingResult};
+use crate::samplers::RandomSampler;
 use crate::structures::{GroundTruth, ImageMeta};
 
 /// Assignment, sampling and test settings of the second stage.
@@ -39,7 +38,7 @@ pub struct StandardRoiHead<B: Backend> {
 }
 
 /// Salt of the second stage's sampling stream (the image seed is shared with other random choices).
-const RCNN_SAMPLING_SALT: u64 = 0x5243_4E4E; // "RCNN"
+pub(crate) const RCNN_SAMPLING_SALT: u64 = 0x5243_4E4E; // "RCNN"
 
 impl StandardRoiHeadConfig {
     /// Build the head.
@@ -104,45 +103,19 @@ impl<B: DetBackend> RoiHead<B> for StandardRoiHead<B> {
         proposals: &[Proposals],
         gts: &[&GroundTruth],
         seeds: &[u64],
+        _metas: &[&ImageMeta],
     ) -> Result<RoiLosses<B>, ModelError> {
         let device = feats[0].device();
         let p = &self.parts;
-        let levels = &feats[..p.extractor.config().featmap_strides.len()];
-        let (mut samples, mut gt_boxes) = (Vec::new(), Vec::new());
-        for ((props, gt), &seed) in proposals.iter().zip(gts).zip(seeds) {
-            let (boxes, labels) = gt_tensors::<B>(&gt.boxes, &gt.labels, &device);
-            let priors = rows_tensor::<B>(&props.boxes, &device);
-            let ignore = (!gt.ignore.is_empty()).then(|| rows_tensor::<B>(&gt.ignore, &device));
-            let assign = p
-                .assigner
-                .assign(priors.clone(), boxes.clone(), labels.clone(), ignore, None)
-                .map_err(|e| ModelError(format!("rcnn assignment: {e}")))?;
-            let mut rng = ChaCha8Rng::seed_from_u64(seed ^ RCNN_SAMPLING_SALT);
-            let s = p
-                .sampler
-                .sample(&assign, priors, boxes.clone(), labels, &mut rng)
-                .map_err(|e| ModelError(format!("rcnn sampling: {e}")))?;
-            samples.push(s);
-            gt_boxes.push(boxes);
-        }
-        let sampled: Vec<Tensor<B, 2>> = samples
+        let priors = proposals
             .iter()
-            .map(|s| Tensor::cat(vec![s.pos_priors(), s.neg_priors()], 0))
+            .map(|pr| rows_tensor::<B>(&pr.boxes, &device))
             .collect();
-        let rois = rois_tensor(&sampled, &device);
-        let pooled = p
-            .extractor
-            .forward(levels, rois)
-            .map_err(|e| ModelError(format!("bbox RoIAlign: {e}")))?;
-        let (logits, deltas) = self.bbox_head.forward(pooled);
-        let targets = self.bbox_head.targets(&samples, &gt_boxes)?;
-        let (loss_cls, loss_bbox) = self.bbox_head.losses(logits, deltas, &targets)?;
-        let mut terms = vec![("loss_cls", loss_cls), ("loss_bbox", loss_bbox)];
+        let samples = assign_and_sample(&p.assigner, &p.sampler, priors, gts, seeds, RCNN_SAMPLING_SALT)?;
+        let out = box_stage_losses(&self.bbox_head, &p.extractor, feats, &samples)?;
+        let mut terms = vec![("loss_cls", out.loss_cls), ("loss_bbox", out.loss_bbox)];
         if let (Some(head), Some(extractor)) = (&self.mask_head, &p.mask_extractor) {
-            terms.push((
-                "loss_mask",
-                self.mask_loss(head, extractor, feats, &samples, gts)?,
-            ));
+            terms.push(("loss_mask", mask_loss(head, extractor, feats, &samples.0, gts)?));
         }
         Ok(terms)
     }
@@ -174,141 +147,17 @@ impl<B: DetBackend> RoiHead<B> for StandardRoiHead<B> {
             .forward(levels, rois)
             .map_err(|e| ModelError(format!("bbox RoIAlign: {e}")))?;
         let (logits, deltas) = self.bbox_head.forward(pooled);
-        let mut start = 0;
-        let mut out = Vec::with_capacity(metas.len());
-        // each image's detections in the resized image (the mask branch pools from them)
-        let mut resized: Vec<Vec<[f32; 4]>> = Vec::with_capacity(metas.len());
-        for (pr, meta) in proposals.iter().zip(metas) {
-            let r = pr.boxes.len();
-            if r == 0 {
-                out.push(Detections::default());
-                resized.push(Vec::new());
-                continue;
-            }
-            let sel = start..start + r;
-            start += r;
-            let (probs, boxes) = self.bbox_head.decode(
-                per_image[out.len()].clone(),
-                logits.clone().slice(s![sel.clone(), ..]),
-                deltas.clone().slice(s![sel, ..]),
-                meta.img_hw(),
-            )?;
-            let host = |t: TensorData| t.convert::<f32>().to_vec::<f32>().unwrap_or_default();
-            let (det, boxes) = self.bbox_head.post_process(
-                &host(probs.into_data()),
-                &host(boxes.into_data()),
-                r,
-                &p.test,
-                meta,
-            );
-            out.push(det);
-            resized.push(boxes);
-        }
-        while resized.len() < out.len() {
-            resized.push(Vec::new());
-        }
+        let (mut out, resized) = detect(&self.bbox_head, &per_image, logits, deltas, &p.test, metas)?;
         if let (Some(head), Some(extractor)) = (&self.mask_head, &p.mask_extractor) {
-            self.predict_masks(head, extractor, feats, &resized, metas, &mut out)?;
+            predict_masks(
+                std::slice::from_ref(head),
+                extractor,
+                feats,
+                &resized,
+                metas,
+                &mut out,
+            )?;
         }
         Ok(out)
-    }
-}
-
-impl<B: DetBackend> StandardRoiHead<B> {
-    /// `loss_mask` over the positives of every image.
-    fn mask_loss(
-        &self,
-        head: &FcnMaskHead<B>,
-        extractor: &RoiExtractor,
-        feats: &[Tensor<B, 4>],
-        samples: &[SamplingResult<B>],
-        gts: &[&GroundTruth],
-    ) -> Result<Tensor<B, 1>, ModelError> {
-        let device = feats[0].device();
-        let size = 2 * extractor.config().output_size[0];
-        let (mut rois, mut targets, mut labels) = (Vec::new(), Vec::new(), Vec::new());
-        for (s, gt) in samples.iter().zip(gts) {
-            let host_rows = |t: Tensor<B, 2>| -> Vec<[f32; 4]> {
-                let v: Vec<f32> = t.into_data().convert::<f32>().to_vec().unwrap_or_default();
-                v.chunks(4).map(|c| [c[0], c[1], c[2], c[3]]).collect()
-            };
-            let pos = host_rows(s.pos_priors());
-            let gt_index: Vec<usize> = s
-                .pos_gt_inds
-                .clone()
-                .into_data()
-                .iter::<i64>()
-                .map(|i| i as usize)
-                .collect();
-            let masks = gt.masks.as_deref().unwrap_or_default();
-            if !pos.is_empty() && masks.len() != gt.boxes.len() {
-                return Err(ModelError(format!(
-                    "mask targets: {} masks for {} instances (the mask branch needs a mask per instance)",
-                    masks.len(),
-                    gt.boxes.len()
-                )));
-            }
-            targets.push(mask_targets::<B>(masks, &pos, &gt_index, size, &device)?);
-            rois.push(rows_tensor::<B>(&pos, &device));
-            labels.push(s.pos_gt_labels.clone());
-        }
-        let rois = rois_tensor(&rois, &device);
-        if rois.dims()[0] == 0 {
-            // no positive anywhere: a zero loss that still reaches the head's parameters (mmdetection's
-            // `mask_pred.sum() * 0`)
-            return Ok(head.conv_logits.weight.val().sum() * 0.0);
-        }
-        let levels = &feats[..extractor.config().featmap_strides.len()];
-        let pooled = extractor
-            .forward(levels, rois)
-            .map_err(|e| ModelError(format!("mask RoIAlign: {e}")))?;
-        let logits = head.forward(pooled);
-        head.loss(logits, Tensor::cat(targets, 0), Tensor::cat(labels, 0))
-    }
-
-    /// Masks of the detections: pooled from their boxes in the resized image, pasted at the original size.
-    fn predict_masks(
-        &self,
-        head: &FcnMaskHead<B>,
-        extractor: &RoiExtractor,
-        feats: &[Tensor<B, 4>],
-        resized: &[Vec<[f32; 4]>],
-        metas: &[&ImageMeta],
-        out: &mut [Detections],
-    ) -> Result<(), ModelError> {
-        let device = feats[0].device();
-        let per_image: Vec<Tensor<B, 2>> = resized.iter().map(|b| rows_tensor::<B>(b, &device)).collect();
-        let rois = rois_tensor(&per_image, &device);
-        if rois.dims()[0] == 0 {
-            out.iter_mut().for_each(|d| d.masks = Some(Vec::new()));
-            return Ok(());
-        }
-        let levels = &feats[..extractor.config().featmap_strides.len()];
-        let pooled = extractor
-            .forward(levels, rois)
-            .map_err(|e| ModelError(format!("mask RoIAlign: {e}")))?;
-        let labels: Vec<usize> = out.iter().flat_map(|d| d.labels.iter().copied()).collect();
-        let logits = head.forward(pooled);
-        let m = logits.dims()[2];
-        let probs = head.probabilities(logits, &labels);
-        let mut next = probs.into_iter();
-        for (det, meta) in out.iter_mut().zip(metas) {
-            let masks = det
-                .boxes
-                .iter()
-                .zip(next.by_ref())
-                .map(|(b, p)| {
-                    paste_mask(
-                        &p,
-                        m,
-                        *b,
-                        (meta.ori_size.1, meta.ori_size.0),
-                        head.mask_threshold(),
-                    )
-                })
-                .collect();
-            det.masks = Some(masks);
-        }
-        Ok(())
     }
 }
