@@ -3,6 +3,7 @@
 //! One module per subcommand; this file only parses the command line, dispatches, and maps errors to exit
 //! codes (0 ok, 1 runtime failure, 2 bad usage or bad input).
 
+mod analyze;
 mod classify;
 mod config_cmd;
 mod convert;
@@ -13,6 +14,7 @@ mod errors;
 mod eval;
 mod flops;
 mod infer;
+mod models;
 mod plot;
 mod sigpipe;
 mod test;
@@ -87,6 +89,11 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Draw loss and AP curves of a work dir as PNG: `attndet plot WORK_DIR`.
     Plot(plot::PlotArgs),
+    /// The zoo: every backbone and every detector config, with parameters and FLOPs: `attndet models [--json]`.
+    Models(models::ModelsArgs),
+    /// Analyse a results file: `analyze confusion CONFIG RESULTS`, `analyze errors CONFIG RESULTS`.
+    #[command(subcommand)]
+    Analyze(analyze::AnalyzeCommand),
 }
 
 fn main() {
@@ -105,6 +112,8 @@ fn main() {
         Command::Infer(args) => infer::run(&args, &cli.device),
         Command::Demo(args) => demo::run(&args, &cli.device),
         Command::Plot(args) => plot::run(&args),
+        Command::Models(args) => models::run(&args),
+        Command::Analyze(cmd) => analyze::run(&cmd),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");
