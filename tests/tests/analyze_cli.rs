@@ -52,7 +52,11 @@ fn models_lists_the_zoo_with_parameters() {
 
     let v = json_of(&["models", "--backbones-only", "--json"]);
     let bbs = v["backbones"].as_array().unwrap();
-    let get = |name: &str| bbs.iter().find(|b| b["name"] == name).unwrap_or_else(|| panic!("{name}"));
+    let get = |name: &str| {
+        bbs.iter()
+            .find(|b| b["name"] == name)
+            .unwrap_or_else(|| panic!("{name}"))
+    };
     // torchvision resnet50 / senet.pytorch se_resnet50: sum(p.numel()) = 25_557_032 / 28_088_024
     assert_eq!(get("resnet50")["params"], 25_557_032);
     assert_eq!(get("se_resnet50")["params"], 28_088_024);
@@ -73,7 +77,8 @@ fn error_breakdown_matches_pycocotools() {
     // tools/tests/fixtures/error_analysis_bbox.json: `python3 tools/scripts/error_analysis_fixture.py` (its
     // docstring has the command) on the shared 100-image fixture.
     let expected: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(workspace_root().join("tools/tests/fixtures/error_analysis_bbox.json")).unwrap(),
+        &std::fs::read_to_string(workspace_root().join("tools/tests/fixtures/error_analysis_bbox.json"))
+            .unwrap(),
     )
     .unwrap();
     let dir = TempDir::new("analyze-errors");
@@ -101,7 +106,11 @@ fn error_breakdown_matches_pycocotools() {
         assert_eq!(c["id"], r["id"]);
         for (t, name) in types.iter().enumerate() {
             for a in 0..4 {
-                close(&c[name][a], &r["ap"][a][t], &format!("{} {name} area {a}", r["name"]));
+                close(
+                    &c[name][a],
+                    &r["ap"][a][t],
+                    &format!("{} {name} area {a}", r["name"]),
+                );
             }
         }
     }
@@ -138,7 +147,10 @@ fn error_breakdown_matches_pycocotools() {
     ]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    let overall = text.lines().find(|l| l.starts_with("overall")).expect("overall row");
+    let overall = text
+        .lines()
+        .find(|l| l.starts_with("overall"))
+        .expect("overall row");
     let c75 = expected["allclass"]["ap"][0][0].as_f64().unwrap();
     assert!(overall.contains(&format!("{c75:.3}")), "{overall}");
 }
@@ -199,7 +211,11 @@ fn confusion_matrix_of_a_small_case() {
     let out = run(&args);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["b", "1", "1", "1"]), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["b", "1", "1", "1"]),
+        "{text}"
+    );
 
     // bad thresholds and a results file naming an unknown image exit 2
     let mut bad = args.to_vec();
@@ -207,7 +223,11 @@ fn confusion_matrix_of_a_small_case() {
     let out = run(&bad);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--score-thr 1.5"));
-    std::fs::write(&res, r#"[{"image_id": 9, "category_id": 3, "bbox": [0, 0, 1, 1], "score": 0.9}]"#).unwrap();
+    std::fs::write(
+        &res,
+        r#"[{"image_id": 9, "category_id": 3, "bbox": [0, 0, 1, 1], "score": 0.9}]"#,
+    )
+    .unwrap();
     let out = run(&args);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("image 9 is not in the ground truth"));

@@ -4,6 +4,7 @@
 //! codes (0 ok, 1 runtime failure, 2 bad usage or bad input).
 
 mod analyze;
+mod benchmark;
 mod classify;
 mod config_cmd;
 mod convert;
@@ -17,6 +18,7 @@ mod infer;
 mod models;
 mod plot;
 mod sigpipe;
+mod swap;
 mod test;
 mod train;
 
@@ -94,6 +96,11 @@ enum Command {
     /// Analyse a results file: `analyze confusion CONFIG RESULTS`, `analyze errors CONFIG RESULTS`.
     #[command(subcommand)]
     Analyze(analyze::AnalyzeCommand),
+    /// Inference speed per stage (data, backbone, neck, heads, post-processing): `attndet benchmark CONFIG CKPT`.
+    Benchmark(benchmark::BenchmarkArgs),
+    /// Train and test one detector with several backbones and compare them: `attndet swap CONFIG --backbones
+    /// a,b,c [--init DIR_OR_LIST] [--work-dir DIR]`, or `attndet swap --report DIR`.
+    Swap(swap::SwapArgs),
 }
 
 fn main() {
@@ -114,6 +121,8 @@ fn main() {
         Command::Plot(args) => plot::run(&args),
         Command::Models(args) => models::run(&args),
         Command::Analyze(cmd) => analyze::run(&cmd),
+        Command::Benchmark(args) => benchmark::run(&args, &cli.device),
+        Command::Swap(args) => swap::run(&args, &cli.device),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -11,6 +11,7 @@ use attndet_backbones::BackboneArch;
 use attndet_backbones::cost::parameter_count;
 use attndet_backbones::mnasnet::{MnasAttention, WIDTHS};
 use attndet_backbones::mobilenet_v2::MobileAttention;
+use attndet_detectors::config::ExperimentConfig;
 use attndet_detectors::models::AnyDetector;
 use attndet_detectors::models::cost::detector_cost;
 use burn::backend::Flex;
@@ -154,29 +155,41 @@ pub fn config_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// One config's row: the detector is built with random weights (its `init_checkpoint` is not read: only the
-/// architecture matters) and counted at the config's test scale.
-pub fn detector_row(path: &Path) -> anyhow::Result<DetectorRow> {
+/// Parameters and test-scale MACs of a config's detector, and the `[H, W]` counted at: the detector is built
+/// with random weights (its `init_checkpoint` is not read: only the architecture matters).
+pub fn detector_size(
+    cfg: &ExperimentConfig,
+    source: &Path,
+) -> anyhow::Result<(AnyDetector<Flex>, usize, u64, [usize; 2])> {
     use attndet_detectors::config::ModelConfig;
-    let (mut cfg, _) = crate::config_cmd::load_config(path, &[])?;
-    cfg.model.backbone_mut().init_checkpoint = None;
+    let mut model_cfg = cfg.model.clone();
+    model_cfg.backbone_mut().init_checkpoint = None;
     let scale = cfg.data.pipeline.img_scale;
     let hw = [scale[0].min(scale[1]), scale[0].max(scale[1])];
-    let rois = match &cfg.model {
+    let rois = match &model_cfg {
         ModelConfig::FasterRcnn(m) | ModelConfig::MaskRcnn(m) => m.test_cfg.rpn.max_per_img,
         _ => 0,
     };
-    let model = AnyDetector::<Flex>::from_config(&cfg.model, &Default::default())
-        .map_err(|e| bad_input(format!("{}: {e}", path.display())))?;
+    let model = AnyDetector::<Flex>::from_config(&model_cfg, &Default::default())
+        .map_err(|e| bad_input(format!("{}: {e}", source.display())))?;
     let parts = detector_cost(&model, hw, rois);
+    let params = parts.iter().map(|p| p.params).sum();
+    let flops = parts.iter().map(|p| p.flops).sum();
+    Ok((model, params, flops, hw))
+}
+
+/// One config's row (see [`detector_size`]).
+pub fn detector_row(path: &Path) -> anyhow::Result<DetectorRow> {
+    let (cfg, _) = crate::config_cmd::load_config(path, &[])?;
+    let (model, params, flops, input) = detector_size(&cfg, path)?;
     Ok(DetectorRow {
         config: path.to_path_buf(),
         detector: model.type_name().into(),
         backbone: cfg.model.backbone().name.clone(),
         num_classes: cfg.model.num_classes(),
-        params: parts.iter().map(|p| p.params).sum(),
-        flops: parts.iter().map(|p| p.flops).sum(),
-        input: hw,
+        params,
+        flops,
+        input,
     })
 }
 
