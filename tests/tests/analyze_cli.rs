@@ -232,3 +232,94 @@ fn confusion_matrix_of_a_small_case() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("image 9 is not in the ground truth"));
 }
+
+/// Four images: one found exactly (AP 1), one found at IoU 0.62 (matched at IoU thresholds .50, .55 and .60
+/// of ten: AP 0.3), one missed (AP 0), one without ground truth (not ranked).
+#[test]
+fn best_and_worst_images_by_per_image_ap() {
+    let dir = TempDir::new("analyze-results");
+    let images = dir.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    for i in 1..=4 {
+        image::RgbImage::from_pixel(40, 40, image::Rgb([90, 120, 150]))
+            .save(images.join(format!("{i}.png")))
+            .unwrap();
+    }
+    let gt = dir.path().join("gt.json");
+    std::fs::write(
+        &gt,
+        r#"{"images": [{"id": 1, "width": 40, "height": 40, "file_name": "1.png"},
+                       {"id": 2, "width": 40, "height": 40, "file_name": "2.png"},
+                       {"id": 3, "width": 40, "height": 40, "file_name": "3.png"},
+                       {"id": 4, "width": 40, "height": 40, "file_name": "4.png"}],
+            "categories": [{"id": 1, "name": "box"}],
+            "annotations": [
+              {"id": 1, "image_id": 1, "category_id": 1, "bbox": [5, 5, 10, 10], "area": 100, "iscrowd": 0},
+              {"id": 2, "image_id": 2, "category_id": 1, "bbox": [0, 0, 10, 10], "area": 100, "iscrowd": 0},
+              {"id": 3, "image_id": 3, "category_id": 1, "bbox": [20, 20, 10, 10], "area": 100, "iscrowd": 0}]}"#,
+    )
+    .unwrap();
+    let res = dir.path().join("results.json");
+    std::fs::write(
+        &res,
+        r#"[{"image_id": 1, "category_id": 1, "bbox": [5, 5, 10, 10], "score": 0.9},
+            {"image_id": 2, "category_id": 1, "bbox": [0, 0, 10, 6.2], "score": 0.8},
+            {"image_id": 4, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.7}]"#,
+    )
+    .unwrap();
+    let out_dir = dir.path().join("analysis");
+    let v = json_of(&[
+        "analyze",
+        "results",
+        &config(),
+        res.to_str().unwrap(),
+        "--ann",
+        gt.to_str().unwrap(),
+        "--img-dir",
+        images.to_str().unwrap(),
+        "--out-dir",
+        out_dir.to_str().unwrap(),
+        "--topk",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(v["ranked"], 3);
+    let ids = |group: &str| -> Vec<(u64, f64)> {
+        v[group]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["image_id"].as_u64().unwrap(), r["ap"].as_f64().unwrap()))
+            .collect()
+    };
+    let best = ids("best");
+    let worst = ids("worst");
+    assert_eq!(best.iter().map(|b| b.0).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(worst.iter().map(|b| b.0).collect::<Vec<_>>(), [3, 2]);
+    assert!((best[0].1 - 1.0).abs() < 1e-12 && (best[1].1 - 0.3).abs() < 1e-12 && worst[0].1 == 0.0);
+    // ground truth and predictions side by side: twice the (enlarged) width plus the gap
+    let drawing = v["best"][0]["drawing"].as_str().unwrap();
+    let img = image::open(drawing).unwrap();
+    assert!(
+        img.width() > 2 * img.height() - 60,
+        "{}x{}",
+        img.width(),
+        img.height()
+    );
+    assert!(out_dir.join("worst").read_dir().unwrap().count() == 2);
+
+    let out = run(&[
+        "analyze",
+        "results",
+        &config(),
+        res.to_str().unwrap(),
+        "--ann",
+        gt.to_str().unwrap(),
+        "--img-dir",
+        dir.path().join("missing").to_str().unwrap(),
+        "--out-dir",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1.png"));
+}

@@ -93,7 +93,7 @@ enum Command {
     Plot(plot::PlotArgs),
     /// The zoo: every backbone and every detector config, with parameters and FLOPs: `attndet models [--json]`.
     Models(models::ModelsArgs),
-    /// Analyse a results file: `analyze confusion CONFIG RESULTS`, `analyze errors CONFIG RESULTS`.
+    /// Analyse a results file: `analyze confusion|errors|results CONFIG RESULTS`.
     #[command(subcommand)]
     Analyze(analyze::AnalyzeCommand),
     /// Inference speed per stage (data, backbone, neck, heads, post-processing): `attndet benchmark CONFIG CKPT`.

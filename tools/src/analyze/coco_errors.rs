@@ -221,14 +221,14 @@ pub fn breakdown(
         precision: vec![0.0; 7 * rn * kn * an],
     };
     for r in 0..rn {
-        for k in 0..kn {
+        for (k, [sim, oth]) in forgiving.iter().enumerate() {
             for a in 0..an {
                 let mut v = [0.0; 7];
                 for (t, x) in v.iter_mut().take(3).enumerate() {
                     *x = base.precision_at(t, r, k, a, 0);
                 }
-                v[3] = forgiving[k][0][r * an + a];
-                v[4] = forgiving[k][1][r * an + a];
+                v[3] = sim[r * an + a];
+                v[4] = oth[r * an + a];
                 for x in &mut v[..5] {
                     if *x == -1.0 {
                         *x = 0.0;
@@ -480,8 +480,8 @@ mod tests {
         let b = breakdown(&gt, &dets, IouType::Bbox, area_ranges(None).unwrap()).unwrap();
         let cat = 0;
         // C75 .. Loc: the cat is found third: precision 1/3 up to recall 1 (interpolated), AP 1/3
-        for t in 0..3 {
-            assert!((b.ap(t, Some(cat), 0) - 1.0 / 3.0).abs() < 1e-12, "{}", TYPES[t]);
+        for (t, name) in TYPES.iter().enumerate().take(3) {
+            assert!((b.ap(t, Some(cat), 0) - 1.0 / 3.0).abs() < 1e-12, "{name}");
         }
         // Sim: the dog becomes crowd of cat, so the detection on it is ignored: precision 1/2
         assert!((b.ap(3, Some(cat), 0) - 0.5).abs() < 1e-12);
@@ -500,8 +500,8 @@ mod tests {
     #[test]
     fn no_detections_leave_only_false_negatives() {
         let b = breakdown(&dataset(), &[], IouType::Bbox, area_ranges(None).unwrap()).unwrap();
-        for t in 0..6 {
-            assert_eq!(b.ap(t, None, 0), 0.0, "{}", TYPES[t]);
+        for (t, name) in TYPES.iter().enumerate().take(6) {
+            assert_eq!(b.ap(t, None, 0), 0.0, "{name}");
         }
         assert_eq!(b.ap(6, None, 0), 1.0);
         assert!(area_ranges(Some(&[10.0, 5.0, 1.0])).is_err());

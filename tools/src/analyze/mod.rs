@@ -3,6 +3,7 @@
 
 pub mod coco_errors;
 pub mod confusion;
+pub mod results;
 
 use std::path::{Path, PathBuf};
 
@@ -20,6 +21,8 @@ pub enum AnalyzeCommand {
     /// The COCO error breakdown (C75, C50, Loc, Sim, Oth, BG, FN) per category and overall, as stacked
     /// precision-recall figures and a table.
     Errors(coco_errors::ErrorsArgs),
+    /// The best and worst images by per-image AP, ground truth drawn beside the predictions.
+    Results(results::ResultsArgs),
 }
 
 /// Run `attndet analyze ...`.
@@ -27,6 +30,7 @@ pub fn run(cmd: &AnalyzeCommand) -> anyhow::Result<()> {
     match cmd {
         AnalyzeCommand::Confusion(args) => confusion::run(args),
         AnalyzeCommand::Errors(args) => coco_errors::run(args),
+        AnalyzeCommand::Results(args) => results::run(args),
     }
 }
 
