@@ -102,6 +102,29 @@ fn benchmark_times_each_stage() {
         "{text}"
     );
 
+    // `test --show-dir --show-gt`: ground truth beside the detections, twice the drawing's width
+    let show = dir.join("show");
+    let mut test: Vec<String> = vec![
+        "test".into(),
+        demo_config(),
+        work.display().to_string(),
+        "--show-dir".into(),
+        show.display().to_string(),
+        "--show-gt".into(),
+        "--cfg-options".into(),
+    ];
+    test.extend(tiny(dir));
+    let out = run_owned(&test);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let drawings: Vec<_> = std::fs::read_dir(&show)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(drawings.len(), 4);
+    let img = image::open(&drawings[0]).unwrap();
+    // 64 px images enlarged 5x to 320, side by side with an 8 px gap, under a 24 px title strip
+    assert_eq!((img.width(), img.height()), (2 * 320 + 8, 320 + 24));
+
     let out = run(&["benchmark", &demo_config(), dir.join("nothing").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
 }

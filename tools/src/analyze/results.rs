@@ -47,6 +47,16 @@ pub struct ResultsArgs {
     pub json: bool,
 }
 
+/// AP@[.50:.95] of image `id` for its detections `dets`; `None` without ground truth.
+fn image_ap(gt: &CocoDataset, id: u64, dets: &[Detection]) -> Result<Option<f64>, attndet_coco::CocoError> {
+    let params = EvalParams {
+        image_ids: Some(vec![id]),
+        ..EvalParams::new(IouType::Bbox)
+    };
+    let ap = evaluate(gt, dets, &params)?.stats[0];
+    Ok((ap >= 0.0).then_some(ap))
+}
+
 /// AP@[.50:.95] of each image with ground truth, best first (ties: smaller image id first).
 pub fn per_image_ap(
     gt: &CocoDataset,
@@ -60,16 +70,12 @@ pub fn per_image_ap(
     let mut aps: Vec<(u64, f64)> = ids
         .par_iter()
         .map(|&id| {
-            let params = EvalParams {
-                image_ids: Some(vec![id]),
-                ..EvalParams::new(IouType::Bbox)
-            };
             let own = by_image.get(&id).map(Vec::as_slice).unwrap_or_default();
-            Ok((id, evaluate(gt, own, &params)?.stats[0]))
+            Ok(image_ap(gt, id, own)?.map(|ap| (id, ap)))
         })
         .collect::<Result<Vec<_>, attndet_coco::CocoError>>()?
         .into_iter()
-        .filter(|(_, ap)| *ap >= 0.0)
+        .flatten()
         .collect();
     aps.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     Ok(aps)
@@ -81,7 +87,7 @@ fn side_by_side(
     dets: &[&Detection],
     image_id: u64,
     file: &Path,
-    ap: f64,
+    ap: Option<f64>,
     thr: f64,
 ) -> anyhow::Result<RgbImage> {
     let img = image::open(file)
@@ -124,13 +130,45 @@ fn side_by_side(
     let mut out = RgbImage::from_pixel(2 * w + 8, h + head, Rgb([255, 255, 255]));
     for (x0, instances, title) in [
         (0, &truth, "ground truth".to_string()),
-        (w + 8, &preds, format!("predictions (AP {ap:.3})")),
+        (
+            w + 8,
+            &preds,
+            match ap {
+                Some(ap) => format!("predictions (AP {ap:.3})"),
+                None => "predictions".into(),
+            },
+        ),
     ] {
         let mut panel = img.clone();
         draw_instances(&mut panel, instances);
         image::imageops::replace(&mut out, &panel, x0 as i64, head as i64);
         draw_label(&mut out, x0 as i32 + 2, 2, &title, [60, 60, 60], 16.0);
     }
+    Ok(out)
+}
+
+/// `attndet test --show-dir DIR --show-gt`: the image `file` with its ground truth beside the detections
+/// `dets` of image `id` (labels index `category_ids`), saved under `out_dir` with the same file name.
+pub fn save_beside_ground_truth(
+    gt: &CocoDataset,
+    category_ids: &[u64],
+    (id, dets): (u64, &attndet_detectors::models::Detections),
+    file: &Path,
+    score_thr: f64,
+    out_dir: &Path,
+) -> anyhow::Result<PathBuf> {
+    let coco = attndet_detectors::engine::evaluate::to_coco_detections(&[(id, dets.clone())], category_ids);
+    let own: Vec<&Detection> = coco.iter().collect();
+    let ap = image_ap(gt, id, &coco)?;
+    let img = side_by_side(gt, &own, id, file, ap, score_thr)?;
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let name = file
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| "image.png".into());
+    let out = out_dir.join(name);
+    img.save(&out)
+        .with_context(|| format!("writing {}", out.display()))?;
     Ok(out)
 }
 
@@ -174,7 +212,7 @@ pub fn run(args: &ResultsArgs) -> anyhow::Result<()> {
                 &own,
                 *id,
                 &img_dir.join(&info.file_name),
-                *ap,
+                Some(*ap),
                 args.show_score_thr,
             )
             .map_err(|e| bad_input(format!("{e:#}")))?;
