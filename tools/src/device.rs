@@ -1,5 +1,5 @@
 //! The `--device cpu|cuda:N` option of the subcommands that compute with tensors (train, test, infer, demo,
-//! classify, devices).
+//! classify, devices, benchmark, swap).
 
 use std::str::FromStr;
 

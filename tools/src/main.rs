@@ -3,6 +3,8 @@
 //! One module per subcommand; this file only parses the command line, dispatches, and maps errors to exit
 //! codes (0 ok, 1 runtime failure, 2 bad usage or bad input).
 
+mod analyze;
+mod benchmark;
 mod ckpt;
 mod classify;
 mod config_cmd;
@@ -14,8 +16,10 @@ mod errors;
 mod eval;
 mod flops;
 mod infer;
+mod models;
 mod plot;
 mod sigpipe;
+mod swap;
 mod test;
 mod train;
 
@@ -95,6 +99,16 @@ attndet dataset browse instances_val.json --images data/shapes/val --out browse/
     Demo(demo::DemoArgs),
     /// Draw loss and AP curves of a work dir as PNG: `attndet plot WORK_DIR`.
     Plot(plot::PlotArgs),
+    /// The zoo: every backbone and every detector config, with parameters and FLOPs: `attndet models [--json]`.
+    Models(models::ModelsArgs),
+    /// Analyse a results file: `analyze confusion|errors|results CONFIG RESULTS`.
+    #[command(subcommand)]
+    Analyze(analyze::AnalyzeCommand),
+    /// Inference speed per stage (data, backbone, neck, heads, post-processing): `attndet benchmark CONFIG CKPT`.
+    Benchmark(benchmark::BenchmarkArgs),
+    /// Train and test one detector with several backbones and compare them: `attndet swap CONFIG --backbones
+    /// a,b,c [--init DIR_OR_LIST] [--work-dir DIR]`, or `attndet swap --report DIR`.
+    Swap(swap::SwapArgs),
 }
 
 fn main() {
@@ -113,6 +127,10 @@ fn main() {
         Command::Infer(args) => infer::run(&args, &args.device.device),
         Command::Demo(args) => demo::run(&args, &args.device.device),
         Command::Plot(args) => plot::run(&args),
+        Command::Models(args) => models::run(&args),
+        Command::Analyze(cmd) => analyze::run(&cmd),
+        Command::Benchmark(args) => benchmark::run(&args, &args.device.device),
+        Command::Swap(args) => swap::run(&args, &args.device.device),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

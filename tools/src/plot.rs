@@ -62,47 +62,50 @@ const LEGEND_SAMPLE: i32 = 24;
 
 /// How a series is drawn.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Style {
+pub(crate) enum Style {
     /// A solid line 2 px wide.
     Line,
     /// A thin line in a faded colour (the raw values under a moving mean).
     Faint,
     /// A solid line with a dot at each point (few points, e.g. one per epoch).
     LineDots,
+    /// The area between the curve and the bottom of the plot filled, opaque (stacked areas are drawn from
+    /// the highest curve down, each covering the previous one below it).
+    Area,
 }
 
 /// One named series of (x, y) points; non-finite values break the line.
 #[derive(Debug, Clone)]
-struct Series {
-    name: String,
-    colour: [u8; 3],
-    style: Style,
-    points: Vec<(f64, f64)>,
+pub(crate) struct Series {
+    pub(crate) name: String,
+    pub(crate) colour: [u8; 3],
+    pub(crate) style: Style,
+    pub(crate) points: Vec<(f64, f64)>,
 }
 
 /// One axes box: its series, labels and how its ranges are chosen.
 #[derive(Debug, Clone)]
-struct Panel {
-    title: String,
-    x_label: String,
-    y_label: String,
-    series: Vec<Series>,
+pub(crate) struct Panel {
+    pub(crate) title: String,
+    pub(crate) x_label: String,
+    pub(crate) y_label: String,
+    pub(crate) series: Vec<Series>,
     /// x ticks at whole numbers only (epochs).
-    x_integer: bool,
+    pub(crate) x_integer: bool,
     /// The y range includes 0.
-    y_from_zero: bool,
+    pub(crate) y_from_zero: bool,
     /// The legend goes right of the plot area instead of into a corner of it (many series).
-    legend_outside: bool,
+    pub(crate) legend_outside: bool,
 }
 
 /// A figure: a title over a grid of panels.
 #[derive(Debug, Clone)]
-struct Figure {
-    title: String,
-    panels: Vec<Panel>,
-    cols: usize,
-    panel_w: u32,
-    panel_h: u32,
+pub(crate) struct Figure {
+    pub(crate) title: String,
+    pub(crate) panels: Vec<Panel>,
+    pub(crate) cols: usize,
+    pub(crate) panel_w: u32,
+    pub(crate) panel_h: u32,
 }
 
 /// Round tick positions covering `[lo, hi]`: the axis limits (the data range widened by a small margin),
@@ -189,7 +192,7 @@ fn vline(img: &mut RgbImage, x: i32, y0: i32, y1: i32, colour: [u8; 3]) {
 
 /// Text rotated a quarter turn counter-clockwise (read bottom to top), centred on (cx, cy); dark text on a
 /// light background (blended by darkening).
-fn draw_text_vertical(img: &mut RgbImage, cx: i32, cy: i32, px: f32, colour: [u8; 3], text: &str) {
+pub(crate) fn draw_text_vertical(img: &mut RgbImage, cx: i32, cy: i32, px: f32, colour: [u8; 3], text: &str) {
     let (w, h) = text_size(px, text);
     if w == 0 {
         return;
@@ -237,6 +240,7 @@ impl Canvas {
             Style::Line => (1.0, 0.0),
             Style::Faint => (0.6, 0.0),
             Style::LineDots => (1.0, 3.2),
+            Style::Area => (0.5, 0.0),
         };
         let mut stamp = |a: (f32, f32), b: (f32, f32), r: f32| {
             let (minx, maxx) = (a.0.min(b.0) - r - 1.0, a.0.max(b.0) + r + 1.0);
@@ -310,7 +314,7 @@ fn range(vals: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
 
 /// Where a panel's plot area lies in the image and the data ranges it spans.
 #[derive(Debug, Clone, Copy)]
-struct Axes {
+pub(crate) struct Axes {
     x0: i32,
     y0: i32,
     x1: i32,
@@ -436,6 +440,9 @@ fn draw_panel(img: &mut RgbImage, panel: &Panel, (ox, oy, pw, ph): (i32, i32, u3
     }
     // curves
     let mut canvas = Canvas::new(ax0 + 1, ay0 + 1, (aw - 1) as u32, (ah - 1) as u32);
+    for s in panel.series.iter().filter(|s| s.style == Style::Area) {
+        fill_area(img, &mut canvas, &axes, s);
+    }
     for s in &panel.series {
         let pts: Vec<Option<(f32, f32)>> = s
             .points
@@ -470,6 +477,40 @@ fn draw_panel(img: &mut RgbImage, panel: &Panel, (ox, oy, pw, ph): (i32, i32, u3
     let outside = panel.legend_outside.then_some((ax1 + 12, ay0));
     draw_legend(img, &canvas, &panel.series, (ax0, ay0, ax1, ay1), outside);
     axes
+}
+
+/// Fill the plot area under the curve of `s` (x sorted; linear between points, nothing outside its x range)
+/// down to the bottom of the plot area in its colour, marking the pixels as drawn.
+fn fill_area(img: &mut RgbImage, canvas: &mut Canvas, axes: &Axes, s: &Series) {
+    let pts: Vec<(f64, f64)> = s
+        .points
+        .iter()
+        .copied()
+        .filter(|(x, y)| x.is_finite() && y.is_finite())
+        .collect();
+    let (Some(first), Some(last)) = (pts.first(), pts.last()) else {
+        return;
+    };
+    let (cx0, cx1) = (canvas.x0, canvas.x0 + canvas.w as i32);
+    for x in cx0..cx1 {
+        let xd = axes.x_lo
+            + (x as f64 + 0.5 - axes.x0 as f64) / (axes.x1 - axes.x0) as f64 * (axes.x_hi - axes.x_lo);
+        if xd < first.0 || xd > last.0 {
+            continue;
+        }
+        let j = pts.partition_point(|p| p.0 < xd).min(pts.len() - 1);
+        let (a, b) = (pts[j.saturating_sub(1)], pts[j]);
+        let yd = if b.0 > a.0 {
+            a.1 + (b.1 - a.1) * (xd - a.0) / (b.0 - a.0)
+        } else {
+            b.1
+        };
+        let top = axes.pixel(xd, yd).1.round() as i32;
+        for y in top.max(canvas.y0)..canvas.y0 + canvas.h as i32 {
+            img.put_pixel(x as u32, y as u32, Rgb(s.colour));
+            canvas.ink[(y - canvas.y0) as usize * canvas.w + (x - canvas.x0) as usize] = true;
+        }
+    }
 }
 
 /// Width and height of the legend box of `series` (those with a name).
@@ -535,14 +576,32 @@ fn draw_legend(
         } else {
             &[pts[0], pts[2]]
         };
-        sample_canvas.draw(img, pts, s.colour, s.style);
+        if s.style == Style::Area {
+            let top = y + 2;
+            fill_rect(
+                img,
+                bx + 8,
+                top,
+                bx + 8 + sample,
+                top + line_h as i32 - 4,
+                s.colour,
+                1.0,
+            );
+            let dark = [60, 60, 60];
+            hline(img, bx + 8, bx + 8 + sample, top, dark);
+            hline(img, bx + 8, bx + 8 + sample, top + line_h as i32 - 4, dark);
+            vline(img, bx + 8, top, top + line_h as i32 - 4, dark);
+            vline(img, bx + 8 + sample, top, top + line_h as i32 - 4, dark);
+        } else {
+            sample_canvas.draw(img, pts, s.colour, s.style);
+        }
         draw_text(img, bx + 8 + sample + 6, y, LEGEND_PX, TEXT, &s.name);
     }
 }
 
 /// Render a figure: the title centred on top, then the panels row by row; returns the image and the plot
 /// area of each panel.
-fn render(fig: &Figure) -> (RgbImage, Vec<Axes>) {
+pub(crate) fn render(fig: &Figure) -> (RgbImage, Vec<Axes>) {
     let cols = fig.cols.max(1);
     let rows = fig.panels.len().div_ceil(cols).max(1);
     let (_, title_h) = text_size(TITLE_PX, "Ag");
@@ -597,7 +656,7 @@ fn fit_text(text: &str, px: f32, max_w: u32) -> String {
         .unwrap_or_default()
 }
 
-fn save(img: &RgbImage, path: &Path) -> anyhow::Result<()> {
+pub(crate) fn save(img: &RgbImage, path: &Path) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp.png");
     img.save(&tmp)
         .with_context(|| format!("writing {}", tmp.display()))?;

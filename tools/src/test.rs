@@ -49,6 +49,9 @@ pub struct TestArgs {
     /// Minimum score of a drawn detection.
     #[arg(long, default_value_t = 0.3)]
     pub show_score_thr: f32,
+    /// With --show-dir: draw the ground truth on the left of each image, the detections on the right.
+    #[arg(long, requires = "show_dir")]
+    pub show_gt: bool,
     /// Config overrides `a.b.c=VALUE` (e.g. data.val.ann_file=...), applied to CONFIG or the checkpoint's.
     #[arg(long = "cfg-options", value_name = "KEY=VALUE", num_args = 1..)]
     pub cfg_options: Vec<String>,
@@ -109,7 +112,18 @@ fn run_on<B: attndet_detectors::models::DetBackend>(
             .map(|r| (r.image_id, r.file.as_path()))
             .collect();
         for (id, d) in &preds {
-            save_drawn(files[id], d, &val.1.category_names, args.show_score_thr, dir)?;
+            if args.show_gt {
+                crate::analyze::results::save_beside_ground_truth(
+                    &val.0,
+                    &val.1.category_ids,
+                    (*id, d),
+                    files[id],
+                    args.show_score_thr as f64,
+                    dir,
+                )?;
+            } else {
+                save_drawn(files[id], d, &val.1.category_names, args.show_score_thr, dir)?;
+            }
         }
     }
     if let Some(out) = &args.out {

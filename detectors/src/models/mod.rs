@@ -13,6 +13,7 @@ use crate::structures::ImageMeta;
 pub mod cost;
 pub mod foreign;
 pub mod retinanet;
+pub mod timing;
 pub mod two_stage;
 pub use retinanet::RetinaNet;
 pub use two_stage::{Rpn, TwoStage};

@@ -108,10 +108,16 @@ impl<B: Backend> RetinaNet<B> {
     /// - images: `[N, 3, H, W]`
     /// - output: per level `([N, A_l, K], [N, A_l, 4])` and the level's `[H_l, W_l]`
     pub fn forward_head(&self, images: Tensor<B, 4>) -> Result<HeadOutputs<B>, ModelError> {
+        use super::timing::{Stage, mark};
+        let device = images.device();
         let feats = self.backbone.forward_features(images);
+        mark::<B>(Stage::Backbone, &device);
         let pyramid = self.neck.forward(feats).map_err(model_err)?;
+        mark::<B>(Stage::Neck, &device);
         let sizes = pyramid.iter().map(|p| [p.dims()[2], p.dims()[3]]).collect();
-        Ok((self.bbox_head.forward(&pyramid), sizes))
+        let outs = self.bbox_head.forward(&pyramid);
+        mark::<B>(Stage::Heads, &device);
+        Ok((outs, sizes))
     }
 }
 
@@ -228,6 +234,7 @@ impl<B: Backend> Detector<B> for RetinaNet<B> {
             }
             results.push(det);
         }
+        super::timing::mark::<B>(super::timing::Stage::PostProcess, &device);
         Ok(results)
     }
 }

@@ -22,10 +22,14 @@ fn pyramid<B: Backend>(
     neck: &Fpn<B>,
     images: Tensor<B, 4>,
 ) -> Result<Pyramid<B>, ModelError> {
+    use super::timing::{Stage, mark};
+    let device = images.device();
     let feats = backbone.forward_features(images);
+    mark::<B>(Stage::Backbone, &device);
     let pyramid = neck
         .forward(feats)
         .map_err(|e| ModelError(format!("neck: {e}")))?;
+    mark::<B>(Stage::Neck, &device);
     let sizes = pyramid.iter().map(|p| [p.dims()[2], p.dims()[3]]).collect();
     Ok((pyramid, sizes))
 }
@@ -188,11 +192,18 @@ impl<B: super::DetBackend> Detector<B> for TwoStage<B> {
     }
 
     fn predict(&self, images: Tensor<B, 4>, metas: &[ImageMeta]) -> Result<Vec<Detections>, ModelError> {
+        use super::timing::{Stage, mark};
+        let device = images.device();
         let (feats, sizes) = pyramid(&self.backbone, &self.neck, images)?;
         let outs = self.rpn_head.forward(&feats);
+        mark::<B>(Stage::Heads, &device);
         let metas: Vec<&ImageMeta> = metas.iter().collect();
         let proposals = self.rpn_head.proposals(outs, &sizes, &metas, false)?;
-        self.roi_head.predict(&feats, &proposals, &metas)
+        mark::<B>(Stage::PostProcess, &device);
+        // the RoI head (features, box and mask branches, and its own per-class NMS) counts as heads
+        let dets = self.roi_head.predict(&feats, &proposals, &metas);
+        mark::<B>(Stage::Heads, &device);
+        dets
     }
 
     fn eval_kinds(&self) -> Vec<EvalKind> {
@@ -238,10 +249,15 @@ impl<B: Backend> Rpn<B> {
 
     /// Proposals of a batch, in each resized image.
     pub fn proposals(&self, images: Tensor<B, 4>, metas: &[ImageMeta]) -> Result<Vec<Proposals>, ModelError> {
+        use super::timing::{Stage, mark};
+        let device = images.device();
         let (feats, sizes) = pyramid(&self.backbone, &self.neck, images)?;
         let outs = self.rpn_head.forward(&feats);
+        mark::<B>(Stage::Heads, &device);
         let metas: Vec<&ImageMeta> = metas.iter().collect();
-        self.rpn_head.proposals(outs, &sizes, &metas, false)
+        let proposals = self.rpn_head.proposals(outs, &sizes, &metas, false);
+        mark::<B>(Stage::PostProcess, &device);
+        proposals
     }
 }
 
