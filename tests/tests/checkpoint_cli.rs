@@ -507,6 +507,8 @@ fn every_help_ends_with_examples_and_device_only_where_it_computes() {
         vec!["demo"],
         vec!["classify"],
         vec!["devices"],
+        vec!["benchmark"],
+        vec!["swap"],
     ];
     let counts_only = [
         vec!["eval"],
@@ -519,6 +521,10 @@ fn every_help_ends_with_examples_and_device_only_where_it_computes() {
         vec!["dataset", "stats"],
         vec!["dataset", "synth"],
         vec!["dataset", "browse"],
+        vec!["models"],
+        vec!["analyze", "confusion"],
+        vec!["analyze", "errors"],
+        vec!["analyze", "results"],
     ];
     for (cmd, device) in computes
         .iter()
