@@ -18,7 +18,7 @@ pub struct InferArgs {
     /// The config the model was trained with (JSON).
     pub config: PathBuf,
     /// A checkpoint directory (WORK_DIR/epoch_N, WORK_DIR/best), a work dir (its newest checkpoint), or a whole
-    /// mmdetection detector checkpoint (`.pth`, read strictly; see `attndet convert --help`).
+    /// mmdetection or torchvision detector checkpoint (`.pth`, read strictly; see `attndet convert --help`).
     pub checkpoint: PathBuf,
     /// Images (PNG or JPEG).
     #[arg(required = true)]

@@ -19,7 +19,7 @@ pub struct TestArgs {
     /// The config the model was trained with (JSON).
     pub config: PathBuf,
     /// A checkpoint directory (WORK_DIR/epoch_N, WORK_DIR/best), a work dir (its newest checkpoint), or a whole
-    /// mmdetection detector checkpoint (`.pth`, read strictly; see `attndet convert --help`).
+    /// mmdetection or torchvision detector checkpoint (`.pth`, read strictly; see `attndet convert --help`).
     pub checkpoint: PathBuf,
     /// Write the detections as a COCO results file (JSON list of {image_id, category_id, bbox, score}); with
     /// several kinds evaluated, one file each, named FILE's stem + `.KIND.json`.
