@@ -973,6 +973,149 @@ mod tests {
         );
     }
 
+    const TORCHVISION: &[&str] = &["model.layout=torchvision"];
+
+    #[test]
+    fn a_torchvision_faster_rcnn_maps_every_tensor_with_the_background_row_moved_last() {
+        let (model, result) = load(&faster_rcnn(TORCHVISION), "torchvision_faster_rcnn_r18_tiny.pth");
+        let summary = result.unwrap();
+        // the mmdetection file's 150 keys, less nothing: 20 counters unused
+        assert_eq!(summary.in_file - summary.applied, 20, "{summary:?}");
+        let key = "backbone.fpn.inner_blocks.2.0.weight";
+        let (_, got) = ours(&model, "neck.lateral_convs.2.weight");
+        assert_same(&got, (0..got.len()).map(|i| formula(key, i)), key);
+        let key = "rpn.head.conv.0.0.bias";
+        let (_, got) = ours(&model, "rpn_head.rpn_conv.bias");
+        assert_same(&got, (0..16).map(|i| formula(key, i)), key);
+        let key = "backbone.body.layer2.0.downsample.1.weight";
+        let (_, got) = ours(&model, "backbone.layer2.0.downsample.bn.gamma");
+        assert_same(&got, (0..128).map(|i| 1.0 + formula(key, i)), key);
+        // cls_score [4, 32] rows (bg, a, b, c) -> ours (a, b, c, bg), burn [32, 4]: ours[j] = W[row(j % 4)][j / 4]
+        let key = "roi_heads.box_predictor.cls_score.weight";
+        let (shape, got) = ours(&model, "roi_head.bbox_head.fc_cls.weight");
+        assert_eq!(shape, [32, 4]);
+        let row = |r: usize| if r < 3 { r + 1 } else { 0 };
+        assert_same(&got, (0..128).map(|j| formula(key, row(j % 4) * 32 + j / 4)), key);
+        let key = "roi_heads.box_predictor.cls_score.bias";
+        let (_, got) = ours(&model, "roi_head.bbox_head.fc_cls.bias");
+        assert_same(&got, (0..4).map(|r| formula(key, row(r))), key);
+        // bbox_pred [16, 32]: the background's rows 0..4 dropped, ours [32, 12] = rows 4..16
+        let key = "roi_heads.box_predictor.bbox_pred.weight";
+        let (shape, got) = ours(&model, "roi_head.bbox_head.fc_reg.weight");
+        assert_eq!(shape, [32, 12]);
+        assert_same(
+            &got,
+            (0..32 * 12).map(|j| formula(key, (4 + j % 12) * 32 + j / 12)),
+            key,
+        );
+    }
+
+    #[test]
+    fn a_torchvision_retinanet_maps_its_extra_levels_and_heads() {
+        let cfg = retinanet(&[
+            "model.layout=torchvision",
+            "model.neck.num_outs=5",
+            "model.bbox_head.anchor_generator.strides=[8, 16, 32, 64, 128]",
+            "model.neck.add_extra_convs=on_output",
+            "model.neck.relu_before_extra_convs=true",
+        ]);
+        let (model, result) = load(&cfg, "torchvision_retinanet_r18_tiny.pth");
+        let summary = result.unwrap();
+        assert_eq!(summary.in_file - summary.applied, 20);
+        // three used levels: p6 and p7 are our fpn_convs 3 and 4
+        for (key, path) in [
+            ("backbone.fpn.extra_blocks.p6.weight", "neck.fpn_convs.3.weight"),
+            ("backbone.fpn.extra_blocks.p7.bias", "neck.fpn_convs.4.bias"),
+            (
+                "head.classification_head.conv.1.0.weight",
+                "bbox_head.cls_convs.1.weight",
+            ),
+            (
+                "head.regression_head.bbox_reg.weight",
+                "bbox_head.retina_reg.weight",
+            ),
+            (
+                "head.classification_head.cls_logits.bias",
+                "bbox_head.retina_cls.bias",
+            ),
+        ] {
+            let (_, got) = ours(&model, path);
+            assert_same(&got, (0..got.len()).map(|i| formula(key, i)), key);
+        }
+        // P6 from C5 (mmdetection's on_input) is another shape: named in torchvision's terms
+        let cfg = retinanet(&[
+            "model.layout=torchvision",
+            "model.neck.num_outs=5",
+            "model.bbox_head.anchor_generator.strides=[8, 16, 32, 64, 128]",
+            "model.neck.add_extra_convs=on_input",
+        ]);
+        let (_, result) = load(&cfg, "torchvision_retinanet_r18_tiny.pth");
+        let message = result.unwrap_err().to_string();
+        assert!(
+            message.contains(
+                "backbone.fpn.extra_blocks.p6.weight: model [16, 512, 3, 3], checkpoint [16, 16, 3, 3]"
+            ),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn torchvision_missing_keys_and_class_counts_are_named_in_its_terms() {
+        // one more tower conv: missing, by torchvision's name
+        let cfg = retinanet(&[
+            "model.layout=torchvision",
+            "model.neck.num_outs=5",
+            "model.bbox_head.anchor_generator.strides=[8, 16, 32, 64, 128]",
+            "model.neck.add_extra_convs=on_output",
+            "model.bbox_head.stacked_convs=3",
+        ]);
+        let (_, result) = load(&cfg, "torchvision_retinanet_r18_tiny.pth");
+        let ForeignError::Mismatch { mismatch, .. } = result.unwrap_err() else {
+            panic!()
+        };
+        assert!(
+            mismatch
+                .missing
+                .iter()
+                .any(|k| k == "head.classification_head.conv.2.0.weight"),
+            "{mismatch}"
+        );
+        let (_, result) = load(
+            &faster_rcnn(&[
+                "model.layout=torchvision",
+                "model.roi_head.bbox_head.num_classes=90",
+            ]),
+            "torchvision_faster_rcnn_r18_tiny.pth",
+        );
+        let message = result.unwrap_err().to_string();
+        assert!(
+            message.contains("roi_heads.box_predictor.cls_score.weight")
+                && message.contains("4 rows, i.e. 3 classes")
+                && message.contains("the config has 90 classes"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn an_mmdetection_checkpoint_for_a_torchvision_config_is_refused_naming_the_key() {
+        let (_, result) = load(&faster_rcnn(TORCHVISION), "faster_rcnn_r18_tiny.pth");
+        let err = result.unwrap_err();
+        assert!(matches!(err, ForeignError::Mmdetection { .. }), "{err}");
+        assert!(err.to_string().contains("key `backbone.bn1.bias`"), "{err}");
+        // and torchvision's Mask R-CNN layout is not mapped: a config error naming the field
+        let cfg = config(
+            "mask_rcnn/mask_rcnn_r18_fpn_synth_demo.json",
+            FASTER_RCNN,
+            &["model.layout=torchvision"],
+        );
+        let (_, result) = load(&cfg, "torchvision_faster_rcnn_r18_tiny.pth");
+        let message = result.unwrap_err().to_string();
+        assert!(
+            message.contains("model.layout") && message.contains("MaskRCNN"),
+            "{message}"
+        );
+    }
+
     #[test]
     fn a_torchvision_checkpoint_is_refused_with_its_layout_named() {
         let (_, result) = load(&faster_rcnn(&[]), "torchvision_faster_rcnn_keys.pth");
