@@ -100,3 +100,44 @@ fn one_sided_clamp_leaves_shrinking_deltas_alone() {
     assert!((mm[2] - mm[0] - 1.6).abs() < 1e-4, "{mm:?}");
     assert!((mm[3] - mm[1] - 6250.0).abs() < 0.1, "{mm:?}");
 }
+
+#[test]
+fn frozen_batch_norm_fixes_eps_and_affine() {
+    use attndet_backbones::AnyBackbone;
+    use attndet_backbones::resnet::block::Block;
+    use attndet_detectors::config::BackboneConfig;
+    use attndet_detectors::models::build_backbone;
+    type A = burn::backend::Autodiff<Cpu>;
+    let mut cfg = BackboneConfig {
+        name: "resnet18".into(),
+        frozen_stages: -1,
+        norm_eval: true,
+        init_checkpoint: None,
+        norm_eps: Some(0.0),
+        norm_requires_grad: false,
+    };
+    let AnyBackbone::ResNet(r) = build_backbone::<A>(&cfg, &DEV).unwrap() else {
+        panic!("a ResNet")
+    };
+    let Block::Basic(b) = &r.layer4[0] else {
+        panic!("ResNet-18 blocks are basic")
+    };
+    let bn = &b.downsample.as_ref().unwrap().bn;
+    assert_eq!((r.bn1.epsilon, bn.epsilon), (0.0, 0.0));
+    assert!(!r.bn1.gamma.is_require_grad() && !bn.beta.is_require_grad());
+    // the conv weights still train
+    assert!(b.conv1.weight.is_require_grad());
+    // the defaults: eps 1e-5, affine trained
+    cfg.norm_eps = None;
+    cfg.norm_requires_grad = true;
+    let AnyBackbone::ResNet(r) = build_backbone::<A>(&cfg, &DEV).unwrap() else {
+        panic!("a ResNet")
+    };
+    assert_eq!(r.bn1.epsilon, 1e-5);
+    assert!(r.bn1.gamma.is_require_grad());
+    // not offered for other families
+    cfg.name = "mobilenet_v2".into();
+    cfg.norm_eps = Some(0.0);
+    let err = build_backbone::<A>(&cfg, &DEV).unwrap_err().to_string();
+    assert!(err.contains("model.backbone.norm_eps"), "{err}");
+}
