@@ -18,6 +18,11 @@ Writes:
 - cascade_mask_rcnn_r18_tiny.pth: a Cascade Mask R-CNN (three class-agnostic box heads
   `roi_head.bbox_head.{0,1,2}`, three one-conv mask heads `roi_head.mask_head.{0,1,2}`) matching
   configs/cascade_rcnn/cascade_rcnn_r18_fpn_synth_demo.json with CASCADE_OVERRIDES and a mask branch.
+- torchvision_faster_rcnn_r18_tiny.pth / torchvision_retinanet_r18_tiny.pth: the same two detectors in
+  torchvision's layout (`backbone.body.*`, `backbone.fpn.inner_blocks.i.0.*`, `rpn.head.conv.0.0.*`,
+  `roi_heads.box_predictor.cls_score` with K + 1 rows, background first, `bbox_pred` with 4 (K + 1);
+  `head.classification_head.conv.i.0.*`, `backbone.fpn.extra_blocks.p6/p7`), bare state dicts, for the configs
+  above with `model.layout=torchvision` (and, for RetinaNet, P6 from P5: `model.neck.add_extra_convs=on_output`).
 
 Values: element i (flattened, row-major) of tensor `key` is v = (((7 i + len(key)) % 23) - 11) / 1000, plus 1 for
 BatchNorm weights and running variances (see `value`); num_batches_tracked is 5. The Rust tests compute the
@@ -170,6 +175,44 @@ def retinanet():
     return shapes
 
 
+def tv_fpn(in_channels, out, p6p7=False):
+    """torchvision FeaturePyramidNetwork keys (Conv2dNormActivation: `.0` inside each block)."""
+    shapes = {}
+    for i, cin in enumerate(in_channels):
+        conv(shapes, f"backbone.fpn.inner_blocks.{i}.0", out, cin, 1)
+        conv(shapes, f"backbone.fpn.layer_blocks.{i}.0", out, out, 3)
+    if p6p7:
+        conv(shapes, "backbone.fpn.extra_blocks.p6", out, out, 3)
+        conv(shapes, "backbone.fpn.extra_blocks.p7", out, out, 3)
+    return shapes
+
+
+def tv_faster_rcnn():
+    c, fc, k, a, roi = 16, 32, 3, 3, 7
+    shapes = resnet18("backbone.body.")
+    shapes.update(tv_fpn([64, 128, 256, 512], c))
+    conv(shapes, "rpn.head.conv.0.0", c, c, 3)
+    conv(shapes, "rpn.head.cls_logits", a, c, 1)
+    conv(shapes, "rpn.head.bbox_pred", 4 * a, c, 1)
+    linear(shapes, "roi_heads.box_head.fc6", fc, c * roi * roi)
+    linear(shapes, "roi_heads.box_head.fc7", fc, fc)
+    linear(shapes, "roi_heads.box_predictor.cls_score", k + 1, fc)
+    linear(shapes, "roi_heads.box_predictor.bbox_pred", 4 * (k + 1), fc)
+    return shapes
+
+
+def tv_retinanet():
+    c, k, a = 16, 3, 9
+    shapes = resnet18("backbone.body.")
+    shapes.update(tv_fpn([128, 256, 512], c, p6p7=True))
+    for head in ("classification_head", "regression_head"):
+        for i in range(2):
+            conv(shapes, f"head.{head}.conv.{i}.0", c, c, 3)
+    conv(shapes, "head.classification_head.cls_logits", a * k, c, 3)
+    conv(shapes, "head.regression_head.bbox_reg", a * 4, c, 3)
+    return shapes
+
+
 def state_dict(shapes):
     out = {}
     for key, shape in shapes.items():
@@ -216,6 +259,8 @@ def main():
     save_deflated(state_dict(tv), os.path.join(out, "torchvision_faster_rcnn_keys.pth"))
     save_deflated({"meta": meta, "state_dict": state_dict(cascade_mask_rcnn())},
                   os.path.join(out, "cascade_mask_rcnn_r18_tiny.pth"))
+    save_deflated(state_dict(tv_faster_rcnn()), os.path.join(out, "torchvision_faster_rcnn_r18_tiny.pth"))
+    save_deflated(state_dict(tv_retinanet()), os.path.join(out, "torchvision_retinanet_r18_tiny.pth"))
 
 
 if __name__ == "__main__":

@@ -51,6 +51,17 @@ pub struct AnchorGeneratorConfig {
     /// Round base anchors to integers (torchvision `AnchorGenerator`, ties to even as `torch.round`).
     #[serde(default)]
     pub round_base_anchors: bool,
+    /// torchvision's `sizes`: per level, the sides in pixels of the ratio-1 anchors, so that a base anchor is
+    /// `w = size / sqrt(ratio)`, `h = size * sqrt(ratio)` (torchvision's RetinaNet truncates its octave sizes,
+    /// `int(32 * 2^(1/3)) = 40`, which no `scales` list reproduces). Exclusive with `scales`, the octave fields
+    /// and `base_sizes`.
+    #[serde(default)]
+    pub sizes: Option<Vec<Vec<f32>>>,
+    /// Shift the anchors of a level by torchvision's stride, `batch size // feature size` per axis, instead of
+    /// the level's nominal stride (they differ where a level is not an exact division of the padded batch,
+    /// e.g. P6 of an 800-pixel-high batch: 800 // 13 = 61, not 64).
+    #[serde(default)]
+    pub strides_from_batch: bool,
 }
 
 impl AnchorGeneratorConfig {
@@ -66,6 +77,8 @@ impl AnchorGeneratorConfig {
             scale_major: true,
             center_offset: 0.0,
             round_base_anchors: false,
+            sizes: None,
+            strides_from_batch: false,
         }
     }
 
@@ -74,6 +87,9 @@ impl AnchorGeneratorConfig {
     /// # Errors
     /// [`BlocksError::Config`] for empty lists, non-positive values or mismatched lengths.
     pub fn init(&self) -> Result<AnchorGenerator, BlocksError> {
+        if let Some(sizes) = &self.sizes {
+            return self.init_from_sizes(sizes);
+        }
         let scales = self.scale_values()?;
         if self.strides.is_empty() || self.strides.contains(&0) {
             return Err(BlocksError::config(
@@ -113,6 +129,53 @@ impl AnchorGeneratorConfig {
         Ok(AnchorGenerator {
             strides: self.strides.clone(),
             base_anchors,
+            strides_from_batch: self.strides_from_batch,
+        })
+    }
+
+    /// torchvision's `AnchorGenerator`: the ratio-1 sides are given per level.
+    fn init_from_sizes(&self, sizes: &[Vec<f32>]) -> Result<AnchorGenerator, BlocksError> {
+        if self.scales.is_some()
+            || self.octave_base_scale.is_some()
+            || self.scales_per_octave.is_some()
+            || self.base_sizes.is_some()
+        {
+            return Err(BlocksError::config(
+                "sizes",
+                "excludes `scales`, `octave_base_scale`, `scales_per_octave` and `base_sizes`",
+            ));
+        }
+        if sizes.len() != self.strides.len() || self.strides.contains(&0) {
+            return Err(BlocksError::config(
+                "sizes",
+                format!(
+                    "has {} levels for {} positive strides",
+                    sizes.len(),
+                    self.strides.len()
+                ),
+            ));
+        }
+        if sizes
+            .iter()
+            .any(|l| l.is_empty() || l.iter().any(|s| s.is_nan() || *s <= 0.0))
+        {
+            return Err(BlocksError::config(
+                "sizes",
+                "every level needs at least one positive size",
+            ));
+        }
+        if self.ratios.is_empty() || self.ratios.iter().any(|r| r.is_nan() || *r <= 0.0) {
+            return Err(BlocksError::config(
+                "ratios",
+                "must be a non-empty list of positive numbers",
+            ));
+        }
+        // a size is a scale of a base size of 1
+        let base_anchors = sizes.iter().map(|s| self.level_base_anchors(1.0, s)).collect();
+        Ok(AnchorGenerator {
+            strides: self.strides.clone(),
+            base_anchors,
+            strides_from_batch: self.strides_from_batch,
         })
     }
 
@@ -168,6 +231,7 @@ impl AnchorGeneratorConfig {
 pub struct AnchorGenerator {
     strides: Vec<usize>,
     base_anchors: Vec<Vec<[f32; 4]>>,
+    strides_from_batch: bool,
 }
 
 impl AnchorGenerator {
@@ -233,13 +297,32 @@ impl AnchorGenerator {
         featmap_sizes: &[[usize; 2]],
         device: &B::Device,
     ) -> Result<Vec<Tensor<B, 2>>, BlocksError> {
+        self.grid_anchors_in::<B>(featmap_sizes, None, device)
+    }
+
+    /// [`Self::grid_anchors`] for a batch tensor of `[H, W]`: with `strides_from_batch` a level's anchors are
+    /// shifted by `(H // H_l, W // W_l)` (torchvision); otherwise, or without `batch_hw`, by the stride.
+    ///
+    /// # Errors
+    /// [`BlocksError::Shape`] when the number of levels differs from the generator's.
+    pub fn grid_anchors_in<B: Backend>(
+        &self,
+        featmap_sizes: &[[usize; 2]],
+        batch_hw: Option<[usize; 2]>,
+        device: &B::Device,
+    ) -> Result<Vec<Tensor<B, 2>>, BlocksError> {
         self.check_levels(featmap_sizes)?;
         Ok(featmap_sizes
             .iter()
             .enumerate()
             .map(|(l, &[h, w])| {
                 let a = self.base_anchors[l].len();
-                let stride = self.strides[l] as f32;
+                let (stride_y, stride_x) = match batch_hw {
+                    Some([bh, bw]) if self.strides_from_batch && h * w > 0 => {
+                        ((bh / h) as f32, (bw / w) as f32)
+                    }
+                    _ => (self.strides[l] as f32, self.strides[l] as f32),
+                };
                 if h * w == 0 {
                     return Tensor::zeros([0, 4], device);
                 }
@@ -247,10 +330,10 @@ impl AnchorGenerator {
                 let base = Tensor::<B, 2>::from_data(TensorData::new(base_flat, [a, 4]), device);
                 let xs = Tensor::<B, 1, Int>::arange(0..w as i64, device)
                     .float()
-                    .mul_scalar(stride);
+                    .mul_scalar(stride_x);
                 let ys = Tensor::<B, 1, Int>::arange(0..h as i64, device)
                     .float()
-                    .mul_scalar(stride);
+                    .mul_scalar(stride_y);
                 let xx = xs.reshape([1, w]).expand([h, w]).reshape([h * w, 1]);
                 let yy = ys.reshape([h, 1]).expand([h, w]).reshape([h * w, 1]);
                 let shifts = Tensor::cat(vec![xx.clone(), yy.clone(), xx, yy], 1); // [HW,4]

@@ -44,6 +44,10 @@ pub struct DeltaXywhCoderConfig {
     /// `dw, dh` are clamped to `±|ln(wh_ratio_clip)|` before `exp`.
     #[serde(default = "default_wh_ratio_clip")]
     pub wh_ratio_clip: f32,
+    /// Clamp `dw, dh` only from above, at `|ln(wh_ratio_clip)|` (torchvision's `BoxCoder`, whose
+    /// `bbox_xform_clip` is `ln(1000 / 16)`); the centre shift is not clamped.
+    #[serde(default)]
+    pub clamp_wh_above_only: bool,
 }
 
 impl Default for DeltaXywhCoderConfig {
@@ -55,6 +59,7 @@ impl Default for DeltaXywhCoderConfig {
             add_ctr_clamp: false,
             ctr_clamp: default_ctr_clamp(),
             wh_ratio_clip: default_wh_ratio_clip(),
+            clamp_wh_above_only: false,
         }
     }
 }
@@ -181,6 +186,8 @@ impl DeltaXywhCoder {
         let max_ratio = self.cfg.wh_ratio_clip.ln().abs();
         let dwh = if self.cfg.add_ctr_clamp {
             dxy_wh = dxy_wh.clamp(-self.cfg.ctr_clamp, self.cfg.ctr_clamp);
+            dwh.clamp_max(max_ratio)
+        } else if self.cfg.clamp_wh_above_only {
             dwh.clamp_max(max_ratio)
         } else {
             dwh.clamp(-max_ratio, max_ratio)

@@ -1,6 +1,7 @@
-//! Whole mmdetection detector checkpoints through the binary: `convert --config` to a checkpoint directory,
-//! `test` and `infer` on that directory and on the `.pth` itself (same detections), and exit 2 with the keys
-//! named for a broken file, a torchvision file and another class count.
+//! Whole mmdetection and torchvision detector checkpoints through the binary: `convert --config` to a
+//! checkpoint directory, `test` and `infer` on that directory and on the `.pth` itself (same detections), and
+//! exit 2 with the keys named for a broken file, a file of the other layout than the config's and another class
+//! count.
 //!
 //! Fixtures: `python3 detectors/scripts/make_detector_checkpoints.py detectors/tests/fixtures/foreign`.
 
@@ -171,4 +172,68 @@ fn bad_mmdet_checkpoints_exit_2_naming_the_keys() {
         "{err}"
     );
     assert!(!conv.exists());
+}
+
+#[test]
+fn torchvision_checkpoints_load_into_torchvision_layout_configs_only() {
+    let tmp = TempDir::new("foreign-ckpt-tv");
+    let dir = tmp.path();
+    synth_dataset(dir, 1, 2, 64, 5);
+    let image: PathBuf = dir.join("data/val/000001.png");
+    let cfg = config("faster_rcnn/faster_rcnn_r18_fpn_synth_demo.json");
+    let mut tv = overrides(dir, false);
+    tv.push("model.layout=torchvision".into());
+    let tv_pth = fixture("torchvision_faster_rcnn_r18_tiny.pth");
+
+    // convert, then infer on the directory and on the .pth: the same detections
+    let conv = dir.join("conv-tv");
+    let out = run_with(
+        &[
+            "convert",
+            "--config",
+            &cfg,
+            "--from",
+            &tv_pth,
+            "--out",
+            conv.to_str().unwrap(),
+        ],
+        &tv,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (from_dir, from_pth) = (dir.join("dir.json"), dir.join("pth.json"));
+    for (ckpt, json) in [
+        (conv.display().to_string(), &from_dir),
+        (tv_pth.clone(), &from_pth),
+    ] {
+        let out = run_with(
+            &[
+                "infer",
+                &cfg,
+                &ckpt,
+                image.to_str().unwrap(),
+                "--out",
+                json.to_str().unwrap(),
+            ],
+            &tv,
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    assert_eq!(detections(&from_dir), detections(&from_pth));
+
+    // an mmdetection checkpoint for the torchvision-layout config, and the torchvision one for the
+    // mmdetection config: exit 2, naming a key of the file
+    let out = run_with(&["test", &cfg, &fixture("faster_rcnn_r18_tiny.pth")], &tv);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("mmdetection detector (key `backbone.bn1.bias`)"),
+        "{err}"
+    );
+    let out = run_with(
+        &["infer", &cfg, &tv_pth, image.to_str().unwrap()],
+        &overrides(dir, false),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("torchvision detector (key `backbone.body."), "{err}");
 }

@@ -10,7 +10,7 @@ use anyhow::Context;
 use attndet_backbones::BackboneArch;
 use attndet_detectors::config::ExperimentConfig;
 use attndet_detectors::engine::checkpoint::{self, TrainState};
-use attndet_detectors::models::foreign::{ForeignSummary, load_mmdet};
+use attndet_detectors::models::foreign::{ForeignSummary, load_detector_checkpoint};
 use attndet_detectors::models::{AnyDetector, DetBackend};
 use burn::backend::Flex;
 use clap::Args;
@@ -26,23 +26,27 @@ Backbone (--model NAME): the input is a PyTorch checkpoint (.pth or .pth.tar: a 
 holding `state_dict`, keys with or without DataParallel's `module.` prefix; torchvision ResNet files load \
 unchanged), a safetensors file with PyTorch naming, or one of our own files; the output is a safetensors file.\n\n\
 Detector (--config CONFIG): the input is a whole mmdetection detector (RetinaNet, RPN or Faster R-CNN: its \
-runner's {\"meta\", \"state_dict\"} file or a bare state dict) whose architecture the config describes; the \
+runner's {\"meta\", \"state_dict\"} file or a bare state dict) whose architecture the config describes, or, \
+for a config with \"layout\": \"torchvision\" (configs/torchvision/), a torchvision RetinaNet or Faster R-CNN \
+state dict (91 classes, background first, rows reordered to ours); the \
 output is a checkpoint directory for `attndet test CONFIG DIR` and `attndet infer CONFIG DIR` (which also \
 take the .pth itself). A classifier with another number of classes than the config's is refused, naming the \
-key; torchvision detector checkpoints are not supported yet.\n\n\
+key; a checkpoint of the other layout than the config's is refused, naming its first key.\n\n\
 Every tensor of the architecture must be present with its shape and every tensor of the file must be used: \
 otherwise the missing, unexpected and mis-shaped keys are listed and the exit code is 2. The output is \
 written atomically.",
     after_help = "Examples:\n  attndet convert --model dca_se_resnet50 --from dca_se_resnet50.pth.tar --out dca_se_resnet50.safetensors\n  \
 attndet convert --config configs/faster_rcnn/faster_rcnn_r50_fpn_1x_coco.json \
 --from faster_rcnn_r50_fpn_1x_coco_20200130-047c8118.pth --out work_dirs/faster_rcnn_mmdet\n  \
+attndet convert --config configs/torchvision/fasterrcnn_resnet50_fpn.json \
+--from fasterrcnn_resnet50_fpn_coco-258fb6c6.pth --out work_dirs/fasterrcnn_tv\n  \
 attndet test work_dirs/faster_rcnn_mmdet --json   # the converted checkpoint records its config"
 )]
 pub struct ConvertArgs {
     /// Zoo name of the checkpoint's backbone architecture (backbone mode).
     #[arg(long, required_unless_present = "config", conflicts_with = "config")]
     pub model: Option<String>,
-    /// The detector's config (detector mode): the input is a whole mmdetection detector.
+    /// The detector's config (detector mode): the input is a whole mmdetection or torchvision detector.
     #[arg(long, value_name = "CONFIG")]
     pub config: Option<PathBuf>,
     /// Config overrides `a.b.c=VALUE` (detector mode).
@@ -78,7 +82,8 @@ pub fn run(args: &ConvertArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Build the configured detector and read a whole foreign (mmdetection) checkpoint into it, strictly.
+/// Build the configured detector and read a whole foreign (mmdetection or torchvision) checkpoint into it,
+/// strictly.
 /// Every failure is bad input (exit 2).
 pub fn load_foreign_model<B: DetBackend>(
     cfg: &ExperimentConfig,
@@ -86,7 +91,8 @@ pub fn load_foreign_model<B: DetBackend>(
     device: &B::Device,
 ) -> anyhow::Result<(AnyDetector<B>, ForeignSummary)> {
     let mut model = build_model::<B>(cfg, device)?;
-    let summary = load_mmdet(&mut model, &cfg.model, file).map_err(|e| bad_input(e.to_string()))?;
+    let summary =
+        load_detector_checkpoint(&mut model, &cfg.model, file).map_err(|e| bad_input(e.to_string()))?;
     Ok((model, summary))
 }
 

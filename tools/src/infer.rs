@@ -22,7 +22,8 @@ attndet infer configs/retinanet/retinanet_r50_fpn_1x_coco.json retinanet_r50_fpn
 pub struct InferArgs {
     /// `[CONFIG] CKPT IMAGE...`: the config (optional: a checkpoint of ours records its own; recognised as a
     /// `.json` file; when given it is checked against the checkpoint's), the checkpoint (a checkpoint
-    /// directory, a work dir, or a whole mmdetection `.pth`, which needs CONFIG), then the images: files (PNG,
+    /// directory, a work dir, or a whole mmdetection or torchvision `.pth`, which
+    /// needs CONFIG), then the images: files (PNG,
     /// JPEG, ...), directories (their image files, not recursive) or glob patterns (`'dir/*.jpg'`, quoted so
     /// that attndet expands them).
     #[arg(required = true, value_name = "[CONFIG] CKPT IMAGE")]

@@ -28,7 +28,8 @@ pub struct TestArgs {
     /// any other difference applies with a warning naming them.
     pub config: Option<PathBuf>,
     /// A checkpoint directory (WORK_DIR/epoch_N, WORK_DIR/best), a work dir (its newest checkpoint), or a whole
-    /// mmdetection detector checkpoint (`.pth`, read strictly, needs CONFIG; see `attndet convert --help`).
+    /// mmdetection or torchvision detector checkpoint (`.pth`, read strictly, needs CONFIG; see `attndet convert
+    /// --help`).
     pub checkpoint: PathBuf,
     /// Write the detections as a COCO results file (JSON list of {image_id, category_id, bbox, score}); with
     /// several kinds evaluated, one file each, named FILE's stem + `.KIND.json`.

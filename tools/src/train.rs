@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use attndet_coco::CocoDataset;
 use attndet_detectors::config::ExperimentConfig;
-use attndet_detectors::data::coco::{DetDataset, records_from_coco};
+use attndet_detectors::data::coco::{DetDataset, records_with_class_ids};
 use attndet_detectors::engine::checkpoint;
 use attndet_detectors::engine::evaluate::{
     EvalResults, evaluate_kinds_on, predict_records, summary_text, test_loader_options,
@@ -96,7 +96,13 @@ pub fn load_split(cfg: &ExperimentConfig, train: bool) -> anyhow::Result<(CocoDa
             if train { "train" } else { "val" }
         ))
     })?;
-    let det = records_from_coco(&coco, &root.join(&split.img_dir), train);
+    let det = records_with_class_ids(
+        &coco,
+        &root.join(&split.img_dir),
+        train,
+        cfg.model.class_ids(),
+        cfg.model.num_classes(),
+    );
     Ok((coco, det))
 }
 
@@ -465,7 +471,7 @@ pub fn run(args: &TrainArgs, device: &DeviceArg) -> anyhow::Result<()> {
 }
 
 /// Load a checkpoint's model into a freshly built model on `B` (inference). `ckpt` is a checkpoint directory,
-/// a work dir (its newest checkpoint), or a file: a whole mmdetection detector (`.pth`), read strictly.
+/// a work dir (its newest checkpoint), or a file: a whole mmdetection or torchvision detector (`.pth`, as `model.layout`), read strictly.
 pub fn load_checkpoint_model<B: DetBackend>(
     cfg: &ExperimentConfig,
     ckpt: &Path,

@@ -433,3 +433,125 @@ fn unknown_nested_type_names_its_field() {
         );
     }
 }
+
+/// The torchvision configs load with torchvision's settings (each checked against torchvision 0.29's
+/// `models/detection/{faster_rcnn,retinanet,rpn,roi_heads,anchor_utils,_utils}.py` and `ops/poolers.py`), and
+/// the mmdetection configs keep the defaults of every torchvision option.
+#[test]
+fn torchvision_configs_load_with_torchvisions_settings() {
+    use crate::config::{ClassIds, Layout};
+    use crate::ops::LevelMapping;
+    let load = |name: &str| -> ExperimentConfig {
+        load_typed(&configs_dir().join("torchvision").join(name), &[])
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .0
+    };
+    let cfg = load("fasterrcnn_resnet50_fpn.json");
+    let ModelConfig::FasterRcnn(m) = &cfg.model else {
+        panic!("a FasterRCNN")
+    };
+    assert_eq!(
+        (m.layout, m.class_ids),
+        (Layout::Torchvision, ClassIds::Offset { offset: 1 })
+    );
+    // FrozenBatchNorm2d with the eps 0 of the released COCO weights
+    assert_eq!(
+        (
+            m.backbone.norm_eps,
+            m.backbone.norm_requires_grad,
+            m.backbone.norm_eval
+        ),
+        (Some(0.0), false, true)
+    );
+    let a = &m.rpn_head.anchor_generator;
+    assert_eq!(
+        a.sizes.as_ref().unwrap(),
+        &vec![vec![32.0], vec![64.0], vec![128.0], vec![256.0], vec![512.0]]
+    );
+    assert!(a.round_base_anchors && a.strides_from_batch);
+    assert!(m.rpn_head.bbox_coder.clamp_wh_above_only);
+    assert_eq!(
+        (
+            m.train_cfg.rpn_proposal.nms_pre,
+            m.train_cfg.rpn_proposal.max_per_img
+        ),
+        (2000, 2000)
+    );
+    let t = &m.test_cfg;
+    assert_eq!(
+        (t.rpn.nms_pre, t.rpn.max_per_img, t.rpn.min_bbox_size),
+        (1000, 1000, 0.001)
+    );
+    assert!(t.rpn.min_size_inclusive && t.rpn.rank_by_logits);
+    assert_eq!(
+        (
+            t.rcnn.score_thr,
+            t.rcnn.nms_iou_thr,
+            t.rcnn.max_per_img,
+            t.rcnn.min_bbox_size
+        ),
+        (0.05, 0.5, 100, 0.01)
+    );
+    let crate::config::RoiHeadConfig::Standard(h) = &m.roi_head else {
+        panic!("torchvision's Faster R-CNN has a standard RoI head")
+    };
+    let e = &h.bbox_roi_extractor;
+    assert_eq!((e.sampling_ratio, e.aligned), (2, false));
+    assert_eq!(
+        e.mapping,
+        LevelMapping::Torchvision {
+            canonical_scale: 224.0,
+            canonical_level: 4.0
+        }
+    );
+    assert_eq!(h.bbox_head.num_classes, 90);
+    assert!(h.bbox_head.bbox_coder.clamp_wh_above_only);
+    assert_eq!(cfg.data.pipeline.img_scale, [1333, 800]);
+
+    let cfg = load("retinanet_resnet50_fpn.json");
+    let ModelConfig::RetinaNet(m) = &cfg.model else {
+        panic!("a RetinaNet")
+    };
+    assert_eq!(
+        (m.layout, m.class_ids),
+        (Layout::Torchvision, ClassIds::Offset { offset: 0 })
+    );
+    assert_eq!(m.bbox_head.num_classes, 91);
+    // LastLevelP6P7(256, 256): P6 from P5, ReLU before P7
+    assert_eq!(m.neck.add_extra_convs, crate::necks::ExtraConvs::OnOutput);
+    assert!(m.neck.relu_before_extra_convs);
+    // int(32 * 2^(1/3)) = 40, int(32 * 2^(2/3)) = 50, ...
+    let sizes = m.bbox_head.anchor_generator.sizes.as_ref().unwrap();
+    assert_eq!(sizes[0], [32.0, 40.0, 50.0]);
+    assert_eq!(sizes[4], [512.0, 645.0, 812.0]);
+    assert_eq!((m.test_cfg.nms_pre, m.test_cfg.max_per_img), (1000, 300));
+
+    // the mmdetection configs keep every torchvision option off
+    let (cfg, _): (ExperimentConfig, _) = load_typed(
+        &configs_dir().join("faster_rcnn/faster_rcnn_r50_fpn_1x_coco.json"),
+        &[],
+    )
+    .unwrap();
+    let ModelConfig::FasterRcnn(m) = &cfg.model else {
+        panic!("a FasterRCNN")
+    };
+    assert_eq!((m.layout, m.class_ids), (Layout::Mmdetection, ClassIds::Sorted));
+    assert_eq!((m.backbone.norm_eps, m.backbone.norm_requires_grad), (None, true));
+    let a = &m.rpn_head.anchor_generator;
+    assert!(a.sizes.is_none() && !a.strides_from_batch && !m.rpn_head.bbox_coder.clamp_wh_above_only);
+    assert!(!m.test_cfg.rpn.min_size_inclusive && !m.test_cfg.rpn.rank_by_logits);
+}
+
+#[test]
+fn class_ids_give_the_category_of_each_class() {
+    use crate::config::ClassIds;
+    assert_eq!(ClassIds::Sorted.category_ids(&[2, 7, 9], 3), vec![2, 7, 9]);
+    // torchvision's Faster R-CNN: class 0 is category 1 (person), class 89 category 90 (toothbrush)
+    let tv = ClassIds::Offset { offset: 1 }.category_ids(&[1, 2, 90], 90);
+    assert_eq!((tv.len(), tv[0], tv[89]), (90, 1, 90));
+    assert!(ClassIds::Offset { offset: 0 }.category_ids(&[], 0).is_empty());
+    let err = serde_json::from_value::<ClassIds>(json!({"type": "offset"}))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("offset"), "{err}");
+}

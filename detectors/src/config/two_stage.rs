@@ -68,6 +68,14 @@ pub struct ProposalConfig {
     /// Proposals with a side of at most this many pixels are dropped (0: drop only empty boxes).
     #[serde(default)]
     pub min_bbox_size: f64,
+    /// Keep the proposals whose sides are at least `min_bbox_size` rather than above it (torchvision's
+    /// `remove_small_boxes`, with `min_size` 1e-3).
+    #[serde(default)]
+    pub min_size_inclusive: bool,
+    /// Rank each level's anchors by objectness logit, not by its sigmoid (torchvision). The two orders agree
+    /// except where the sigmoid rounds distinct logits to one value.
+    #[serde(default)]
+    pub rank_by_logits: bool,
 }
 
 /// A region proposal network alone (mmdetection's `RPN` detector): proposals are its detections.
@@ -322,4 +330,10 @@ pub struct TwoStageConfig {
     pub train_cfg: TwoStageTrainConfig,
     /// Inference settings.
     pub test_cfg: TwoStageTestConfig,
+    /// Layout of the whole-detector checkpoints it reads.
+    #[serde(default)]
+    pub layout: super::Layout,
+    /// How its classes become category ids.
+    #[serde(default)]
+    pub class_ids: super::ClassIds,
 }

@@ -80,6 +80,25 @@ impl ModelConfig {
         }
     }
 
+    /// Whose whole-detector checkpoints the detector reads (an RPN alone: mmdetection's).
+    pub fn layout(&self) -> Layout {
+        match self {
+            Self::RetinaNet(c) => c.layout,
+            // torchvision has neither an RPN alone nor Cascade R-CNN
+            Self::Rpn(_) | Self::CascadeRcnn(_) => Layout::Mmdetection,
+            Self::FasterRcnn(c) | Self::MaskRcnn(c) => c.layout,
+        }
+    }
+
+    /// How the detector's class indices become dataset category ids.
+    pub fn class_ids(&self) -> ClassIds {
+        match self {
+            Self::RetinaNet(c) => c.class_ids,
+            Self::Rpn(_) | Self::CascadeRcnn(_) => ClassIds::Sorted,
+            Self::FasterRcnn(c) | Self::MaskRcnn(c) => c.class_ids,
+        }
+    }
+
     /// Object classes the detector predicts (1 for an RPN: "object").
     pub fn num_classes(&self) -> usize {
         match self {
@@ -87,6 +106,51 @@ impl ModelConfig {
             Self::Rpn(_) => 1,
             Self::FasterRcnn(c) | Self::MaskRcnn(c) => c.roi_head.num_classes(),
             Self::CascadeRcnn(c) => c.roi_head.num_classes(),
+        }
+    }
+}
+
+/// The layout of the whole-detector checkpoints a detector reads (`attndet test`, `infer`, `convert` with a
+/// `.pth`), and so the meaning of its classifier's rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layout {
+    /// mmdetection: `backbone.*`, `neck.*`, `rpn_head.*`, `roi_head.*`, `bbox_head.*` keys; K classifier rows
+    /// (a softmax classifier: K + 1, background last), as our own checkpoints.
+    #[default]
+    Mmdetection,
+    /// torchvision: `backbone.body.*`, `backbone.fpn.*`, `rpn.head.*`, `roi_heads.*`, `head.*` keys. Its
+    /// RetinaNet's K rows are taken as they are; its Faster R-CNN's softmax rows (background first) are
+    /// reordered to ours (background last) and the background's 4 regression rows, which nothing reads, are
+    /// dropped, so that every score is torchvision's.
+    Torchvision,
+}
+
+/// How a class index of the detector becomes a dataset category id (and an annotation's category id a
+/// training label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClassIds {
+    /// Class k is the k-th category of the dataset in ascending id order (mmdetection: COCO's 80 categories
+    /// become 0..80).
+    #[default]
+    Sorted,
+    /// Class k is category id `k + offset` (torchvision's COCO models, whose rows are the raw category ids
+    /// with their gaps: RetinaNet `offset` 0 with 91 classes, class 0 never trained; Faster R-CNN `offset` 1
+    /// with 90 classes once the background row is moved last). Annotations whose id falls outside the
+    /// classes are left out.
+    Offset {
+        /// Category id of class 0.
+        offset: u64,
+    },
+}
+
+impl ClassIds {
+    /// The category id of each of `num_classes` classes, given the dataset's ids in ascending order.
+    pub fn category_ids(&self, sorted_dataset_ids: &[u64], num_classes: usize) -> Vec<u64> {
+        match self {
+            Self::Sorted => sorted_dataset_ids.to_vec(),
+            Self::Offset { offset } => (0..num_classes as u64).map(|k| k + offset).collect(),
         }
     }
 }
@@ -105,6 +169,12 @@ pub struct RetinaNetConfig {
     pub train_cfg: RetinaTrainConfig,
     /// Inference settings.
     pub test_cfg: DenseTestConfig,
+    /// Layout of the whole-detector checkpoints it reads.
+    #[serde(default)]
+    pub layout: Layout,
+    /// How its classes become category ids.
+    #[serde(default)]
+    pub class_ids: ClassIds,
 }
 
 /// A backbone of the zoo and how it trains.
@@ -122,6 +192,19 @@ pub struct BackboneConfig {
     /// `null`: random init.
     #[serde(default)]
     pub init_checkpoint: Option<String>,
+    /// BatchNorm epsilon of every layer (ResNet family); `null`: the zoo's, 1e-5. torchvision's released COCO
+    /// detectors use 0 (their builders call `overwrite_eps(model, 0.0)`).
+    #[serde(default)]
+    pub norm_eps: Option<f64>,
+    /// Whether BatchNorm's weight and bias train (mmdetection's `norm_cfg.requires_grad`, ResNet family).
+    /// `false` with `norm_eval` is torchvision's FrozenBatchNorm2d: statistics and affine fixed, the same
+    /// `y = (x - mean) / sqrt(var + eps) * weight + bias` in the forward pass.
+    #[serde(default = "default_true")]
+    pub norm_requires_grad: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// RetinaNet's head: shared towers, anchors, coder and losses.

@@ -28,10 +28,27 @@ pub struct DetDataset {
 /// Build the records of `coco`, with image files under `img_dir`. With `skip_empty` (training), images without
 /// a usable box are left out (they contribute no positives and mmdetection filters them too).
 pub fn records_from_coco(coco: &CocoDataset, img_dir: &Path, skip_empty: bool) -> DetDataset {
-    let category_ids = coco.sorted_category_ids();
+    records_with_class_ids(coco, img_dir, skip_empty, crate::config::ClassIds::Sorted, 0)
+}
+
+/// [`records_from_coco`] for a detector of `num_classes` classes whose class indices map to category ids by
+/// `class_ids` (annotations of a category outside them are left out). A class without a category of the
+/// dataset (e.g. torchvision's class 0) is named `class_ID`.
+pub fn records_with_class_ids(
+    coco: &CocoDataset,
+    img_dir: &Path,
+    skip_empty: bool,
+    class_ids: crate::config::ClassIds,
+    num_classes: usize,
+) -> DetDataset {
+    let category_ids = class_ids.category_ids(&coco.sorted_category_ids(), num_classes);
     let category_names = category_ids
         .iter()
-        .map(|id| coco.category(*id).map(|c| c.name.clone()).unwrap_or_default())
+        .map(|id| {
+            coco.category(*id)
+                .map(|c| c.name.clone())
+                .unwrap_or_else(|| format!("class_{id}"))
+        })
         .collect();
     let label_of = |cat: u64| category_ids.binary_search(&cat).ok();
     let mut records = Vec::new();

@@ -230,7 +230,7 @@ impl<B: Backend> RpnHead<B> {
         let device = outs[0].0.device();
         let anchors = Tensor::cat(
             p.anchors
-                .grid_anchors::<B>(sizes, &device)
+                .grid_anchors_in::<B>(sizes, Some(batch_hw), &device)
                 .map_err(model_err("anchors"))?,
             0,
         );
@@ -313,17 +313,35 @@ impl<B: Backend> RpnHead<B> {
             return Ok(vec![Proposals::default(); metas.len()]);
         }
         let device = outs[0].0.device();
+        // the batch tensor is padded to the largest padded image
+        let batch_hw = metas.iter().fold([0, 0], |[h, w], m| {
+            [h.max(m.pad_size.1 as usize), w.max(m.pad_size.0 as usize)]
+        });
         let anchors = p
             .anchors
-            .grid_anchors::<B>(sizes, &device)
+            .grid_anchors_in::<B>(sizes, Some(batch_hw), &device)
             .map_err(model_err("anchors"))?;
         // no gradient flows through proposals: read the values off the graph
         let host: Vec<LevelOnHost> = outs
             .into_iter()
             .zip(anchors)
-            .map(|((c, r), a)| LevelOnHost::read(sigmoid(c.detach()), r.detach(), a))
+            .map(|((c, r), a)| {
+                let c = if cfg.rank_by_logits {
+                    c.detach()
+                } else {
+                    sigmoid(c.detach())
+                };
+                LevelOnHost::read(c, r.detach(), a)
+            })
             .collect();
         let min_size = cfg.min_bbox_size as f32;
+        let big_enough = |side: f32| {
+            if cfg.min_size_inclusive {
+                side >= min_size
+            } else {
+                side > min_size
+            }
+        };
         metas
             .iter()
             .enumerate()
@@ -341,11 +359,21 @@ impl<B: Backend> RpnHead<B> {
                 let keep: Vec<usize> = (0..c.boxes.len())
                     .filter(|&j| {
                         let b = c.boxes[j];
-                        b[2] - b[0] > min_size && b[3] - b[1] > min_size
+                        big_enough(b[2] - b[0]) && big_enough(b[3] - b[1])
                     })
                     .collect();
                 let boxes: Vec<[f32; 4]> = keep.iter().map(|&j| c.boxes[j]).collect();
-                let scores: Vec<f32> = keep.iter().map(|&j| c.scores[j]).collect();
+                let scores: Vec<f32> = keep
+                    .iter()
+                    .map(|&j| {
+                        let s = c.scores[j];
+                        if cfg.rank_by_logits {
+                            1.0 / (1.0 + (-s).exp())
+                        } else {
+                            s
+                        }
+                    })
+                    .collect();
                 let levels: Vec<i64> = keep.iter().map(|&j| c.levels[j]).collect();
                 let kept = batched_nms_host(&boxes, &scores, &levels, cfg.nms_iou_thr as f32);
                 Ok(Proposals {

@@ -1,29 +1,33 @@
 //! Whole-detector checkpoints of other frameworks: a PyTorch file (`torch.save`) holding a detector trained
-//! with mmdetection, read into an [`AnyDetector`] built from the matching config.
+//! with mmdetection or torchvision, read into an [`AnyDetector`] built from the matching config (whose
+//! `layout` names the framework, see [`crate::config::Layout`]).
 //!
 //! The file is mmdetection's runner layout `{"meta": ..., "state_dict": ...}` or a bare state dict (keys with
 //! or without DataParallel's `module.` prefix). Each key is mapped onto our module path by the part it belongs
-//! to ([`mmdet_key_map`]):
+//! to ([`mmdet_key_map`], [`torchvision_key_map`]):
 //!
-//! | part | mmdetection | ours |
-//! |---|---|---|
-//! | backbone | `backbone.*` | `backbone.*` through the zoo family's key map (as for backbone checkpoints) |
-//! | FPN | `neck.lateral_convs.i.conv.*`, `neck.fpn_convs.i.conv.*` | `neck.lateral_convs.i.*`, `neck.fpn_convs.i.*` |
-//! | RPN | `rpn_head.rpn_conv.*`, `rpn_cls`, `rpn_reg` | the same |
-//! | RoI head | `roi_head.bbox_head.shared_fcs.i.*`, `fc_cls` (K + 1 rows, background last), `fc_reg` (4 K) | the same |
-//! | RetinaNet | `bbox_head.{cls,reg}_convs.i.conv.*`, `bbox_head.retina_cls.*`, `retina_reg` | `bbox_head.{cls,reg}_convs.i.*`, the same |
+//! | part | mmdetection | torchvision | ours |
+//! |---|---|---|---|
+//! | backbone | `backbone.*` | `backbone.body.*` | `backbone.*` through the zoo family's key map (as for backbone checkpoints) |
+//! | FPN | `neck.lateral_convs.i.conv.*`, `neck.fpn_convs.i.conv.*` | `backbone.fpn.inner_blocks.i.0.*`, `layer_blocks.i.0.*` (older files: without `.0`), `extra_blocks.p6`/`p7` | `neck.lateral_convs.i.*`, `neck.fpn_convs.i.*` (extra levels after the used ones) |
+//! | RPN | `rpn_head.rpn_conv.*`, `rpn_cls`, `rpn_reg` | `rpn.head.conv.0.0.*` (older: `conv.*`), `cls_logits`, `bbox_pred` | `rpn_head.rpn_conv.*`, `rpn_cls`, `rpn_reg` |
+//! | RoI head | `roi_head.bbox_head.shared_fcs.i.*`, `fc_cls` (K + 1 rows, background last), `fc_reg` (4 K) | `roi_heads.box_head.fc6`/`fc7`, `box_predictor.cls_score` (K + 1 rows, background first), `bbox_pred` (4 (K + 1)) | `roi_head.bbox_head.shared_fcs.i.*`, `fc_cls`, `fc_reg` |
+//! | RetinaNet | `bbox_head.{cls,reg}_convs.i.conv.*`, `bbox_head.retina_cls.*`, `retina_reg` | `head.{classification,regression}_head.conv.i.0.*`, `cls_logits`, `bbox_reg` | `bbox_head.{cls,reg}_convs.i.*`, `retina_cls`, `retina_reg` |
 //!
 //! Tensors are applied with burn's PyTorch adapter: Linear weights are transposed (PyTorch `[out, in]`, burn
-//! `[in, out]`), BatchNorm `weight`/`bias` become `gamma`/`beta`, conv weights are taken as they are. mmdetection's
-//! class order (K contiguous labels, background last) is ours, so no row is moved.
+//! `[in, out]`), BatchNorm (and torchvision's FrozenBatchNorm2d) `weight`/`bias` become `gamma`/`beta`, conv
+//! weights are taken as they are. mmdetection's class order (K contiguous labels, background last) is ours, so
+//! no row is moved. torchvision's Faster R-CNN classifier has its background first: its rows `1..=K` become
+//! ours `0..K` and its row 0 our last (a softmax does not depend on the order of its inputs, so every score
+//! is torchvision's), and the 4 regression rows of its background, which inference and training never read,
+//! are dropped. torchvision's RetinaNet rows (91, class 0 included) are taken as they are.
 //!
 //! Loading is strict: every tensor of the model must be found with its shape (only the backbone's
 //! classification head, which detection checkpoints lack, may be absent) and every tensor of the file must be
 //! used; otherwise one [`ForeignError::Mismatch`] names every missing, unexpected and mis-shaped key in the
 //! file's naming. A classifier whose class count differs from the config's is reported first, as
-//! [`ForeignError::ClassCount`]. A checkpoint in torchvision's layout (`backbone.body.*`, `rpn.head.*`,
-//! `roi_heads.*`, `head.classification_head.*`) is refused with [`ForeignError::Torchvision`]: our configs do not
-//! reproduce torchvision's detectors yet.
+//! [`ForeignError::ClassCount`]. A checkpoint of the other layout than the config's is refused with
+//! [`ForeignError::Torchvision`] or [`ForeignError::Mmdetection`], naming the first key that shows it.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -37,7 +41,7 @@ use burn_store::{ApplyError, TensorSnapshot};
 use regex::Regex;
 
 use super::AnyDetector;
-use crate::config::{ModelConfig, RoiHeadConfig};
+use crate::config::{Layout, ModelConfig, RoiHeadConfig};
 
 /// A whole-detector checkpoint that cannot be read into the configured detector. Every variant is bad input
 /// (a wrong file, or a file for another config).
@@ -62,14 +66,29 @@ pub enum ForeignError {
     /// The checkpoint is in torchvision's layout, the config in mmdetection's.
     #[error(
         "checkpoint {} is a torchvision detector (key `{key}`), but the config describes an mmdetection-layout \
-         {model}: torchvision's layout (backbone.body.*, rpn.head.*, roi_heads.*, 91 classes with background \
-         first) is not supported yet; give an mmdetection checkpoint",
+         {model} (`model.layout` is \"mmdetection\"): give an mmdetection checkpoint, or a config of \
+         torchvision's layout such as configs/torchvision/fasterrcnn_resnet50_fpn.json",
         path.display()
     )]
     Torchvision {
         /// The file.
         path: PathBuf,
         /// The first torchvision key found.
+        key: String,
+        /// The config's detector type.
+        model: String,
+    },
+    /// The checkpoint is in mmdetection's layout, the config in torchvision's.
+    #[error(
+        "checkpoint {} is an mmdetection detector (key `{key}`), but the config describes a torchvision-layout \
+         {model} (`model.layout` is \"torchvision\"): give a torchvision checkpoint (backbone.body.*, \
+         backbone.fpn.*, rpn.head.*, roi_heads.*, head.*), or an mmdetection config",
+        path.display()
+    )]
+    Mmdetection {
+        /// The file.
+        path: PathBuf,
+        /// The first mmdetection key found.
         key: String,
         /// The config's detector type.
         model: String,
@@ -125,6 +144,8 @@ pub type Rules = Vec<(String, String)>;
 pub struct PartMap {
     /// Key prefix in the file, e.g. `neck.`.
     pub prefix: String,
+    /// The prefix of the part's paths in our model (mmdetection: the file's `prefix`).
+    pub our_prefix: String,
     /// File key -> our path.
     pub to_ours: Rules,
     /// Our path -> file key.
@@ -139,6 +160,7 @@ fn conv_module_part(prefix: &str, lists: &[&str]) -> PartMap {
     let p = regex::escape(prefix);
     PartMap {
         prefix: prefix.to_string(),
+        our_prefix: prefix.to_string(),
         to_ours: vec![(
             format!(r"^{p}({names})\.(\d+)\.conv\."),
             format!("{prefix}$1.$2."),
@@ -152,6 +174,7 @@ fn conv_module_part(prefix: &str, lists: &[&str]) -> PartMap {
 fn same_part(prefix: &str) -> PartMap {
     PartMap {
         prefix: prefix.to_string(),
+        our_prefix: prefix.to_string(),
         to_ours: Vec::new(),
         to_file: Vec::new(),
         optional: Vec::new(),
@@ -171,6 +194,7 @@ fn backbone_part(name: &str) -> Result<PartMap, String> {
     to_ours.push(("^".to_string(), "backbone.".to_string()));
     Ok(PartMap {
         prefix: "backbone.".to_string(),
+        our_prefix: "backbone.".to_string(),
         to_ours,
         to_file: Vec::new(),
         optional: arch
@@ -227,6 +251,220 @@ fn cascade_stages(h: &RoiHeadConfig) -> usize {
     }
 }
 
+/// A part of torchvision's layout: its file prefix, our prefix and `(file regex, ours)` rules whose reverse
+/// (`(ours regex, file)`) names missing keys.
+fn tv_part(prefix: &str, our_prefix: &str, rules: &[(&str, &str, &str, &str)]) -> PartMap {
+    PartMap {
+        prefix: prefix.to_string(),
+        our_prefix: our_prefix.to_string(),
+        to_ours: rules
+            .iter()
+            .map(|(from, to, _, _)| (from.to_string(), to.to_string()))
+            .collect(),
+        to_file: rules
+            .iter()
+            .map(|(_, _, from, to)| (from.to_string(), to.to_string()))
+            .collect(),
+        optional: Vec::new(),
+    }
+}
+
+/// The parts of the configured detector in torchvision's layout; `fpn_levels` is the number of backbone
+/// levels the FPN uses (its extra convs, torchvision's `p6`/`p7`, follow them in our `fpn_convs`).
+///
+/// # Errors
+/// An unknown backbone name, or a detector torchvision's layout is not mapped for (Mask R-CNN, an RPN alone).
+pub fn torchvision_key_map(cfg: &ModelConfig, fpn_levels: usize) -> Result<Vec<PartMap>, String> {
+    let mut backbone = backbone_part(&cfg.backbone().name)?;
+    backbone.prefix = "backbone.body.".into();
+    backbone.to_ours[0].0 = r"^backbone\.body\.".into();
+    backbone.to_file = vec![(r"^backbone\.".into(), "backbone.body.".into())];
+    let (p6, p7) = (fpn_levels, fpn_levels + 1);
+    let extra_ours = [
+        format!(r"^neck\.fpn_convs\.{p6}\."),
+        format!(r"^neck\.fpn_convs\.{p7}\."),
+    ];
+    let extra_to = [format!("neck.fpn_convs.{p6}."), format!("neck.fpn_convs.{p7}.")];
+    let fpn = tv_part(
+        "backbone.fpn.",
+        "neck.",
+        &[
+            (
+                r"^backbone\.fpn\.extra_blocks\.p6\.",
+                &extra_to[0],
+                &extra_ours[0],
+                "backbone.fpn.extra_blocks.p6.",
+            ),
+            (
+                r"^backbone\.fpn\.extra_blocks\.p7\.",
+                &extra_to[1],
+                &extra_ours[1],
+                "backbone.fpn.extra_blocks.p7.",
+            ),
+            (
+                r"^backbone\.fpn\.inner_blocks\.(\d+)\.(0\.)?",
+                "neck.lateral_convs.$1.",
+                r"^neck\.lateral_convs\.(\d+)\.",
+                "backbone.fpn.inner_blocks.$1.0.",
+            ),
+            (
+                r"^backbone\.fpn\.layer_blocks\.(\d+)\.(0\.)?",
+                "neck.fpn_convs.$1.",
+                r"^neck\.fpn_convs\.(\d+)\.",
+                "backbone.fpn.layer_blocks.$1.0.",
+            ),
+        ],
+    );
+    let rpn = || {
+        tv_part(
+            "rpn.head.",
+            "rpn_head.",
+            &[
+                (
+                    r"^rpn\.head\.conv\.(0\.0\.)?",
+                    "rpn_head.rpn_conv.",
+                    r"^rpn_head\.rpn_conv\.",
+                    "rpn.head.conv.0.0.",
+                ),
+                (
+                    r"^rpn\.head\.cls_logits\.",
+                    "rpn_head.rpn_cls.",
+                    r"^rpn_head\.rpn_cls\.",
+                    "rpn.head.cls_logits.",
+                ),
+                (
+                    r"^rpn\.head\.bbox_pred\.",
+                    "rpn_head.rpn_reg.",
+                    r"^rpn_head\.rpn_reg\.",
+                    "rpn.head.bbox_pred.",
+                ),
+            ],
+        )
+    };
+    let mut parts = vec![backbone, fpn];
+    match cfg {
+        ModelConfig::RetinaNet(_) => parts.push(tv_part(
+            "head.",
+            "bbox_head.",
+            &[
+                (
+                    r"^head\.classification_head\.conv\.(\d+)\.0\.",
+                    "bbox_head.cls_convs.$1.",
+                    r"^bbox_head\.cls_convs\.(\d+)\.",
+                    "head.classification_head.conv.$1.0.",
+                ),
+                (
+                    r"^head\.classification_head\.cls_logits\.",
+                    "bbox_head.retina_cls.",
+                    r"^bbox_head\.retina_cls\.",
+                    "head.classification_head.cls_logits.",
+                ),
+                (
+                    r"^head\.regression_head\.conv\.(\d+)\.0\.",
+                    "bbox_head.reg_convs.$1.",
+                    r"^bbox_head\.reg_convs\.(\d+)\.",
+                    "head.regression_head.conv.$1.0.",
+                ),
+                (
+                    r"^head\.regression_head\.bbox_reg\.",
+                    "bbox_head.retina_reg.",
+                    r"^bbox_head\.retina_reg\.",
+                    "head.regression_head.bbox_reg.",
+                ),
+            ],
+        )),
+        ModelConfig::FasterRcnn(_) => {
+            parts.push(rpn());
+            parts.push(tv_part(
+                "roi_heads.",
+                "roi_head.",
+                &[
+                    (
+                        r"^roi_heads\.box_head\.fc6\.",
+                        "roi_head.bbox_head.shared_fcs.0.",
+                        r"^roi_head\.bbox_head\.shared_fcs\.0\.",
+                        "roi_heads.box_head.fc6.",
+                    ),
+                    (
+                        r"^roi_heads\.box_head\.fc7\.",
+                        "roi_head.bbox_head.shared_fcs.1.",
+                        r"^roi_head\.bbox_head\.shared_fcs\.1\.",
+                        "roi_heads.box_head.fc7.",
+                    ),
+                    (
+                        r"^roi_heads\.box_predictor\.cls_score\.",
+                        "roi_head.bbox_head.fc_cls.",
+                        r"^roi_head\.bbox_head\.fc_cls\.",
+                        "roi_heads.box_predictor.cls_score.",
+                    ),
+                    (
+                        r"^roi_heads\.box_predictor\.bbox_pred\.",
+                        "roi_head.bbox_head.fc_reg.",
+                        r"^roi_head\.bbox_head\.fc_reg\.",
+                        "roi_heads.box_predictor.bbox_pred.",
+                    ),
+                ],
+            ));
+        }
+        ModelConfig::MaskRcnn(_) | ModelConfig::Rpn(_) | ModelConfig::CascadeRcnn(_) => {
+            return Err(format!(
+                "model.layout: torchvision's layout is mapped for RetinaNet and FasterRCNN, not {}",
+                match cfg {
+                    ModelConfig::MaskRcnn(_) => "MaskRCNN",
+                    ModelConfig::CascadeRcnn(_) => "CascadeRCNN",
+                    _ => "RPN",
+                }
+            ));
+        }
+    }
+    Ok(parts)
+}
+
+/// torchvision's Faster R-CNN classifier rows, reordered to ours: `[1..=K, 0]` for `cls_score`, `[1..=K]`
+/// (4 rows each) for `bbox_pred`. Other tensors are kept.
+fn torchvision_rows(key: &str, snapshot: TensorSnapshot) -> TensorSnapshot {
+    let per_class = if key.starts_with("roi_heads.box_predictor.cls_score.") {
+        1
+    } else if key.starts_with("roi_heads.box_predictor.bbox_pred.") {
+        4
+    } else {
+        return snapshot;
+    };
+    let dims: Vec<usize> = snapshot.shape.iter().copied().collect();
+    let rows = dims.first().copied().unwrap_or(0);
+    if rows < per_class {
+        return snapshot; // the shape check reports it
+    }
+    let row_len: usize = dims[1..].iter().product();
+    // our row r is the file's row order[r]
+    let order: Vec<usize> = if per_class == 1 {
+        (1..rows).chain([0]).collect()
+    } else {
+        (4..rows).collect()
+    };
+    let mut shape = dims.clone();
+    shape[0] = order.len();
+    let source = snapshot.clone_data_fn();
+    let new_shape = shape.clone();
+    let data_fn = std::rc::Rc::new(move || {
+        let data = source()?.convert::<f32>();
+        let values: Vec<f32> = data.to_vec().unwrap_or_default();
+        let picked: Vec<f32> = order
+            .iter()
+            .flat_map(|&r| values[r * row_len..(r + 1) * row_len].iter().copied())
+            .collect();
+        Ok(burn::tensor::TensorData::new(picked, new_shape.clone()))
+    });
+    TensorSnapshot::from_closure(
+        data_fn,
+        burn::tensor::DType::F32,
+        shape.into(),
+        snapshot.path_stack.clone().unwrap_or_default(),
+        snapshot.container_stack.clone().unwrap_or_default(),
+        snapshot.tensor_id.unwrap_or_default(),
+    )
+}
+
 /// Compiled rules.
 struct Compiled(Vec<(Regex, String)>);
 
@@ -253,6 +491,9 @@ impl Compiled {
         key
     }
 }
+
+/// Keys that mark mmdetection's detection layout (a `backbone.` key is mmdetection's unless torchvision's).
+const MMDET_PREFIXES: &[&str] = &["neck.", "rpn_head.", "roi_head.", "bbox_head.", "backbone."];
 
 /// Keys that mark torchvision's detection layout.
 const TORCHVISION_PREFIXES: &[&str] = &[
@@ -304,9 +545,14 @@ fn check_classes(
         expected,
         field: field.to_string(),
     };
+    let tv = cfg.layout() == Layout::Torchvision;
     match cfg {
         ModelConfig::FasterRcnn(c) | ModelConfig::MaskRcnn(c) => {
-            let key = "roi_head.bbox_head.fc_cls.weight";
+            let key = if tv {
+                "roi_heads.box_predictor.cls_score.weight"
+            } else {
+                "roi_head.bbox_head.fc_cls.weight"
+            };
             if let Some(&rows) = file.get(key).and_then(|s| s.first()) {
                 let expected = c.roi_head.num_classes();
                 if rows != expected + 1 {
@@ -340,7 +586,11 @@ fn check_classes(
             }
         }
         ModelConfig::RetinaNet(c) => {
-            let key = "bbox_head.retina_cls.weight";
+            let key = if tv {
+                "head.classification_head.cls_logits.weight"
+            } else {
+                "bbox_head.retina_cls.weight"
+            };
             let anchors = ours
                 .get("bbox_head.retina_reg.weight")
                 .and_then(|s| s.first())
@@ -365,14 +615,28 @@ fn check_classes(
     Ok(())
 }
 
-/// Read a whole mmdetection detector checkpoint into `model`, built from `cfg`, strictly (see the module
-/// documentation for the mapping and the checks).
+/// Read a whole mmdetection or torchvision detector checkpoint (`cfg.layout()`) into `model`, built from
+/// `cfg`, strictly (see the module documentation for the mapping and the checks).
 ///
 /// # Errors
-/// See [`ForeignError`]: unreadable file, torchvision layout, class count, or the keys that do not fit.
-pub fn load_mmdet<B: super::DetBackend>(
+/// See [`ForeignError`]: unreadable file, the other layout, class count, or the keys that do not fit.
+pub fn load_detector_checkpoint<B: super::DetBackend>(
     model: &mut AnyDetector<B>,
     cfg: &ModelConfig,
+    path: &Path,
+) -> Result<ForeignSummary, ForeignError> {
+    let tensors = read_tensors(path)?;
+    load_tensors(model, cfg, tensors, path)
+}
+
+/// [`load_detector_checkpoint`] for tensors already read, by file key (`path` only names them in errors).
+///
+/// # Errors
+/// See [`ForeignError`].
+pub fn load_tensors<B: super::DetBackend>(
+    model: &mut AnyDetector<B>,
+    cfg: &ModelConfig,
+    tensors: Vec<(String, TensorSnapshot)>,
     path: &Path,
 ) -> Result<ForeignSummary, ForeignError> {
     let detector = model.type_name().to_string();
@@ -380,12 +644,21 @@ pub fn load_mmdet<B: super::DetBackend>(
         path: path.to_path_buf(),
         reason,
     };
-    let tensors = read_tensors(path)?;
-    if let Some((key, _)) = tensors
-        .iter()
-        .find(|(k, _)| TORCHVISION_PREFIXES.iter().any(|p| k.starts_with(p)))
-    {
+    let is_tv = |k: &str| TORCHVISION_PREFIXES.iter().any(|p| k.starts_with(p));
+    let tv = cfg.layout() == Layout::Torchvision;
+    if !tv && let Some((key, _)) = tensors.iter().find(|(k, _)| is_tv(k)) {
         return Err(ForeignError::Torchvision {
+            path: path.to_path_buf(),
+            key: key.clone(),
+            model: detector,
+        });
+    }
+    if tv
+        && let Some((key, _)) = tensors
+            .iter()
+            .find(|(k, _)| !is_tv(k) && MMDET_PREFIXES.iter().any(|p| k.starts_with(p)))
+    {
+        return Err(ForeignError::Mmdetection {
             path: path.to_path_buf(),
             key: key.clone(),
             model: detector,
@@ -405,7 +678,15 @@ pub fn load_mmdet<B: super::DetBackend>(
         .collect();
     check_classes(cfg, &file_shapes, &ours, path)?;
 
-    let parts = mmdet_key_map(cfg).map_err(config_err)?;
+    let parts = if tv {
+        let fpn_levels = ours
+            .keys()
+            .filter(|p| p.starts_with("neck.lateral_convs.") && p.ends_with(".weight"))
+            .count();
+        torchvision_key_map(cfg, fpn_levels).map_err(config_err)?
+    } else {
+        mmdet_key_map(cfg).map_err(config_err)?
+    };
     let compiled = parts
         .iter()
         .map(|p| Ok((Compiled::new(&p.to_ours)?, Compiled::new(&p.to_file)?)))
@@ -424,6 +705,9 @@ pub fn load_mmdet<B: super::DetBackend>(
             }
             continue;
         };
+        if tv {
+            snapshot = torchvision_rows(&key, snapshot);
+        }
         let new = compiled[i].0.apply(&key);
         snapshot.path_stack = Some(new.split('.').map(str::to_string).collect());
         original.insert(new.clone(), key);
@@ -436,7 +720,7 @@ pub fn load_mmdet<B: super::DetBackend>(
         if let Some(k) = original.get(ours) {
             return k.clone();
         }
-        match parts.iter().position(|p| ours.starts_with(&p.prefix)) {
+        match parts.iter().position(|p| ours.starts_with(&p.our_prefix)) {
             Some(i) => compiled[i].1.apply(ours),
             None => ours.to_string(),
         }
@@ -562,7 +846,7 @@ mod tests {
 
     fn load(cfg: &ModelConfig, file: &str) -> (AnyDetector<B>, Result<ForeignSummary, ForeignError>) {
         let mut model = AnyDetector::<B>::from_config(cfg, &Default::default()).unwrap();
-        let result = load_mmdet(&mut model, cfg, &fixture(file));
+        let result = load_detector_checkpoint(&mut model, cfg, &fixture(file));
         (model, result)
     }
 
@@ -726,6 +1010,149 @@ mod tests {
         );
     }
 
+    const TORCHVISION: &[&str] = &["model.layout=torchvision"];
+
+    #[test]
+    fn a_torchvision_faster_rcnn_maps_every_tensor_with_the_background_row_moved_last() {
+        let (model, result) = load(&faster_rcnn(TORCHVISION), "torchvision_faster_rcnn_r18_tiny.pth");
+        let summary = result.unwrap();
+        // the mmdetection file's 150 keys, less nothing: 20 counters unused
+        assert_eq!(summary.in_file - summary.applied, 20, "{summary:?}");
+        let key = "backbone.fpn.inner_blocks.2.0.weight";
+        let (_, got) = ours(&model, "neck.lateral_convs.2.weight");
+        assert_same(&got, (0..got.len()).map(|i| formula(key, i)), key);
+        let key = "rpn.head.conv.0.0.bias";
+        let (_, got) = ours(&model, "rpn_head.rpn_conv.bias");
+        assert_same(&got, (0..16).map(|i| formula(key, i)), key);
+        let key = "backbone.body.layer2.0.downsample.1.weight";
+        let (_, got) = ours(&model, "backbone.layer2.0.downsample.bn.gamma");
+        assert_same(&got, (0..128).map(|i| 1.0 + formula(key, i)), key);
+        // cls_score [4, 32] rows (bg, a, b, c) -> ours (a, b, c, bg), burn [32, 4]: ours[j] = W[row(j % 4)][j / 4]
+        let key = "roi_heads.box_predictor.cls_score.weight";
+        let (shape, got) = ours(&model, "roi_head.bbox_head.fc_cls.weight");
+        assert_eq!(shape, [32, 4]);
+        let row = |r: usize| if r < 3 { r + 1 } else { 0 };
+        assert_same(&got, (0..128).map(|j| formula(key, row(j % 4) * 32 + j / 4)), key);
+        let key = "roi_heads.box_predictor.cls_score.bias";
+        let (_, got) = ours(&model, "roi_head.bbox_head.fc_cls.bias");
+        assert_same(&got, (0..4).map(|r| formula(key, row(r))), key);
+        // bbox_pred [16, 32]: the background's rows 0..4 dropped, ours [32, 12] = rows 4..16
+        let key = "roi_heads.box_predictor.bbox_pred.weight";
+        let (shape, got) = ours(&model, "roi_head.bbox_head.fc_reg.weight");
+        assert_eq!(shape, [32, 12]);
+        assert_same(
+            &got,
+            (0..32 * 12).map(|j| formula(key, (4 + j % 12) * 32 + j / 12)),
+            key,
+        );
+    }
+
+    #[test]
+    fn a_torchvision_retinanet_maps_its_extra_levels_and_heads() {
+        let cfg = retinanet(&[
+            "model.layout=torchvision",
+            "model.neck.num_outs=5",
+            "model.bbox_head.anchor_generator.strides=[8, 16, 32, 64, 128]",
+            "model.neck.add_extra_convs=on_output",
+            "model.neck.relu_before_extra_convs=true",
+        ]);
+        let (model, result) = load(&cfg, "torchvision_retinanet_r18_tiny.pth");
+        let summary = result.unwrap();
+        assert_eq!(summary.in_file - summary.applied, 20);
+        // three used levels: p6 and p7 are our fpn_convs 3 and 4
+        for (key, path) in [
+            ("backbone.fpn.extra_blocks.p6.weight", "neck.fpn_convs.3.weight"),
+            ("backbone.fpn.extra_blocks.p7.bias", "neck.fpn_convs.4.bias"),
+            (
+                "head.classification_head.conv.1.0.weight",
+                "bbox_head.cls_convs.1.weight",
+            ),
+            (
+                "head.regression_head.bbox_reg.weight",
+                "bbox_head.retina_reg.weight",
+            ),
+            (
+                "head.classification_head.cls_logits.bias",
+                "bbox_head.retina_cls.bias",
+            ),
+        ] {
+            let (_, got) = ours(&model, path);
+            assert_same(&got, (0..got.len()).map(|i| formula(key, i)), key);
+        }
+        // P6 from C5 (mmdetection's on_input) is another shape: named in torchvision's terms
+        let cfg = retinanet(&[
+            "model.layout=torchvision",
+            "model.neck.num_outs=5",
+            "model.bbox_head.anchor_generator.strides=[8, 16, 32, 64, 128]",
+            "model.neck.add_extra_convs=on_input",
+        ]);
+        let (_, result) = load(&cfg, "torchvision_retinanet_r18_tiny.pth");
+        let message = result.unwrap_err().to_string();
+        assert!(
+            message.contains(
+                "backbone.fpn.extra_blocks.p6.weight: model [16, 512, 3, 3], checkpoint [16, 16, 3, 3]"
+            ),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn torchvision_missing_keys_and_class_counts_are_named_in_its_terms() {
+        // one more tower conv: missing, by torchvision's name
+        let cfg = retinanet(&[
+            "model.layout=torchvision",
+            "model.neck.num_outs=5",
+            "model.bbox_head.anchor_generator.strides=[8, 16, 32, 64, 128]",
+            "model.neck.add_extra_convs=on_output",
+            "model.bbox_head.stacked_convs=3",
+        ]);
+        let (_, result) = load(&cfg, "torchvision_retinanet_r18_tiny.pth");
+        let ForeignError::Mismatch { mismatch, .. } = result.unwrap_err() else {
+            panic!()
+        };
+        assert!(
+            mismatch
+                .missing
+                .iter()
+                .any(|k| k == "head.classification_head.conv.2.0.weight"),
+            "{mismatch}"
+        );
+        let (_, result) = load(
+            &faster_rcnn(&[
+                "model.layout=torchvision",
+                "model.roi_head.bbox_head.num_classes=90",
+            ]),
+            "torchvision_faster_rcnn_r18_tiny.pth",
+        );
+        let message = result.unwrap_err().to_string();
+        assert!(
+            message.contains("roi_heads.box_predictor.cls_score.weight")
+                && message.contains("4 rows, i.e. 3 classes")
+                && message.contains("the config has 90 classes"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn an_mmdetection_checkpoint_for_a_torchvision_config_is_refused_naming_the_key() {
+        let (_, result) = load(&faster_rcnn(TORCHVISION), "faster_rcnn_r18_tiny.pth");
+        let err = result.unwrap_err();
+        assert!(matches!(err, ForeignError::Mmdetection { .. }), "{err}");
+        assert!(err.to_string().contains("key `backbone.bn1.bias`"), "{err}");
+        // and torchvision's Mask R-CNN layout is not mapped: a config error naming the field
+        let cfg = config(
+            "mask_rcnn/mask_rcnn_r18_fpn_synth_demo.json",
+            FASTER_RCNN,
+            &["model.layout=torchvision"],
+        );
+        let (_, result) = load(&cfg, "torchvision_faster_rcnn_r18_tiny.pth");
+        let message = result.unwrap_err().to_string();
+        assert!(
+            message.contains("model.layout") && message.contains("MaskRCNN"),
+            "{message}"
+        );
+    }
+
     #[test]
     fn a_torchvision_checkpoint_is_refused_with_its_layout_named() {
         let (_, result) = load(&faster_rcnn(&[]), "torchvision_faster_rcnn_keys.pth");
@@ -739,7 +1166,7 @@ mod tests {
         let cfg = faster_rcnn(&[]);
         let mut model = AnyDetector::<B>::from_config(&cfg, &Default::default()).unwrap();
         let path = root().join("configs/faster_rcnn/faster_rcnn_r18_fpn_synth_demo.json");
-        let err = load_mmdet(&mut model, &cfg, &path).unwrap_err();
+        let err = load_detector_checkpoint(&mut model, &cfg, &path).unwrap_err();
         assert!(matches!(err, ForeignError::Read { .. }), "{err}");
     }
 

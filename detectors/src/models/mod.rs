@@ -228,6 +228,7 @@ pub fn build_backbone<B: Backend>(
             .load_backbone_weights(&arch, std::path::Path::new(path))
             .map_err(|e| ModelError(format!("model.backbone.init_checkpoint {path}: {e}")))?;
     }
+    let backbone = set_norms(backbone, cfg)?;
     let backbone = backbone.with_norm_mode(if cfg.norm_eval {
         NormMode::Frozen
     } else {
@@ -238,6 +239,70 @@ pub fn build_backbone<B: Backend>(
     } else {
         backbone
     })
+}
+
+/// Apply `norm_eps` and `norm_requires_grad` to every BatchNorm of a ResNet-family backbone.
+fn set_norms<B: Backend>(
+    backbone: attndet_backbones::AnyBackbone<B>,
+    cfg: &crate::config::BackboneConfig,
+) -> Result<attndet_backbones::AnyBackbone<B>, ModelError> {
+    use attndet_backbones::AnyBackbone;
+    use attndet_backbones::resnet::block::Block;
+    use burn::module::Module;
+    use burn::nn::BatchNorm;
+    if cfg.norm_eps.is_none() && cfg.norm_requires_grad {
+        return Ok(backbone);
+    }
+    let AnyBackbone::ResNet(mut r) = backbone else {
+        return Err(ModelError(format!(
+            "model.backbone.norm_eps / norm_requires_grad: supported for the ResNet family, not {}",
+            cfg.name
+        )));
+    };
+    let set = |mut bn: BatchNorm<B>| {
+        if let Some(eps) = cfg.norm_eps {
+            bn.epsilon = eps;
+        }
+        if cfg.norm_requires_grad { bn } else { bn.no_grad() }
+    };
+    r.bn1 = set(r.bn1);
+    let mut unsupported = None;
+    for layer in [&mut r.layer1, &mut r.layer2, &mut r.layer3, &mut r.layer4] {
+        *layer = std::mem::take(layer)
+            .into_iter()
+            .map(|b| match b {
+                Block::Basic(mut b) => {
+                    b.bn1 = set(b.bn1);
+                    b.bn2 = set(b.bn2);
+                    b.downsample = b.downsample.map(|mut d| {
+                        d.bn = set(d.bn);
+                        d
+                    });
+                    Block::Basic(b)
+                }
+                Block::Bottleneck(mut b) => {
+                    b.bn1 = set(b.bn1);
+                    b.bn2 = set(b.bn2);
+                    b.bn3 = set(b.bn3);
+                    b.downsample = b.downsample.map(|mut d| {
+                        d.bn = set(d.bn);
+                        d
+                    });
+                    Block::Bottleneck(b)
+                }
+                other => {
+                    unsupported = Some(cfg.name.clone());
+                    other
+                }
+            })
+            .collect();
+    }
+    if let Some(name) = unsupported {
+        return Err(ModelError(format!(
+            "model.backbone.norm_eps / norm_requires_grad: not supported for the blocks of {name}"
+        )));
+    }
+    Ok(AnyBackbone::ResNet(r))
 }
 
 /// Map a box from the transformed image back to the original (see [`ImageMeta::to_original`]).

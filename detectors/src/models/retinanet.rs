@@ -138,7 +138,7 @@ impl<B: Backend> Detector<B> for RetinaNet<B> {
         let anchors = Tensor::cat(
             self.parts
                 .anchors
-                .grid_anchors::<B>(&sizes, &device)
+                .grid_anchors_in::<B>(&sizes, Some([h, w]), &device)
                 .map_err(model_err)?,
             0,
         );
@@ -199,11 +199,12 @@ impl<B: Backend> Detector<B> for RetinaNet<B> {
 
     fn predict(&self, images: Tensor<B, 4>, metas: &[ImageMeta]) -> Result<Vec<Detections>, ModelError> {
         let device = images.device();
+        let [_, _, h, w] = images.dims();
         let (outs, sizes) = self.forward_head(images)?;
         let anchors = self
             .parts
             .anchors
-            .grid_anchors::<B>(&sizes, &device)
+            .grid_anchors_in::<B>(&sizes, Some([h, w]), &device)
             .map_err(model_err)?;
         let k = self.bbox_head.num_classes();
         let test = &self.parts.test;

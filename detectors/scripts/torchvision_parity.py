@@ -1,0 +1,233 @@
+#!/usr/bin/env python3
+"""Reference outputs of torchvision's RetinaNet and Faster R-CNN (R50-FPN, COCO layout) for the parity tests.
+
+Usage (torch 2.15 / torchvision 0.29, CPU):
+
+    python3 detectors/scripts/torchvision_parity.py detectors/tests/fixtures/torchvision
+
+Both models are built as torchvision's COCO builders build them for released weights (FrozenBatchNorm2d with
+eps 0, 91 classes), with every tensor of the state dict set from a formula that the Rust test computes too:
+
+    u(t, i) = ((i * 2654435761 + t * 40503 + 12345) mod 2^32) / 2^32 - 0.5        (exact in f64)
+    value   = (offset_q + amp_q * u) / 4096, rounded once to f32
+
+where t is the tensor's index in the recorded key list, i the element's row-major index, and (amp_q, offset_q)
+the integers recorded with the key (every step is exact in f64, so both sides get the same f32). The image is
+800x1216 RGB from an integer formula (`image_pixel`), so neither side resizes it (scale min(800/800, 1333/1216)
+= 1) nor pads it (both sides are multiples of 32).
+
+Recorded per model (`retinanet.json`, `fasterrcnn.json`): the key list with shapes and formula integers, the
+detections in torchvision's order, and for Faster R-CNN the RPN's test proposals; then the losses of one batch
+(the image and `gt_boxes` / `gt_labels`) with the samplers' quotas above the anchor and proposal counts, so that
+torchvision's random samplers keep every positive and negative: the sampled sets are fixed on both sides
+without a hook.
+"""
+
+import json
+import math
+import os
+import sys
+
+import torch
+from torchvision.models import resnet50
+from torchvision.models.detection import FasterRCNN, RetinaNet
+from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+from torchvision.models.detection.retinanet import _default_anchorgen
+from torchvision.ops import misc as misc_nn_ops
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+H, W = 800, 1216
+Q = 4096  # formula integers are in units of 1/Q
+
+# Ground truth of the loss check: COCO category ids, well apart (no two boxes compete for an anchor).
+GT_BOXES = [[100.0, 120.0, 300.0, 360.0], [620.0, 200.0, 780.0, 330.0], [900.0, 500.0, 1150.0, 760.0]]
+GT_LABELS = [1, 18, 62]
+
+
+def image_pixel(c, y, x):
+    """Channel c at (y, x), 0..255: a wrapped gradient with a few solid rectangles (edges for the features)."""
+    v = (x * 3 + y * 5 + c * 71 + (x * y) // 97) % 256
+    for k, (x0, y0, x1, y1) in enumerate(
+        [(100, 120, 300, 360), (620, 200, 780, 330), (900, 500, 1150, 760), (400, 600, 520, 700)]
+    ):
+        if x0 <= x < x1 and y0 <= y < y1:
+            v = (40 + 60 * k + 90 * c) % 256
+    return v
+
+
+def image():
+    ys = torch.arange(H).view(H, 1)
+    xs = torch.arange(W).view(1, W)
+    out = torch.zeros(3, H, W, dtype=torch.int64)
+    for c in range(3):
+        v = (xs * 3 + ys * 5 + c * 71 + (xs * ys) // 97) % 256
+        for k, (x0, y0, x1, y1) in enumerate(
+            [(100, 120, 300, 360), (620, 200, 780, 330), (900, 500, 1150, 760), (400, 600, 520, 700)]
+        ):
+            inside = (xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1)
+            v = torch.where(inside, torch.full_like(v, (40 + 60 * k + 90 * c) % 256), v)
+        out[c] = v
+    # the vectorised form is the scalar formula
+    assert int(out[1, 333, 777]) == image_pixel(1, 333, 777) and int(out[2, 550, 1000]) == image_pixel(2, 550, 1000)
+    return out
+
+
+def formula_values(t, n, amp_q, offset_q):
+    # i * 2654435761 exceeds 2^53 for large i: reduce exactly with integers
+    ii = torch.arange(n, dtype=torch.int64)
+    r = (ii * 2654435761 + t * 40503 + 12345) % (1 << 32)
+    u = r.to(torch.float64) / float(1 << 32) - 0.5
+    return ((offset_q + amp_q * u) / Q).to(torch.float32)
+
+
+# Weight gains above the default 1.2 / sqrt(fan_in) scale: ReLU towers keep their variance (sqrt 2), and the
+# classifiers are sharp enough that scores are well apart (ties or near-ties would make the order fragile).
+GAINS = {
+    "head.classification_head.conv": 2.0,
+    "head.regression_head.conv": 2.0,
+    "head.classification_head.cls_logits.weight": 30.0,
+    "roi_heads.box_predictor.cls_score.weight": 40.0,
+    "rpn.head.cls_logits.weight": 8.0,
+}
+
+
+def formula_integers(key, shape, cls_bias_q):
+    """(amp_q, offset_q) of a tensor: weights scaled by 1/sqrt(fan_in), norms near identity."""
+    last = key.rsplit(".", 1)[-1]
+    if last == "num_batches_tracked":
+        return None
+    if len(shape) >= 2:
+        fan_in = math.prod(shape[1:])
+        gain = next((g for k, g in GAINS.items() if key.startswith(k)), 1.2)
+        amp = math.sqrt(12.0 / fan_in) * gain
+        return max(1, round(amp * Q)), 0
+    is_norm = "bn" in key or "downsample.1" in key
+    if is_norm:
+        if last == "weight":
+            return Q // 2, 3 * Q // 4  # [0.5, 1)
+        if last == "bias":
+            return Q // 5, 0
+        if last == "running_mean":
+            return Q // 5, 0
+        if last == "running_var":
+            return Q, Q  # [0.5, 1.5)
+    if key in cls_bias_q:
+        return cls_bias_q[key]
+    return Q // 10, 0  # conv / linear biases
+
+
+def set_formula(model, cls_bias_q):
+    sd = model.state_dict()
+    keys = []
+    new = {}
+    for t, (k, v) in enumerate(sd.items()):
+        ints = formula_integers(k, list(v.shape), cls_bias_q)
+        if ints is None:
+            new[k] = v
+            continue
+        amp_q, offset_q = ints
+        new[k] = formula_values(t, v.numel(), amp_q, offset_q).view(v.shape)
+        keys.append({"key": k, "index": t, "shape": list(v.shape), "amp_q": amp_q, "offset_q": offset_q})
+    model.load_state_dict(new)
+    return keys
+
+
+def frozen_r50():
+    backbone = resnet50(weights=None, norm_layer=misc_nn_ops.FrozenBatchNorm2d)
+    return backbone
+
+
+def overwrite_eps(model, eps):
+    for m in model.modules():
+        if isinstance(m, misc_nn_ops.FrozenBatchNorm2d):
+            m.eps = eps
+
+
+def rounded(t, nd=5):
+    return [round(float(x), nd) for x in t.reshape(-1).tolist()]
+
+
+def dets(d):
+    return {
+        "boxes": [rounded(b) for b in d["boxes"]],
+        "scores": [float(s) for s in d["scores"]],
+        "labels": [int(l) for l in d["labels"]],
+    }
+
+
+def targets():
+    return [{"boxes": torch.tensor(GT_BOXES), "labels": torch.tensor(GT_LABELS, dtype=torch.int64)}]
+
+
+def retinanet(img):
+    backbone = _resnet_fpn_extractor(frozen_r50(), 3, returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256))
+    model = RetinaNet(backbone, 91, anchor_generator=_default_anchorgen())
+    overwrite_eps(model, 0.0)
+    # classifier bias near the prior's -4.6 but wide, so that some (anchor, class) pairs pass 0.05
+    keys = set_formula(model, {"head.classification_head.cls_logits.bias": (2 * Q, -4 * Q)})
+    model.eval()
+    with torch.no_grad():
+        out = model([img])[0]
+    model.train()
+    with torch.no_grad():
+        losses = model([img], targets())
+    return {
+        "keys": keys,
+        "detections": dets(out),
+        "losses": {k: float(v) for k, v in losses.items()},
+    }
+
+
+def fasterrcnn(img):
+    backbone = _resnet_fpn_extractor(frozen_r50(), 3)
+    # samplers' quotas above every count: all positives and negatives are kept (see the module docstring)
+    model = FasterRCNN(
+        backbone,
+        91,
+        rpn_batch_size_per_image=1_000_000,
+        box_batch_size_per_image=1_000_000,
+    )
+    overwrite_eps(model, 0.0)
+    keys = set_formula(
+        model,
+        {
+            "roi_heads.box_predictor.cls_score.bias": (2 * Q, 0),
+            "rpn.head.cls_logits.bias": (2 * Q, 0),
+        },
+    )
+    model.eval()
+    with torch.no_grad():
+        images, _ = model.transform([img])
+        assert list(images.tensors.shape[-2:]) == [H, W], images.tensors.shape
+        feats = model.backbone(images.tensors)
+        proposals, _ = model.rpn(images, feats)
+        out = model([img])[0]
+    model.train()
+    with torch.no_grad():
+        losses = model([img], targets())
+    return {
+        "keys": keys,
+        "proposals": [rounded(b) for b in proposals[0]],
+        "detections": dets(out),
+        "losses": {k: float(v) for k, v in losses.items()},
+    }
+
+
+def main():
+    out_dir = sys.argv[1] if len(sys.argv) > 1 else "detectors/tests/fixtures/torchvision"
+    os.makedirs(out_dir, exist_ok=True)
+    torch.set_num_threads(2)
+    img = image().to(torch.float32) / 255.0
+    common = {"height": H, "width": W, "q": Q, "gt_boxes": GT_BOXES, "gt_labels": GT_LABELS}
+    for name, build in [("retinanet", retinanet), ("fasterrcnn", fasterrcnn)]:
+        rec = dict(common, **build(img))
+        n = len(rec["detections"]["scores"])
+        print(f"{name}: {n} detections, labels {sorted(set(rec['detections']['labels']))[:10]}, losses {rec['losses']}")
+        if "proposals" in rec:
+            print(f"  {len(rec['proposals'])} proposals")
+        with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
+            json.dump(rec, f, separators=(",", ":"))
+
+
+if __name__ == "__main__":
+    main()
