@@ -9,6 +9,7 @@ mod convert;
 mod dataset;
 mod demo;
 mod device;
+mod dist_train;
 mod errors;
 mod eval;
 mod flops;
@@ -79,6 +80,10 @@ enum Command {
     Convert(convert::ConvertArgs),
     /// Train a detector: `attndet train CONFIG [--work-dir DIR] [--resume [CKPT]] [--cfg-options ...] [--seed S]`.
     Train(train::TrainArgs),
+    /// Data-parallel training over several devices and nodes, equal to one device with the global batch:
+    /// `attndet dist-train CONFIG --devices cpu,cpu|cuda:0,cuda:1,... [--nnodes N --node-rank R --master
+    /// HOST:PORT] [train options]`.
+    DistTrain(dist_train::DistTrainArgs),
     /// Evaluate a checkpoint on the val split: `attndet test CONFIG CKPT [--out results.json] [--json]`.
     Test(test::TestArgs),
     /// Detect objects in images: `attndet infer CONFIG CKPT IMAGE... [--out dets.json] [--show-dir DIR]`.
@@ -101,6 +106,7 @@ fn main() {
         Command::Flops(args) => flops::run(&args),
         Command::Convert(args) => convert::run(&args),
         Command::Train(args) => train::run(&args, &cli.device),
+        Command::DistTrain(args) => dist_train::run(&args),
         Command::Test(args) => test::run(&args, &cli.device),
         Command::Infer(args) => infer::run(&args, &cli.device),
         Command::Demo(args) => demo::run(&args, &cli.device),

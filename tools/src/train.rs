@@ -154,13 +154,13 @@ pub fn evaluate_val<B: Backend, M: Detector<B>>(
 /// The training hooks of the command line: an indicatif bar with the losses when stderr is a terminal, a
 /// plain line every `log_config.interval` iterations otherwise (logs, CI), and the checkpoint, resume and
 /// best-checkpoint messages on both.
-struct CliHooks<'a, B: Backend> {
+pub(crate) struct CliHooks<'a, B: Backend> {
     cfg: &'a ExperimentConfig,
     val: Option<&'a (CocoDataset, DetDataset)>,
     quiet: bool,
     /// stderr is not a terminal: plain lines instead of the bar.
     plain: bool,
-    bar: ProgressBar,
+    pub(crate) bar: ProgressBar,
     device: &'a B::Device,
     /// `--max-iters`, which may end the run before the schedule does.
     max_iters: Option<usize>,
@@ -169,7 +169,7 @@ struct CliHooks<'a, B: Backend> {
 }
 
 impl<'a, B: Backend> CliHooks<'a, B> {
-    fn new(
+    pub(crate) fn new(
         cfg: &'a ExperimentConfig,
         val: Option<&'a (CocoDataset, DetDataset)>,
         quiet: bool,
@@ -190,7 +190,7 @@ impl<'a, B: Backend> CliHooks<'a, B> {
     }
 
     /// Print a message above the bar, or as a plain line (nothing when quiet).
-    fn say(&self, msg: &str) {
+    pub(crate) fn say(&self, msg: &str) {
         if self.quiet {
             return;
         }
@@ -306,16 +306,12 @@ pub struct TrainOutcome {
     pub losses: Vec<f64>,
 }
 
-/// Train on backend `B`.
-pub fn run_on<B: AutodiffBackend + DetBackend>(
-    args: &TrainArgs,
-    p: &Prepared,
-    device: &B::Device,
-) -> anyhow::Result<TrainOutcome>
-where
-    B::InnerBackend: DetBackend,
-    AnyDetector<B>: AutodiffModule<B, InnerModule = AnyDetector<B::InnerBackend>>,
-{
+/// A run's setup, the number of training images without boxes, and the val split when evaluation is on.
+pub type RunSetup = (TrainSetup, usize, Option<(CocoDataset, DetDataset)>);
+
+/// A run's setup from its arguments: the work dir, the resume checkpoint, the training split (and the
+/// number of its images without boxes) and the val split when evaluation is on.
+pub fn train_setup(args: &TrainArgs, p: &Prepared) -> anyhow::Result<RunSetup> {
     let cfg = &p.cfg;
     let work_dir = args.work_dir.clone().unwrap_or_else(|| {
         PathBuf::from("work_dirs").join(
@@ -355,8 +351,6 @@ where
     } else {
         None
     };
-    B::seed(device, cfg.seed);
-    let model = build_model::<B>(cfg, device)?;
     let setup = TrainSetup {
         cfg: cfg.clone(),
         resolved: p.resolved.clone(),
@@ -366,23 +360,36 @@ where
         auto_scale_lr: args.auto_scale_lr,
         max_iters: args.max_iters,
     };
+    Ok((setup, train_set.1.images_without_boxes, val))
+}
+
+/// Train on backend `B`.
+pub fn run_on<B: AutodiffBackend + DetBackend>(
+    args: &TrainArgs,
+    p: &Prepared,
+    device: &B::Device,
+) -> anyhow::Result<TrainOutcome>
+where
+    B::InnerBackend: DetBackend,
+    AnyDetector<B>: AutodiffModule<B, InnerModule = AnyDetector<B::InnerBackend>>,
+{
+    let cfg = &p.cfg;
+    let (setup, without_boxes, val) = train_setup(args, p)?;
+    let work_dir = setup.work_dir.clone();
+    B::seed(device, cfg.seed);
+    let model = build_model::<B>(cfg, device)?;
     if !args.quiet {
         eprintln!(
-            "training {} on {} images ({} without boxes skipped), work dir {}",
+            "training {} on {} images ({without_boxes} without boxes skipped), work dir {}",
             args.config.display(),
             setup.train_records.len(),
-            train_set.1.images_without_boxes,
             work_dir.display()
         );
     }
     let mut hooks = CliHooks::<B::InnerBackend>::new(cfg, val.as_ref(), args.quiet, device, args.max_iters);
     let result = train::<B, AnyDetector<B>, _>(model, &setup, device, &mut hooks);
     hooks.bar.finish_and_clear();
-    let (_, summary) = result.map_err(|e| match e {
-        TrainError::Resume { .. } | TrainError::Config(_) => bad_input(e.to_string()),
-        TrainError::Model(m) => bad_input(m.to_string()),
-        other => anyhow::Error::new(other),
-    })?;
+    let (_, summary) = result.map_err(train_error)?;
     if let Err(e) = crate::plot::plot_work_dir(&work_dir) {
         eprintln!("warning: could not draw the curves: {e:#}");
     }
@@ -391,6 +398,15 @@ where
         last_checkpoint: summary.last_checkpoint,
         losses: summary.losses,
     })
+}
+
+/// A training error for the command line: a bad config, resume checkpoint or model input exits 2.
+pub fn train_error(e: TrainError) -> anyhow::Error {
+    match e {
+        TrainError::Resume { .. } | TrainError::Config(_) => bad_input(e.to_string()),
+        TrainError::Model(m) => bad_input(m.to_string()),
+        other => anyhow::Error::new(other),
+    }
 }
 
 /// Training on the autodiff version of whichever backend `--device` names.

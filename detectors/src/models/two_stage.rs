@@ -46,12 +46,12 @@ fn rpn_losses<B: Backend>(
     sizes: &[[usize; 2]],
     batch_hw: [usize; 2],
     items: &[BatchItem],
-) -> Result<Vec<(&'static str, Tensor<B, 1>)>, ModelError> {
+) -> Result<Vec<super::LossTerm<B>>, ModelError> {
     let gts: Vec<&GroundTruth> = items.iter().map(|i| &i.gt).collect();
     let metas: Vec<&ImageMeta> = items.iter().map(|i| &i.meta).collect();
     let seeds: Vec<u64> = items.iter().map(|i| i.seed).collect();
     let (cls, reg) = rpn.losses(outs, sizes, batch_hw, &gts, &metas, &seeds)?;
-    Ok(vec![("loss_rpn_cls", cls), ("loss_rpn_bbox", reg)])
+    Ok(vec![cls, reg])
 }
 
 /// What every two-stage detector starts with: the backbone, its FPN, the RPN, and the FPN levels' strides.
@@ -307,7 +307,7 @@ mod tests {
         let l = model.losses(images, items).unwrap();
         l.terms
             .iter()
-            .map(|(n, t)| (*n, t.clone().into_scalar()))
+            .map(|t| (t.name, t.value.clone().into_scalar()))
             .collect()
     }
 
@@ -354,8 +354,9 @@ mod tests {
         let two = model
             .losses(Tensor::cat(vec![images.clone(), images], 0), &[it.clone(), it])
             .unwrap();
-        for ((n, a), (_, b)) in one.terms.iter().zip(&two.terms) {
-            let (a, b) = (a.clone().into_scalar(), b.clone().into_scalar());
+        for (ta, tb) in one.terms.iter().zip(&two.terms) {
+            let n = ta.name;
+            let (a, b) = (ta.value.clone().into_scalar(), tb.value.clone().into_scalar());
             assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{n}: {a} vs {b}");
         }
     }
@@ -470,9 +471,9 @@ mod tests {
             &device,
         );
         let l = model.losses(images.clone(), std::slice::from_ref(&one)).unwrap();
-        let (name, mask) = &l.terms[4];
-        assert_eq!(*name, "loss_mask");
-        assert!(mask.clone().into_scalar() > 0.0);
+        let mask = &l.terms[4];
+        assert_eq!(mask.name, "loss_mask");
+        assert!(mask.value.clone().into_scalar() > 0.0);
         // the loss reaches the mask head
         let grads = l.total().backward();
         let AnyRoiHead::Standard(h) = &model.roi_head;

@@ -13,7 +13,7 @@ use crate::assigners::MaxIouAssigner;
 use crate::config::{RcnnTestConfig, RcnnTrainConfig, StandardRoiHeadConfig};
 use crate::heads::dense::rows_tensor;
 use crate::heads::rpn::Proposals;
-use crate::models::{DetBackend, Detections, EvalKind, ModelError};
+use crate::models::{DetBackend, Detections, EvalKind, LossTerm, ModelError, Normaliser};
 use crate::ops::RoiExtractor;
 use crate::samplers::{RandomSampler, SamplingResult};
 use crate::structures::{GroundTruth, ImageMeta};
@@ -137,12 +137,9 @@ impl<B: DetBackend> RoiHead<B> for StandardRoiHead<B> {
         let (logits, deltas) = self.bbox_head.forward(pooled);
         let targets = self.bbox_head.targets(&samples, &gt_boxes)?;
         let (loss_cls, loss_bbox) = self.bbox_head.losses(logits, deltas, &targets)?;
-        let mut terms = vec![("loss_cls", loss_cls), ("loss_bbox", loss_bbox)];
+        let mut terms = vec![loss_cls, loss_bbox];
         if let (Some(head), Some(extractor)) = (&self.mask_head, &p.mask_extractor) {
-            terms.push((
-                "loss_mask",
-                self.mask_loss(head, extractor, feats, &samples, gts)?,
-            ));
+            terms.push(self.mask_loss(head, extractor, feats, &samples, gts)?);
         }
         Ok(terms)
     }
@@ -223,7 +220,7 @@ impl<B: DetBackend> StandardRoiHead<B> {
         feats: &[Tensor<B, 4>],
         samples: &[SamplingResult<B>],
         gts: &[&GroundTruth],
-    ) -> Result<Tensor<B, 1>, ModelError> {
+    ) -> Result<LossTerm<B>, ModelError> {
         let device = feats[0].device();
         let size = 2 * extractor.config().output_size[0];
         let (mut rois, mut targets, mut labels) = (Vec::new(), Vec::new(), Vec::new());
@@ -256,7 +253,8 @@ impl<B: DetBackend> StandardRoiHead<B> {
         if rois.dims()[0] == 0 {
             // no positive anywhere: a zero loss that still reaches the head's parameters (mmdetection's
             // `mask_pred.sum() * 0`)
-            return Ok(head.conv_logits.weight.val().sum() * 0.0);
+            let zero = head.conv_logits.weight.val().sum() * 0.0;
+            return Ok(LossTerm::new("loss_mask", zero, Normaliser::new(0.0, 0.0)));
         }
         let levels = &feats[..extractor.config().featmap_strides.len()];
         let pooled = extractor
