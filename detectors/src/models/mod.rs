@@ -303,6 +303,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn normalisers_rescale_a_share_to_the_global_average() {
+        // positives 3 and 0 on two replicas, clamp 1: terms S1 / 3 and S2 / 1; globally (S1 + S2) / 3
+        let (a, b) = (Normaliser::new(3.0, 1.0), Normaliser::new(0.0, 1.0));
+        assert_eq!(a.rescale(3.0), 1.0);
+        assert!((b.rescale(3.0) - 1.0 / 3.0).abs() < 1e-15);
+        // no positive anywhere: the divisor stays 1 on both, as on one device
+        assert_eq!(b.rescale(0.0), 1.0);
+        // per-image clamps live in the count (RPN): 2 + 3 of 5 sampled
+        assert_eq!(Normaliser::new(2.0, 0.0).rescale(5.0), 0.4);
+        // an empty share (count 0, no clamp): factor 0 of an empty term; all empty: 1
+        assert_eq!(Normaliser::new(0.0, 0.0).rescale(4.0), 0.0);
+        assert_eq!(Normaliser::new(0.0, 0.0).rescale(0.0), 1.0);
+    }
+
+    #[test]
     fn boxes_map_back_through_scale_and_flip() {
         let meta = ImageMeta {
             image_id: 1,
