@@ -237,7 +237,7 @@ fn losses(
     let l = model.losses(images, &[item]).unwrap();
     l.terms
         .iter()
-        .map(|(n, t)| (*n, t.clone().into_scalar()))
+        .map(|t| (t.name, t.value.clone().into_scalar()))
         .collect()
 }
 

@@ -12,6 +12,7 @@ mod convert;
 mod dataset;
 mod demo;
 mod device;
+mod dist_train;
 mod errors;
 mod eval;
 mod flops;
@@ -91,6 +92,10 @@ attndet dataset browse instances_val.json --images data/shapes/val --out browse/
     Convert(convert::ConvertArgs),
     /// Train a detector: `attndet train CONFIG [--work-dir DIR] [--resume [CKPT]] [--cfg-options ...] [--seed S]`.
     Train(train::TrainArgs),
+    /// Data-parallel training over several devices and nodes, equal to one device with the global batch:
+    /// `attndet dist-train CONFIG --devices cpu,cpu|cuda:0,cuda:1,... [--nnodes N --node-rank R --master
+    /// HOST:PORT] [train options]`.
+    DistTrain(dist_train::DistTrainArgs),
     /// Evaluate a checkpoint on the val split: `attndet test [CONFIG] CKPT [--out results.json] [--json]`.
     Test(test::TestArgs),
     /// Detect objects in images: `attndet infer [CONFIG] CKPT IMAGE|DIR|GLOB... [--out dets.json] [--show-dir DIR]`.
@@ -123,6 +128,7 @@ fn main() {
         Command::Flops(args) => flops::run(&args),
         Command::Convert(args) => convert::run(&args),
         Command::Train(args) => train::run(&args, &args.device.device),
+        Command::DistTrain(args) => dist_train::run(&args),
         Command::Test(args) => test::run(&args, &args.device.device),
         Command::Infer(args) => infer::run(&args, &args.device.device),
         Command::Demo(args) => demo::run(&args, &args.device.device),

@@ -177,13 +177,13 @@ pub fn evaluate_val<B: Backend, M: Detector<B>>(
 /// The training hooks of the command line: an indicatif bar with the losses when stderr is a terminal, a
 /// plain line every `log_config.interval` iterations otherwise (logs, CI), and the checkpoint, resume and
 /// best-checkpoint messages on both.
-struct CliHooks<'a, B: Backend> {
+pub(crate) struct CliHooks<'a, B: Backend> {
     cfg: &'a ExperimentConfig,
     val: Option<&'a (CocoDataset, DetDataset)>,
     quiet: bool,
     /// stderr is not a terminal: plain lines instead of the bar.
     plain: bool,
-    bar: ProgressBar,
+    pub(crate) bar: ProgressBar,
     device: &'a B::Device,
     /// `--max-iters`, which may end the run before the schedule does.
     max_iters: Option<usize>,
@@ -192,7 +192,7 @@ struct CliHooks<'a, B: Backend> {
 }
 
 impl<'a, B: Backend> CliHooks<'a, B> {
-    fn new(
+    pub(crate) fn new(
         cfg: &'a ExperimentConfig,
         val: Option<&'a (CocoDataset, DetDataset)>,
         quiet: bool,
@@ -213,7 +213,7 @@ impl<'a, B: Backend> CliHooks<'a, B> {
     }
 
     /// Print a message above the bar, or as a plain line (nothing when quiet).
-    fn say(&self, msg: &str) {
+    pub(crate) fn say(&self, msg: &str) {
         if self.quiet {
             return;
         }
@@ -340,16 +340,35 @@ pub struct TrainOutcome {
     pub losses: Vec<f64>,
 }
 
-/// Train on backend `B`.
-pub fn run_on<B: AutodiffBackend + DetBackend>(
-    args: &TrainArgs,
-    p: &Prepared,
-    device: &B::Device,
-) -> anyhow::Result<TrainOutcome>
-where
-    B::InnerBackend: DetBackend,
-    AnyDetector<B>: AutodiffModule<B, InnerModule = AnyDetector<B::InnerBackend>>,
-{
+/// A run's setup, what its training split left out, and the val split when evaluation is on.
+pub type RunSetup = (TrainSetup, Skipped, Option<(CocoDataset, DetDataset)>);
+
+/// What the training split left out: images without usable boxes, and boxes wholly outside their image.
+#[derive(Debug, Clone, Copy)]
+pub struct Skipped {
+    /// Images left out because they had no usable box.
+    pub images_without_boxes: usize,
+    /// Boxes dropped because they lie wholly outside their image.
+    pub boxes_outside_image: usize,
+}
+
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} without boxes skipped", self.images_without_boxes)?;
+        if self.boxes_outside_image > 0 {
+            write!(
+                f,
+                ", {} box(es) wholly outside their image dropped",
+                self.boxes_outside_image
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// A run's setup from its arguments: the work dir, the resume checkpoint, the training split (and the
+/// number of its images without boxes) and the val split when evaluation is on.
+pub fn train_setup(args: &TrainArgs, p: &Prepared) -> anyhow::Result<RunSetup> {
     let cfg = &p.cfg;
     let work_dir = args.work_dir.clone().unwrap_or_else(|| {
         PathBuf::from("work_dirs").join(
@@ -389,8 +408,6 @@ where
     } else {
         None
     };
-    B::seed(device, cfg.seed);
-    let model = build_model::<B>(cfg, device)?;
     let setup = TrainSetup {
         cfg: cfg.clone(),
         resolved: p.resolved.clone(),
@@ -401,29 +418,40 @@ where
         auto_scale_lr: args.auto_scale_lr,
         max_iters: args.max_iters,
     };
+    let skipped = Skipped {
+        images_without_boxes: train_set.1.images_without_boxes,
+        boxes_outside_image: train_set.1.boxes_outside_image,
+    };
+    Ok((setup, skipped, val))
+}
+
+/// Train on backend `B`.
+pub fn run_on<B: AutodiffBackend + DetBackend>(
+    args: &TrainArgs,
+    p: &Prepared,
+    device: &B::Device,
+) -> anyhow::Result<TrainOutcome>
+where
+    B::InnerBackend: DetBackend,
+    AnyDetector<B>: AutodiffModule<B, InnerModule = AnyDetector<B::InnerBackend>>,
+{
+    let cfg = &p.cfg;
+    let (setup, skipped, val) = train_setup(args, p)?;
+    let work_dir = setup.work_dir.clone();
+    B::seed(device, cfg.seed);
+    let model = build_model::<B>(cfg, device)?;
     if !args.quiet {
         eprintln!(
-            "training {} on {} images ({} without boxes skipped{}), work dir {}",
+            "training {} on {} images ({skipped}), work dir {}",
             args.config.display(),
             setup.train_records.len(),
-            train_set.1.images_without_boxes,
-            match train_set.1.boxes_outside_image {
-                0 => String::new(),
-                n => format!(", {n} box(es) wholly outside their image dropped"),
-            },
             work_dir.display()
         );
     }
     let mut hooks = CliHooks::<B::InnerBackend>::new(cfg, val.as_ref(), args.quiet, device, args.max_iters);
     let result = train::<B, AnyDetector<B>, _>(model, &setup, device, &mut hooks);
     hooks.bar.finish_and_clear();
-    let (_, summary) = result.map_err(|e| match e {
-        TrainError::Resume { .. } | TrainError::Config(_) | TrainError::WorkDirReused { .. } => {
-            bad_input(e.to_string())
-        }
-        TrainError::Model(m) => bad_input(m.to_string()),
-        other => anyhow::Error::new(other),
-    })?;
+    let (_, summary) = result.map_err(train_error)?;
     if let Err(e) = crate::plot::plot_work_dir(&work_dir) {
         eprintln!("warning: could not draw the curves: {e:#}");
     }
@@ -432,6 +460,17 @@ where
         last_checkpoint: summary.last_checkpoint,
         losses: summary.losses,
     })
+}
+
+/// A training error for the command line: a bad config, resume checkpoint or model input exits 2.
+pub fn train_error(e: TrainError) -> anyhow::Error {
+    match e {
+        TrainError::Resume { .. } | TrainError::Config(_) | TrainError::WorkDirReused { .. } => {
+            bad_input(e.to_string())
+        }
+        TrainError::Model(m) => bad_input(m.to_string()),
+        other => anyhow::Error::new(other),
+    }
 }
 
 /// Training on the autodiff version of whichever backend `--device` names.

@@ -266,16 +266,29 @@ pub fn rasterize_masks(r: &DetRecord, (w, h): (u32, u32)) -> Result<Vec<image::G
 
 /// Stack samples into a batch padded to the largest size, rounded up to `pad_size_divisor`.
 pub fn collate(samples: Vec<Sample>, pipeline: &PipelineConfig, with_masks: bool) -> Batch {
+    collate_padded(samples, pipeline, with_masks, (0, 0))
+}
+
+/// [`collate`], padded to at least `(min_h, min_w)` (a replica's share of a global batch is padded as the
+/// whole global batch is, so that it sees the same pixels).
+pub fn collate_padded(
+    samples: Vec<Sample>,
+    pipeline: &PipelineConfig,
+    with_masks: bool,
+    (min_h, min_w): (usize, usize),
+) -> Batch {
     let ph = samples
         .iter()
         .map(|s| s.image.height() as usize)
         .max()
-        .unwrap_or(0);
+        .unwrap_or(0)
+        .max(min_h);
     let pw = samples
         .iter()
         .map(|s| s.image.width() as usize)
         .max()
-        .unwrap_or(0);
+        .unwrap_or(0)
+        .max(min_w);
     let (ph, pw) = (
         transforms::round_up(ph, pipeline.pad_size_divisor),
         transforms::round_up(pw, pipeline.pad_size_divisor),
@@ -326,10 +339,52 @@ pub fn collate(samples: Vec<Sample>, pipeline: &PipelineConfig, with_masks: bool
     }
 }
 
+/// One replica's share of every global batch (data-parallel training): the loader's `batch_size` is the
+/// global batch, and replica `index` gets its images at positions `index * per_replica ..` of each (fewer, or
+/// none, in a short last batch), padded to the size of the whole global batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// The replica (0-based, over all nodes).
+    pub index: usize,
+    /// Images per replica.
+    pub per_replica: usize,
+}
+
+impl Shard {
+    /// This replica's positions of a global batch.
+    pub fn of<'a>(&self, global: &'a [usize]) -> &'a [usize] {
+        let start = (self.index * self.per_replica).min(global.len());
+        let end = (start + self.per_replica).min(global.len());
+        &global[start..end]
+    }
+}
+
+/// The padded `(height, width)` of a batch of `indices`, from the annotated sizes (which the loader checks
+/// against the decoded ones) without decoding anything.
+pub fn padded_size(records: &[DetRecord], indices: &[usize], pipeline: &PipelineConfig) -> (usize, usize) {
+    let (mut h, mut w) = (0, 0);
+    for &i in indices {
+        let (rw, rh) = if pipeline.keep_ratio {
+            transforms::keep_ratio_size(records[i].size, pipeline.img_scale)
+        } else {
+            (pipeline.img_scale[0] as u32, pipeline.img_scale[1] as u32)
+        };
+        h = h.max(rh as usize);
+        w = w.max(rw as usize);
+    }
+    (
+        transforms::round_up(h, pipeline.pad_size_divisor),
+        transforms::round_up(w, pipeline.pad_size_divisor),
+    )
+}
+
+/// A batch to load: its record indices and the `(height, width)` to pad to at least.
+type PlannedBatch = (Vec<usize>, (usize, usize));
+
 /// The batches of one epoch, produced by worker threads and delivered in order.
 pub struct EpochLoader {
     records: Arc<Vec<DetRecord>>,
-    batches: Arc<Vec<Vec<usize>>>,
+    batches: Arc<Vec<PlannedBatch>>,
     rx: mpsc::Receiver<(usize, Result<Option<Batch>, ImageError>)>,
     pending: BTreeMap<usize, Result<Option<Batch>, ImageError>>,
     next: usize,
@@ -349,7 +404,29 @@ impl EpochLoader {
         epoch: usize,
         skip_batches: usize,
     ) -> Self {
-        let batches = Arc::new(epoch_batches(&records, opts, epoch));
+        Self::start_sharded(records, opts, epoch, skip_batches, None)
+    }
+
+    /// [`EpochLoader::start`] for one replica's [`Shard`] of each global batch of `opts.batch_size` images
+    /// (`None`: the whole batches). Read a sharded loader with [`EpochLoader::next_slot`], which also
+    /// delivers empty shares, so that every replica takes part in every iteration.
+    pub fn start_sharded(
+        records: Arc<Vec<DetRecord>>,
+        opts: &LoaderOptions,
+        epoch: usize,
+        skip_batches: usize,
+        shard: Option<Shard>,
+    ) -> Self {
+        let global = epoch_batches(&records, opts, epoch);
+        // per batch: the indices to load and the size to pad to
+        let batches: Vec<PlannedBatch> = match shard {
+            None => global.into_iter().map(|b| (b, (0, 0))).collect(),
+            Some(s) => global
+                .iter()
+                .map(|b| (s.of(b).to_vec(), padded_size(&records, b, &opts.pipeline)))
+                .collect(),
+        };
+        let batches = Arc::new(batches);
         let total = batches.len();
         let cursor = Arc::new(AtomicUsize::new(skip_batches.min(total)));
         let consumed = Arc::new(AtomicUsize::new(skip_batches.min(total)));
@@ -379,13 +456,14 @@ impl EpochLoader {
                         }
                         // a panic while preparing a batch becomes that batch's error: the epoch must never
                         // end early and silently because a worker died
+                        let (indices, pad) = &batches[b];
                         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            make_batch(&records, &batches[b], &opts, epoch, &skipped)
+                            make_batch(&records, indices, *pad, &opts, epoch, &skipped)
                         }))
                         .unwrap_or_else(|payload| {
                             Err(loader_failure(
                                 &records,
-                                &batches[b],
+                                indices,
                                 format!("the loader worker panicked: {}", panic_message(&*payload)),
                             ))
                         });
@@ -451,6 +529,7 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 fn make_batch(
     records: &[DetRecord],
     indices: &[usize],
+    pad: (usize, usize),
     opts: &LoaderOptions,
     epoch: usize,
     skipped: &AtomicUsize,
@@ -469,46 +548,56 @@ fn make_batch(
             Err(e) => return Err(e),
         }
     }
-    Ok((!samples.is_empty()).then(|| collate(samples, &opts.pipeline, opts.with_masks)))
+    Ok((!samples.is_empty()).then(|| collate_padded(samples, &opts.pipeline, opts.with_masks, pad)))
+}
+
+impl EpochLoader {
+    /// The next batch of the epoch, `Ok(None)` when none of its images is left (all skipped as unreadable,
+    /// or a replica's empty share of a short last batch); `None` at the end of the epoch.
+    pub fn next_slot(&mut self) -> Option<Result<Option<Batch>, ImageError>> {
+        if self.next >= self.total {
+            return None;
+        }
+        let result = match self.pending.remove(&self.next) {
+            Some(r) => r,
+            None => loop {
+                let Ok((i, r)) = self.rx.recv() else {
+                    // every worker is gone and this batch never came: an error, not a short epoch
+                    let b = self.next;
+                    self.next = self.total;
+                    return Some(Err(loader_failure(
+                        &self.records,
+                        &self.batches[b].0,
+                        format!(
+                            "the loader workers stopped before batch {} of {} was produced",
+                            b + 1,
+                            self.total
+                        ),
+                    )));
+                };
+                if i == self.next {
+                    break r;
+                }
+                self.pending.insert(i, r);
+            },
+        };
+        self.next += 1;
+        self.consumed.store(self.next, Ordering::SeqCst);
+        Some(result)
+    }
 }
 
 impl Iterator for EpochLoader {
     type Item = Result<Batch, ImageError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        while self.next < self.total {
-            let result = match self.pending.remove(&self.next) {
-                Some(r) => r,
-                None => loop {
-                    let Ok((i, r)) = self.rx.recv() else {
-                        // every worker is gone and this batch never came: an error, not a short epoch
-                        let b = self.next;
-                        self.next = self.total;
-                        return Some(Err(loader_failure(
-                            &self.records,
-                            &self.batches[b],
-                            format!(
-                                "the loader workers stopped before batch {} of {} was produced",
-                                b + 1,
-                                self.total
-                            ),
-                        )));
-                    };
-                    if i == self.next {
-                        break r;
-                    }
-                    self.pending.insert(i, r);
-                },
-            };
-            self.next += 1;
-            self.consumed.store(self.next, Ordering::SeqCst);
-            match result {
+        loop {
+            match self.next_slot()? {
                 Ok(Some(b)) => return Some(Ok(b)),
                 Ok(None) => continue, // every image of the batch was skipped
                 Err(e) => return Some(Err(e)),
             }
         }
-        None
     }
 }
 

@@ -4,4 +4,4 @@ pub mod coco;
 pub mod loader;
 pub mod transforms;
 
-pub use loader::{Batch, BatchItem, DetRecord, EpochLoader, ImageError, LoaderOptions};
+pub use loader::{Batch, BatchItem, DetRecord, EpochLoader, ImageError, LoaderOptions, Shard};

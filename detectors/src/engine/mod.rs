@@ -1,6 +1,7 @@
 //! The training engine's parts: learning-rate schedule, gradient processing, checkpoints, logs and the loop.
 
 pub mod checkpoint;
+pub mod distributed;
 pub mod evaluate;
 pub mod grads;
 pub mod lock;

@@ -95,6 +95,12 @@ pub enum TrainError {
         /// Its newest checkpoint.
         latest: PathBuf,
     },
+    /// Data-parallel training failed here: the all-reduce, a replica's registration or a panic.
+    #[error("data-parallel training: {0}")]
+    Distributed(String),
+    /// Another replica failed (its process reports why); this one stopped with it.
+    #[error("{0}")]
+    Peer(String),
     /// The resume checkpoint belongs to a different setup.
     #[error("cannot resume from {path}: {message}")]
     Resume {
@@ -187,19 +193,24 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
     }
 }
 
-/// Train `model` (already built, with its backbone initialised and frozen as configured).
-pub fn train<B, M, H>(
-    model: M,
-    setup: &TrainSetup,
-    device: &B::Device,
-    hooks: &mut H,
-) -> Result<(M, TrainSummary), TrainError>
+/// A computation run with the configured optimizer (whose type depends on the config).
+pub trait OptimizerJob<B: AutodiffBackend, M: AutodiffModule<B>> {
+    /// What the job returns.
+    type Output;
+
+    /// Run with `optim`; `manual_decay`: coupled weight decay to add to the gradients of conv and linear
+    /// weights only (the optimizer then has none of its own).
+    fn run<O: Optimizer<M, B>>(self, optim: O, manual_decay: Option<f64>) -> Self::Output;
+}
+
+/// Build the optimizer of `cfg` (SGD or AdamW with PyTorch semantics) and run `job` with it.
+pub fn with_optimizer<B, M, J>(cfg: &OptimizerConfig, job: J) -> J::Output
 where
     B: AutodiffBackend,
-    M: AutodiffModule<B> + Detector<B>,
-    H: TrainHooks<M::InnerModule>,
+    M: AutodiffModule<B>,
+    J: OptimizerJob<B, M>,
 {
-    match &setup.cfg.optimizer {
+    match cfg {
         OptimizerConfig::Sgd(sgd) => {
             let builtin_decay = (!sgd.no_decay_on_norm_and_bias && sgd.weight_decay > 0.0)
                 .then(|| burn::optim::decay::WeightDecayConfig::new(sgd.weight_decay as f32));
@@ -215,7 +226,7 @@ where
             // decay restricted to weights is added to the gradients by hand (burn's applies to every parameter)
             let manual_decay =
                 (sgd.no_decay_on_norm_and_bias && sgd.weight_decay > 0.0).then_some(sgd.weight_decay);
-            train_with(model, optim, manual_decay, setup, device, hooks)
+            job.run(optim, manual_decay)
         }
         OptimizerConfig::AdamW(adamw) => {
             let optim = AdamWConfig::new()
@@ -224,17 +235,14 @@ where
                 .with_epsilon(adamw.eps as f32)
                 .with_weight_decay(adamw.weight_decay as f32)
                 .init::<B, M>();
-            train_with(model, optim, None, setup, device, hooks)
+            job.run(optim, None)
         }
     }
 }
 
-/// The loop itself, for any optimizer; `manual_decay`: coupled weight decay added to the gradients of conv
-/// and linear weights only.
-fn train_with<B, M, O, H>(
-    mut model: M,
-    mut optim: O,
-    manual_decay: Option<f64>,
+/// Train `model` (already built, with its backbone initialised and frozen as configured).
+pub fn train<B, M, H>(
+    model: M,
     setup: &TrainSetup,
     device: &B::Device,
     hooks: &mut H,
@@ -242,12 +250,54 @@ fn train_with<B, M, O, H>(
 where
     B: AutodiffBackend,
     M: AutodiffModule<B> + Detector<B>,
-    O: Optimizer<M, B>,
     H: TrainHooks<M::InnerModule>,
 {
-    let cfg = &setup.cfg;
+    struct Single<'a, B: AutodiffBackend, M, H> {
+        model: M,
+        setup: &'a TrainSetup,
+        device: &'a B::Device,
+        hooks: &'a mut H,
+    }
+    impl<B, M, H> OptimizerJob<B, M> for Single<'_, B, M, H>
+    where
+        B: AutodiffBackend,
+        M: AutodiffModule<B> + Detector<B>,
+        H: TrainHooks<M::InnerModule>,
+    {
+        type Output = Result<(M, TrainSummary), TrainError>;
+        fn run<O: Optimizer<M, B>>(self, optim: O, manual_decay: Option<f64>) -> Self::Output {
+            train_with(
+                self.model,
+                optim,
+                manual_decay,
+                self.setup,
+                self.device,
+                self.hooks,
+            )
+        }
+    }
+    with_optimizer(
+        &setup.cfg.optimizer,
+        Single {
+            model,
+            setup,
+            device,
+            hooks,
+        },
+    )
+}
+
+/// The files only the writing process keeps: the work-dir lock (held while it lives) and the log.
+pub struct RunFiles {
+    _lock: super::lock::WorkDirLock,
+    /// `log.jsonl`.
+    pub log: JsonLog,
+}
+
+/// Take the work dir: create it, lock it, write `config.json`.
+pub fn open_work_dir<M>(setup: &TrainSetup, hooks: &mut dyn TrainHooks<M>) -> Result<RunFiles, TrainError> {
     std::fs::create_dir_all(&setup.work_dir).map_err(io_err(&setup.work_dir))?;
-    let _lock = lock::lock_for_training(&setup.work_dir, &mut |m: &str| hooks.on_message(m))?;
+    let lock = lock::lock_for_training(&setup.work_dir, &mut |m: &str| hooks.on_message(m))?;
     if setup.resume_from.is_none()
         && let Some(latest) = previous_run(&setup.work_dir)
     {
@@ -261,18 +311,43 @@ where
         &config_path,
         &serde_json::to_string_pretty(&setup.resolved).expect("JSON value"),
     )?;
-    let log = JsonLog::new(&setup.work_dir);
+    Ok(RunFiles {
+        _lock: lock,
+        log: JsonLog::new(&setup.work_dir),
+    })
+}
 
+/// Where a run starts: the model and optimizer (the resume checkpoint's when resuming), the state, the resume
+/// checkpoint (the last good one), and the message announcing the resume.
+pub type Start<M, O> = (M, O, TrainState, Option<PathBuf>, Option<String>);
+
+/// The state a run starts from: fresh (learning rate scaled to `global_batch` images per iteration when
+/// asked), or the resume checkpoint's, whose model and optimizer are loaded into `model` and `optim`. On
+/// resume, this run's config is compared with the checkpoint's: a difference that changes the model's tensors
+/// is an error naming both the fields and the tensors; any other applies from now on and is reported.
+pub fn start_state<B, M, O>(
+    setup: &TrainSetup,
+    global_batch: usize,
+    model: M,
+    optim: O,
+    device: &B::Device,
+) -> Result<Start<M, O>, TrainError>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+    O: Optimizer<M, B>,
+{
+    let cfg = &setup.cfg;
     let base_lr = if setup.auto_scale_lr || cfg.auto_scale_lr.enable {
         auto_scaled_lr(
             cfg.optimizer.lr(),
-            cfg.data.batch_size,
+            global_batch,
             cfg.auto_scale_lr.base_batch_size,
         )
     } else {
         cfg.optimizer.lr()
     };
-    let mut state = TrainState {
+    let state = TrainState {
         epoch: 0,
         global_iter: 0,
         seed: cfg.seed,
@@ -281,93 +356,287 @@ where
         config: setup.resolved.clone(),
         classes: setup.classes.clone(),
     };
-    let mut last_checkpoint = None;
-    if let Some(dir) = &setup.resume_from {
-        let saved = checkpoint::load_state(dir)?;
-        if saved.seed != cfg.seed {
+    let Some(dir) = &setup.resume_from else {
+        return Ok((model, optim, state, None, None));
+    };
+    let saved = checkpoint::load_state(dir)?;
+    if saved.seed != cfg.seed {
+        return Err(TrainError::Resume {
+            path: dir.clone(),
+            message: format!(
+                "it was trained with seed {}, this run has seed {}",
+                saved.seed, cfg.seed
+            ),
+        });
+    }
+    let differences = if saved.config.is_null() {
+        Vec::new()
+    } else {
+        checkpoint::config_diff(&saved.config, &setup.resolved)
+    };
+    let listed = || {
+        differences
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let model = match checkpoint::load_model(dir, model, device) {
+        Ok(m) => m,
+        Err(CheckpointError::Mismatch { mismatch, .. }) => {
             return Err(TrainError::Resume {
                 path: dir.clone(),
-                message: format!(
-                    "it was trained with seed {}, this run has seed {}",
-                    saved.seed, cfg.seed
-                ),
+                message: if differences.is_empty() {
+                    mismatch.to_string()
+                } else {
+                    format!(
+                        "the config differs from the checkpoint's in {} field(s): {}; {mismatch}",
+                        differences.len(),
+                        listed()
+                    )
+                },
             });
         }
-        // the config of this run against the checkpoint's: what changes the model's tensors is an error
-        // naming both the fields and the tensors; anything else applies from now on and is reported
-        let differences = if saved.config.is_null() {
-            Vec::new()
-        } else {
-            checkpoint::config_diff(&saved.config, &setup.resolved)
-        };
-        let listed = || {
-            differences
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ")
-        };
-        model = match checkpoint::load_model(dir, model, device) {
-            Ok(m) => m,
-            Err(CheckpointError::Mismatch { mismatch, .. }) => {
-                return Err(TrainError::Resume {
-                    path: dir.clone(),
-                    message: if differences.is_empty() {
-                        mismatch.to_string()
-                    } else {
-                        format!(
-                            "the config differs from the checkpoint's in {} field(s): {}; {mismatch}",
-                            differences.len(),
-                            listed()
-                        )
-                    },
-                });
-            }
-            Err(e) => return Err(e.into()),
-        };
-        optim = checkpoint::load_optimizer::<B, M, _>(dir, optim, device)?;
-        let mut report = format!(
-            "resumed from {} (epoch {}, iteration {}): weights, optimizer state, schedule position, seed and \
-             best figure from the checkpoint",
-            dir.display(),
-            saved.epoch,
-            saved.global_iter
-        );
-        if differences.is_empty() {
-            report.push_str("; the config is the checkpoint's");
-        } else {
-            report.push_str(&format!(
-                "; from this run's config and --cfg-options ({} field(s) changed, recorded in config.json): {}",
-                differences.len(),
-                listed()
-            ));
-        }
-        if saved.base_lr != base_lr {
-            report.push_str(&format!(
-                "; base lr {} in the checkpoint, {base_lr} from iteration {} on",
-                saved.base_lr,
-                saved.global_iter + 1
-            ));
-        }
-        hooks.on_message(&report);
-        state = TrainState {
-            config: setup.resolved.clone(),
-            classes: setup.classes.clone(),
-            base_lr,
-            ..saved
-        };
-        last_checkpoint = Some(dir.clone());
+        Err(e) => return Err(e.into()),
+    };
+    let optim = checkpoint::load_optimizer::<B, M, _>(dir, optim, device)?;
+    let mut report = format!(
+        "resumed from {} (epoch {}, iteration {}): weights, optimizer state, schedule position, seed and best \
+         figure from the checkpoint",
+        dir.display(),
+        saved.epoch,
+        saved.global_iter
+    );
+    if differences.is_empty() {
+        report.push_str("; the config is the checkpoint's");
+    } else {
+        report.push_str(&format!(
+            "; from this run's config and --cfg-options ({} field(s) changed, recorded in config.json): {}",
+            differences.len(),
+            listed()
+        ));
     }
+    if saved.base_lr != base_lr {
+        report.push_str(&format!(
+            "; base lr {} in the checkpoint, {base_lr} from iteration {} on",
+            saved.base_lr,
+            saved.global_iter + 1
+        ));
+    }
+    let state = TrainState {
+        config: setup.resolved.clone(),
+        classes: setup.classes.clone(),
+        base_lr,
+        ..saved
+    };
+    Ok((model, optim, state, Some(dir.clone()), Some(report)))
+}
+
+/// The figure that decides the best checkpoint: `(kind, stat index, name)`.
+pub type BestRule = Option<(crate::models::EvalKind, usize, String)>;
+
+/// The best-checkpoint rule of `cfg` for a model evaluated as `kinds` (`evaluation.metric` when set).
+pub fn best_rule(
+    cfg: &ExperimentConfig,
+    model_kinds: Vec<crate::models::EvalKind>,
+) -> Result<BestRule, TrainError> {
     let kinds = if cfg.evaluation.metric.is_empty() {
-        model.eval_kinds()
+        model_kinds
     } else {
         cfg.evaluation.metric.clone()
     };
-    let best_rule = cfg
-        .evaluation
+    cfg.evaluation
         .save_best
         .target(&kinds)
-        .map_err(TrainError::Config)?;
+        .map_err(TrainError::Config)
+}
+
+/// The error of a non-finite loss (`values`: the terms), or their finite total.
+pub fn check_loss(
+    values: &[(String, f64)],
+    epoch: usize,
+    iter: usize,
+    checkpoint: &Option<PathBuf>,
+) -> Result<f64, TrainError> {
+    let total: f64 = values.iter().map(|(_, v)| v).sum();
+    if total.is_finite() {
+        return Ok(total);
+    }
+    let terms = values
+        .iter()
+        .map(|(n, v)| format!("{n} = {v}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Err(TrainError::NonFiniteLoss {
+        epoch: epoch + 1,
+        iter: iter + 1,
+        terms,
+        checkpoint: checkpoint.clone(),
+    })
+}
+
+/// The optimizer step on the gradients of the batch (of every replica, already reduced): dense layout,
+/// manual weight decay, global-norm measure and clipping, then the step at `lr`. A non-finite norm stops
+/// training before the step. Returns the stepped model and the norm.
+#[allow(clippy::too_many_arguments)]
+pub fn optimizer_step<B, M, O>(
+    model: M,
+    optim: &mut O,
+    mut g: GradientsParams,
+    manual_decay: Option<f64>,
+    cfg: &ExperimentConfig,
+    lr: f64,
+    (epoch, iter): (usize, usize),
+    checkpoint: &Option<PathBuf>,
+) -> Result<(M, f64), TrainError>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+    O: Optimizer<M, B>,
+{
+    grads::make_contiguous::<B, M>(&model, &mut g);
+    if let Some(wd) = manual_decay {
+        grads::add_weight_decay_to_weights::<B, M>(&model, &mut g, wd);
+    }
+    let max_norm = cfg.optimizer.grad_clip().map(|c| c.max_norm);
+    let norm = grads::grad_norm_step::<B, M>(&model, &mut g, max_norm);
+    if !norm.is_finite() {
+        return Err(TrainError::NonFiniteGradNorm {
+            epoch: epoch + 1,
+            iter: iter + 1,
+            norm,
+            checkpoint: checkpoint.clone(),
+        });
+    }
+    Ok((optim.step(lr, model, g), norm))
+}
+
+/// Report an iteration to the hooks, and to the log every `log_config.interval` iterations and at the end of
+/// the epoch.
+pub fn record_iter<M>(
+    rec: IterRecord,
+    cfg: &ExperimentConfig,
+    log: &JsonLog,
+    hooks: &mut dyn TrainHooks<M>,
+) -> Result<(), TrainError> {
+    hooks.on_iter(&rec);
+    if rec.iter.is_multiple_of(cfg.log_config.interval.max(1)) || rec.iter == rec.iters_per_epoch {
+        log.append(&LogLine::Train(rec)).map_err(io_err(log.path()))?;
+    }
+    Ok(())
+}
+
+/// Whether evaluation runs after `done` epochs.
+pub fn eval_due(cfg: &ExperimentConfig, done: usize) -> bool {
+    cfg.evaluation.interval > 0
+        && (done.is_multiple_of(cfg.evaluation.interval) || done == cfg.runner.max_epochs)
+}
+
+/// What happens after an epoch (`state.epoch` already counts it): the epoch's checkpoint when due (first: a
+/// failing evaluation loses no training), evaluation when due, and the best checkpoint when it improved.
+#[allow(clippy::too_many_arguments)]
+pub fn end_epoch<B, M, O>(
+    model: &M,
+    optim: &O,
+    state: &mut TrainState,
+    setup: &TrainSetup,
+    log: &JsonLog,
+    best_rule: &BestRule,
+    hooks: &mut dyn TrainHooks<M::InnerModule>,
+    last_checkpoint: &mut Option<PathBuf>,
+    last_eval: &mut Option<EvalResults>,
+) -> Result<(), TrainError>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+    O: Optimizer<M, B>,
+{
+    let cfg = &setup.cfg;
+    let done = state.epoch;
+    let checkpoint_due =
+        done.is_multiple_of(cfg.checkpoint_config.interval.max(1)) || done == cfg.runner.max_epochs;
+    let mut epoch_dir = None;
+    if checkpoint_due {
+        let dir = setup.work_dir.join(format!("epoch_{done}"));
+        checkpoint::save::<B, M, _>(&dir, model, optim, state)?;
+        checkpoint::mark_latest(&setup.work_dir, &dir)?;
+        hooks.on_checkpoint(&dir);
+        if let Some(keep) = cfg.checkpoint_config.max_keep_ckpts {
+            let protected: Vec<PathBuf> = setup.resume_from.iter().cloned().collect();
+            for old in checkpoint::prune_epochs(&setup.work_dir, keep, &protected)? {
+                hooks.on_message(&format!(
+                    "removed {} (checkpoint_config.max_keep_ckpts = {keep})",
+                    old.display()
+                ));
+            }
+        }
+        *last_checkpoint = Some(dir.clone());
+        epoch_dir = Some(dir);
+    }
+    let mut improved = false;
+    if eval_due(cfg, done) {
+        let inner = model.valid();
+        if let Some(stats) = hooks.evaluate(&inner, done).map_err(TrainError::Eval)? {
+            log.append(&LogLine::Val(EvalRecord {
+                epoch: done,
+                stats: stats.clone(),
+            }))
+            .map_err(io_err(log.path()))?;
+            if let Some((kind, index, _)) = best_rule {
+                let value = stats
+                    .get(kind)
+                    .and_then(|s| s.get(*index))
+                    .copied()
+                    .unwrap_or(0.0);
+                if state.best.is_none_or(|(best, _)| value > best) {
+                    state.best = Some((value, done));
+                    improved = true;
+                }
+            }
+            *last_eval = Some(stats);
+        }
+    }
+    if let Some(dir) = epoch_dir.filter(|_| improved) {
+        checkpoint::update_state(&dir, state)?; // the new best AP, for an exact resume
+    }
+    if improved {
+        let dir = setup.work_dir.join("best");
+        checkpoint::save::<B, M, _>(&dir, model, optim, state)?;
+        if let (Some((value, e)), Some((_, _, name))) = (state.best, best_rule) {
+            hooks.on_message(&format!(
+                "best {name} {value:.4} at epoch {e}: saved {}",
+                dir.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The loop itself, for any optimizer; `manual_decay`: coupled weight decay added to the gradients of conv
+/// and linear weights only.
+fn train_with<B, M, O, H>(
+    model: M,
+    optim: O,
+    manual_decay: Option<f64>,
+    setup: &TrainSetup,
+    device: &B::Device,
+    hooks: &mut H,
+) -> Result<(M, TrainSummary), TrainError>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B> + Detector<B>,
+    O: Optimizer<M, B>,
+    H: TrainHooks<M::InnerModule>,
+{
+    let cfg = &setup.cfg;
+    let files = open_work_dir::<M::InnerModule>(setup, hooks)?;
+    let log = &files.log;
+    let (mut model, mut optim, mut state, mut last_checkpoint, resumed) =
+        start_state::<B, M, O>(setup, cfg.data.batch_size, model, optim, device)?;
+    if let Some(report) = &resumed {
+        hooks.on_message(report);
+    }
+    let best_rule = best_rule(cfg, model.eval_kinds())?;
     let schedule = LrSchedule::new(state.base_lr, &cfg.lr_config);
     let opts = train_loader_options(cfg);
     let mut losses = Vec::new();
@@ -391,40 +660,22 @@ where
             let values: Vec<(String, f64)> = parts
                 .terms
                 .iter()
-                .map(|(n, t)| (n.to_string(), t.clone().into_scalar().elem::<f64>()))
+                .map(|t| (t.name.to_string(), t.value.clone().into_scalar().elem::<f64>()))
                 .collect();
-            let total: f64 = values.iter().map(|(_, v)| v).sum();
-            if !total.is_finite() {
-                let terms = values
-                    .iter()
-                    .map(|(n, v)| format!("{n} = {v}"))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                return Err(TrainError::NonFiniteLoss {
-                    epoch: epoch + 1,
-                    iter: i + 1,
-                    terms,
-                    checkpoint: last_checkpoint,
-                });
-            }
-            let mut g = GradientsParams::from_grads(parts.total().backward(), &model);
-            grads::make_contiguous::<B, M>(&model, &mut g);
-            if let Some(wd) = manual_decay {
-                grads::add_weight_decay_to_weights::<B, M>(&model, &mut g, wd);
-            }
-            let max_norm = cfg.optimizer.grad_clip().map(|c| c.max_norm);
-            let norm = grads::grad_norm_step::<B, M>(&model, &mut g, max_norm);
-            if !norm.is_finite() {
-                return Err(TrainError::NonFiniteGradNorm {
-                    epoch: epoch + 1,
-                    iter: i + 1,
-                    norm,
-                    checkpoint: last_checkpoint,
-                });
-            }
-            let grad_norm = Some(norm);
+            let total = check_loss(&values, epoch, i, &last_checkpoint)?;
+            let g = GradientsParams::from_grads(parts.total().backward(), &model);
             let lr = schedule.lr(epoch, state.global_iter);
-            model = optim.step(lr, model, g);
+            let (stepped, norm) = optimizer_step::<B, M, O>(
+                model,
+                &mut optim,
+                g,
+                manual_decay,
+                cfg,
+                lr,
+                (epoch, i),
+                &last_checkpoint,
+            )?;
+            model = stepped;
             state.global_iter += 1;
             losses.push(total);
             let rec = IterRecord {
@@ -435,78 +686,26 @@ where
                 lr,
                 loss: total,
                 terms: values,
-                grad_norm,
+                grad_norm: Some(norm),
                 time: t_prev.elapsed().as_secs_f64(),
                 data_time,
                 memory_mb: resident_memory_mb(),
             };
-            hooks.on_iter(&rec);
-            if (i + 1) % cfg.log_config.interval.max(1) == 0 || i + 1 == iters {
-                log.append(&LogLine::Train(rec)).map_err(io_err(log.path()))?;
-            }
+            record_iter::<M::InnerModule>(rec, cfg, log, hooks)?;
             t_prev = Instant::now();
         }
         state.epoch += 1;
-        let done = state.epoch;
-        let checkpoint_due =
-            done.is_multiple_of(cfg.checkpoint_config.interval.max(1)) || done == cfg.runner.max_epochs;
-        let eval_due = cfg.evaluation.interval > 0
-            && (done.is_multiple_of(cfg.evaluation.interval) || done == cfg.runner.max_epochs);
-        // the epoch's checkpoint comes first: a failing evaluation loses no training
-        let mut epoch_dir = None;
-        if checkpoint_due {
-            let dir = setup.work_dir.join(format!("epoch_{done}"));
-            checkpoint::save::<B, M, _>(&dir, &model, &optim, &state)?;
-            checkpoint::mark_latest(&setup.work_dir, &dir)?;
-            hooks.on_checkpoint(&dir);
-            if let Some(keep) = cfg.checkpoint_config.max_keep_ckpts {
-                let protected: Vec<PathBuf> = setup.resume_from.iter().cloned().collect();
-                for old in checkpoint::prune_epochs(&setup.work_dir, keep, &protected)? {
-                    hooks.on_message(&format!(
-                        "removed {} (checkpoint_config.max_keep_ckpts = {keep})",
-                        old.display()
-                    ));
-                }
-            }
-            last_checkpoint = Some(dir.clone());
-            epoch_dir = Some(dir);
-        }
-        let mut improved = false;
-        if eval_due {
-            let inner = model.valid();
-            if let Some(stats) = hooks.evaluate(&inner, done).map_err(TrainError::Eval)? {
-                log.append(&LogLine::Val(EvalRecord {
-                    epoch: done,
-                    stats: stats.clone(),
-                }))
-                .map_err(io_err(log.path()))?;
-                if let Some((kind, index, _)) = &best_rule {
-                    let value = stats
-                        .get(kind)
-                        .and_then(|s| s.get(*index))
-                        .copied()
-                        .unwrap_or(0.0);
-                    if state.best.is_none_or(|(best, _)| value > best) {
-                        state.best = Some((value, done));
-                        improved = true;
-                    }
-                }
-                last_eval = Some(stats);
-            }
-        }
-        if let Some(dir) = epoch_dir.filter(|_| improved) {
-            checkpoint::update_state(&dir, &state)?; // the new best AP, for an exact resume
-        }
-        if improved {
-            let dir = setup.work_dir.join("best");
-            checkpoint::save::<B, M, _>(&dir, &model, &optim, &state)?;
-            if let (Some((value, e)), Some((_, _, name))) = (state.best, &best_rule) {
-                hooks.on_message(&format!(
-                    "best {name} {value:.4} at epoch {e}: saved {}",
-                    dir.display()
-                ));
-            }
-        }
+        end_epoch::<B, M, O>(
+            &model,
+            &optim,
+            &mut state,
+            setup,
+            log,
+            &best_rule,
+            hooks,
+            &mut last_checkpoint,
+            &mut last_eval,
+        )?;
     }
     let summary = TrainSummary {
         epochs: state.epoch,

@@ -22,7 +22,7 @@ use crate::assigners::MaxIouAssigner;
 use crate::coders::DeltaXywhCoder;
 use crate::config::{BoxLossConfig, ProposalConfig, RpnHeadConfig, RpnTrainConfig};
 use crate::losses::{BinaryCrossEntropyLoss, L1Loss, SmoothL1Loss};
-use crate::models::ModelError;
+use crate::models::{LossTerm, ModelError, Normaliser};
 use crate::ops::batched_nms_host;
 use crate::structures::{GroundTruth, ImageMeta};
 
@@ -212,7 +212,8 @@ impl<B: Backend> RpnHead<B> {
             .collect()
     }
 
-    /// The RPN's losses `(loss_rpn_cls, loss_rpn_bbox)` for head outputs `outs` of a batch of `[H, W]`.
+    /// The RPN's losses `(loss_rpn_cls, loss_rpn_bbox)` for head outputs `outs` of a batch of `[H, W]`, both
+    /// averaged over the sampled anchors (`max(pos, 1) + max(neg, 1)` per image, added up over images).
     ///
     /// # Shapes
     /// - outs: per level `([N, T_l, 1], [N, T_l, 4])`, sizes: the levels' `[H_l, W_l]`; gts, metas and seeds
@@ -225,7 +226,7 @@ impl<B: Backend> RpnHead<B> {
         gts: &[&GroundTruth],
         metas: &[&ImageMeta],
         seeds: &[u64],
-    ) -> Result<(Tensor<B, 1>, Tensor<B, 1>), ModelError> {
+    ) -> Result<(LossTerm<B>, LossTerm<B>), ModelError> {
         let p = &self.parts;
         let device = outs[0].0.device();
         let anchors = Tensor::cat(
@@ -289,7 +290,12 @@ impl<B: Backend> RpnHead<B> {
                 Some(avg),
             )
             .map_err(model_err("loss_rpn_bbox"))?;
-        Ok((loss_cls, loss_bbox))
+        // the per-image clamps are part of the count: no clamp on the total
+        let norm = Normaliser::new(avg_factor as f64, 0.0);
+        Ok((
+            LossTerm::new("loss_rpn_cls", loss_cls, norm),
+            LossTerm::new("loss_rpn_bbox", loss_bbox, norm),
+        ))
     }
 
     /// Proposals of each image of a batch, with the training or test settings.

@@ -50,20 +50,88 @@ impl Detections {
     }
 }
 
+/// What a loss term was averaged over: the term is `sum / max(count, min)` (mmdetection's `avg_factor`, or the
+/// element count of a plain mean), where `count` **adds up over images** (numbers of positives, of sampled
+/// anchors or RoIs, of mask pixels) and `min` is the clamp applied to the batch total (1 for "at least one
+/// positive", 0 when there is none). A clamp applied per image is part of `count`, not `min`.
+///
+/// This lets data-parallel training divide by the normaliser of the whole global batch: a replica rescales
+/// its term by [`Normaliser::rescale`] with the count summed over replicas, so that the averaged gradient is
+/// the one of a single device with the global batch. Heads only report what they divided by.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Normaliser {
+    /// The count over this batch, additive over images.
+    pub count: f64,
+    /// Lower bound of the divisor.
+    pub min: f64,
+}
+
+impl Normaliser {
+    /// A term divided by `max(count, min)`.
+    pub fn new(count: f64, min: f64) -> Self {
+        Self { count, min }
+    }
+
+    /// The divisor used: `max(count, min)`.
+    pub fn divisor(&self) -> f64 {
+        self.count.max(self.min)
+    }
+
+    /// The factor that turns this batch's term into its share of the term averaged over a larger batch
+    /// whose counts sum to `total_count`: `divisor(count) / divisor(total_count)` (1 when the total divisor
+    /// is 0: then every share is an empty, zero term).
+    pub fn rescale(&self, total_count: f64) -> f64 {
+        let total = total_count.max(self.min);
+        if total > 0.0 { self.divisor() / total } else { 1.0 }
+    }
+}
+
+/// One named loss term of a batch and what it was averaged over.
+#[derive(Debug, Clone)]
+pub struct LossTerm<B: Backend> {
+    /// e.g. `"loss_cls"`.
+    pub name: &'static str,
+    /// The term, a scalar `[1]`: `sum / normaliser.divisor()`.
+    pub value: Tensor<B, 1>,
+    /// What the sum was divided by.
+    pub normaliser: Normaliser,
+}
+
+impl<B: Backend> LossTerm<B> {
+    /// A term named `name`.
+    pub fn new(name: &'static str, value: Tensor<B, 1>, normaliser: Normaliser) -> Self {
+        Self {
+            name,
+            value,
+            normaliser,
+        }
+    }
+
+    /// The term renamed and scaled by a loss weight (a cascade stage's). The normaliser is unchanged: a
+    /// constant factor commutes with the rescaling across replicas.
+    pub fn weighted(self, name: &'static str, weight: f32) -> Self {
+        Self {
+            name,
+            value: self.value * weight,
+            normaliser: self.normaliser,
+        }
+    }
+}
+
 /// Named loss terms of one batch; the total is their sum.
 #[derive(Debug, Clone)]
 pub struct Losses<B: Backend> {
-    /// `(name, scalar [1])` pairs, e.g. `("loss_cls", ..)`, `("loss_bbox", ..)`.
-    pub terms: Vec<(&'static str, Tensor<B, 1>)>,
+    /// The terms, e.g. `loss_cls`, `loss_bbox`.
+    pub terms: Vec<LossTerm<B>>,
 }
 
 impl<B: Backend> Losses<B> {
     /// Sum of the terms.
     pub fn total(&self) -> Tensor<B, 1> {
-        let device = self.terms.first().map(|(_, t)| t.device()).unwrap_or_default();
+        let device = self.terms.first().map(|t| t.value.device()).unwrap_or_default();
         self.terms
             .iter()
-            .fold(Tensor::zeros([1], &device), |acc, (_, t)| acc + t.clone())
+            .fold(Tensor::zeros([1], &device), |acc, t| acc + t.value.clone())
     }
 }
 
@@ -313,6 +381,21 @@ pub fn to_original(b: [f32; 4], meta: &ImageMeta) -> [f32; 4] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn normalisers_rescale_a_share_to_the_global_average() {
+        // positives 3 and 0 on two replicas, clamp 1: terms S1 / 3 and S2 / 1; globally (S1 + S2) / 3
+        let (a, b) = (Normaliser::new(3.0, 1.0), Normaliser::new(0.0, 1.0));
+        assert_eq!(a.rescale(3.0), 1.0);
+        assert!((b.rescale(3.0) - 1.0 / 3.0).abs() < 1e-15);
+        // no positive anywhere: the divisor stays 1 on both, as on one device
+        assert_eq!(b.rescale(0.0), 1.0);
+        // per-image clamps live in the count (RPN): 2 + 3 of 5 sampled
+        assert_eq!(Normaliser::new(2.0, 0.0).rescale(5.0), 0.4);
+        // an empty share (count 0, no clamp): factor 0 of an empty term; all empty: 1
+        assert_eq!(Normaliser::new(0.0, 0.0).rescale(4.0), 0.0);
+        assert_eq!(Normaliser::new(0.0, 0.0).rescale(0.0), 1.0);
+    }
 
     #[test]
     fn boxes_map_back_through_scale_and_flip() {

@@ -7,7 +7,7 @@ use attndet_backbones::{AnyBackbone, Backbone};
 use burn::prelude::*;
 use burn::tensor::activation::sigmoid;
 
-use super::{Detections, Detector, Losses, ModelError};
+use super::{Detections, Detector, LossTerm, Losses, ModelError, Normaliser};
 use crate::anchors::AnchorGenerator;
 use crate::assigners::MaxIouAssigner;
 use crate::coders::DeltaXywhCoder;
@@ -181,7 +181,9 @@ impl<B: Backend> Detector<B> for RetinaNet<B> {
         let box_t = Tensor::cat(box_t, 0);
         let pos = Tensor::cat(pos, 0);
         // average over positives (at least 1), as mmdetection's avg_factor
-        let avg = pos.clone().sum().clamp_min(1.0);
+        let num_pos = pos.clone().sum();
+        let norm = Normaliser::new(num_pos.clone().into_scalar().elem::<f64>(), 1.0);
+        let avg = num_pos.clamp_min(1.0);
         let loss_cls = self
             .parts
             .loss_cls
@@ -193,7 +195,10 @@ impl<B: Backend> Detector<B> for RetinaNet<B> {
             .forward(reg.reshape([n * t, 4]), box_t, Some(pos), Some(avg))
             .map_err(model_err)?;
         Ok(Losses {
-            terms: vec![("loss_cls", loss_cls), ("loss_bbox", loss_bbox)],
+            terms: vec![
+                LossTerm::new("loss_cls", loss_cls, norm),
+                LossTerm::new("loss_bbox", loss_bbox, norm),
+            ],
         })
     }
 
@@ -300,7 +305,7 @@ pub(crate) mod tests {
             &device,
         );
         let l = model.losses(images, &[it]).unwrap();
-        let v = |i: usize| l.terms[i].1.clone().into_scalar();
+        let v = |i: usize| l.terms[i].value.clone().into_scalar();
         (v(0), v(1))
     }
 
@@ -404,7 +409,7 @@ pub(crate) mod tests {
         let mut last = (0.0, 0.0);
         for _ in 0..40 {
             let l = model.losses(images.clone(), &items).unwrap();
-            let v = |i: usize| l.terms[i].1.clone().into_scalar();
+            let v = |i: usize| l.terms[i].value.clone().into_scalar();
             last = (v(0), v(1));
             first.get_or_insert(last);
             let g = GradientsParams::from_grads(l.total().backward(), &model);

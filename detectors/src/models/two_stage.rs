@@ -50,12 +50,12 @@ fn rpn_losses<B: Backend>(
     sizes: &[[usize; 2]],
     batch_hw: [usize; 2],
     items: &[BatchItem],
-) -> Result<Vec<(&'static str, Tensor<B, 1>)>, ModelError> {
+) -> Result<Vec<super::LossTerm<B>>, ModelError> {
     let gts: Vec<&GroundTruth> = items.iter().map(|i| &i.gt).collect();
     let metas: Vec<&ImageMeta> = items.iter().map(|i| &i.meta).collect();
     let seeds: Vec<u64> = items.iter().map(|i| i.seed).collect();
     let (cls, reg) = rpn.losses(outs, sizes, batch_hw, &gts, &metas, &seeds)?;
-    Ok(vec![("loss_rpn_cls", cls), ("loss_rpn_bbox", reg)])
+    Ok(vec![cls, reg])
 }
 
 /// What every two-stage detector starts with: the backbone, its FPN, the RPN, and the FPN levels' strides.
@@ -448,7 +448,7 @@ mod tests {
         let l = model.losses(images, items).unwrap();
         l.terms
             .iter()
-            .map(|(n, t)| (*n, t.clone().into_scalar()))
+            .map(|t| (t.name, t.value.clone().into_scalar()))
             .collect()
     }
 
@@ -495,8 +495,9 @@ mod tests {
         let two = model
             .losses(Tensor::cat(vec![images.clone(), images], 0), &[it.clone(), it])
             .unwrap();
-        for ((n, a), (_, b)) in one.terms.iter().zip(&two.terms) {
-            let (a, b) = (a.clone().into_scalar(), b.clone().into_scalar());
+        for (ta, tb) in one.terms.iter().zip(&two.terms) {
+            let n = ta.name;
+            let (a, b) = (ta.value.clone().into_scalar(), tb.value.clone().into_scalar());
             assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{n}: {a} vs {b}");
         }
     }
@@ -611,9 +612,9 @@ mod tests {
             &device,
         );
         let l = model.losses(images.clone(), std::slice::from_ref(&one)).unwrap();
-        let (name, mask) = &l.terms[4];
-        assert_eq!(*name, "loss_mask");
-        assert!(mask.clone().into_scalar() > 0.0);
+        let mask = &l.terms[4];
+        assert_eq!(mask.name, "loss_mask");
+        assert!(mask.value.clone().into_scalar() > 0.0);
         // the loss reaches the mask head
         let grads = l.total().backward();
         let AnyRoiHead::Standard(h) = &model.roi_head else {
@@ -712,7 +713,7 @@ mod tests {
             .unwrap();
         assert_eq!(terms.len(), 6);
         assert!(
-            terms.iter().all(|(_, t)| t.clone().into_scalar() == 0.0),
+            terms.iter().all(|t| t.value.clone().into_scalar() == 0.0),
             "{terms:?}"
         );
         let one = GroundTruth {
@@ -724,8 +725,8 @@ mod tests {
             .roi_head
             .losses(&feats, &[Proposals::default()], &[&one], &[1], &[&meta])
             .unwrap();
-        for (n, t) in &terms {
-            let v = t.clone().into_scalar();
+        for t in &terms {
+            let (n, v) = (t.name, t.value.clone().into_scalar());
             assert!(v.is_finite(), "{n}: {v}");
             if n.ends_with("loss_cls") {
                 assert!(v > 0.0, "{n}: {v}");
@@ -766,7 +767,7 @@ mod tests {
                 .unwrap()
                 .load_record(plain_model.clone().into_record());
             let l = model.losses(images.clone(), &batch).unwrap();
-            l.terms.iter().map(|(_, t)| t.clone().into_scalar()).collect()
+            l.terms.iter().map(|t| t.value.clone().into_scalar()).collect()
         };
         let weighted = run("[1.0, 0.5, 0.25]");
         let plain = run("[1.0, 1.0, 1.0]");
@@ -853,7 +854,7 @@ mod tests {
             &device,
         );
         let l = model.losses(images.clone(), std::slice::from_ref(&one)).unwrap();
-        let names: Vec<&str> = l.terms.iter().map(|(n, _)| *n).collect();
+        let names: Vec<&str> = l.terms.iter().map(|t| t.name).collect();
         assert_eq!(&names[2..5], ["s0.loss_cls", "s0.loss_bbox", "s0.loss_mask"]);
         let grads = l.total().backward();
         let AnyRoiHead::Cascade(h) = &model.roi_head else {

@@ -16,7 +16,7 @@ use crate::config::{BBoxHeadConfig, RcnnTestConfig};
 use crate::heads::dense::{int_tensor, rows_tensor};
 use crate::heads::rpn::BoxLoss;
 use crate::losses::CrossEntropyLoss;
-use crate::models::{Detections, ModelError};
+use crate::models::{Detections, LossTerm, ModelError, Normaliser};
 use crate::ops::batched_nms_host;
 use crate::samplers::SamplingResult;
 use crate::structures::ImageMeta;
@@ -229,7 +229,9 @@ impl<B: Backend> BBoxHead<B> {
     }
 
     /// `(loss_cls, loss_bbox)`: cross-entropy over the sampled RoIs and the box loss of the positives on their
-    /// class's deltas, both normalised by the number of sampled RoIs (mmdetection's `avg_factor`s).
+    /// class's deltas, both normalised by the number of sampled RoIs, at least 1 (mmdetection's `avg_factor`s;
+    /// reported as [`Normaliser`] `(R, 1)`). Every RoI head built on this box head (standard, cascade stages)
+    /// gets its normalisers from here.
     ///
     /// # Shapes
     /// - logits: `[R, K + 1]`, deltas: `[R, 4 K]` or `[R, 4]`, targets for the same `R` rows
@@ -238,7 +240,7 @@ impl<B: Backend> BBoxHead<B> {
         logits: Tensor<B, 2>,
         deltas: Tensor<B, 2>,
         targets: &RoiTargets<B>,
-    ) -> Result<(Tensor<B, 1>, Tensor<B, 1>), ModelError> {
+    ) -> Result<(LossTerm<B>, LossTerm<B>), ModelError> {
         let r = logits.dims()[0];
         let device = logits.device();
         let avg = Tensor::<B, 1>::from_floats([r.max(1) as f32], &device);
@@ -258,7 +260,11 @@ impl<B: Backend> BBoxHead<B> {
                 Some(avg),
             )
             .map_err(err("loss_bbox"))?;
-        Ok((loss_cls, loss_bbox))
+        let norm = Normaliser::new(r as f64, 1.0);
+        Ok((
+            LossTerm::new("loss_cls", loss_cls, norm),
+            LossTerm::new("loss_bbox", loss_bbox, norm),
+        ))
     }
 
     /// mmdetection's `regress_by_class`: each RoI moved by its deltas for `labels` (the shared deltas when

@@ -290,10 +290,10 @@ impl<B: DetBackend> RoiHead<B> for CascadeRoiHead<B> {
             let samples = assign_and_sample(&p.assigner, &p.sampler, priors, gts, seeds, stage_salt(i))?;
             let out = box_stage_losses(head, &p.extractor, feats, &samples)?;
             let [cls, bbox, mask] = STAGE_LOSS_NAMES[i];
-            terms.push((cls, out.loss_cls.clone() * p.weight));
-            terms.push((bbox, out.loss_bbox.clone() * p.weight));
+            terms.push(out.loss_cls.clone().weighted(cls, p.weight));
+            terms.push(out.loss_bbox.clone().weighted(bbox, p.weight));
             if let (Some(m), Some(extractor)) = (self.mask_head.get(i), &self.parts.mask_extractor) {
-                terms.push((mask, mask_loss(m, extractor, feats, &samples.0, gts)? * p.weight));
+                terms.push(mask_loss(m, extractor, feats, &samples.0, gts)?.weighted(mask, p.weight));
             }
             if i == last {
                 break;

@@ -18,7 +18,7 @@ use burn::tensor::activation::{relu, sigmoid};
 
 use crate::config::FcnMaskHeadConfig;
 use crate::losses::mask_cross_entropy;
-use crate::models::{DetBackend, ModelError};
+use crate::models::{DetBackend, LossTerm, ModelError, Normaliser};
 use crate::ops::{RoiAlignOptions, roi_align};
 use crate::structures::RleMask;
 
@@ -114,7 +114,8 @@ impl<B: Backend> FcnMaskHead<B> {
         fused::conv(&self.conv_logits, relu(self.upsample.forward(x)))
     }
 
-    /// `loss_mask`: BCE of the logits of each positive RoI's class against its target.
+    /// `loss_mask`: BCE of the logits of each positive RoI's class against its target, averaged over the
+    /// `P * M * M` pixels (the [`Normaliser`]; `P = 0` gives a zero term that still reaches the head).
     ///
     /// # Shapes
     /// - logits: `[P, K, M, M]`; targets: `[P, M, M]`; labels: `[P]`
@@ -123,11 +124,16 @@ impl<B: Backend> FcnMaskHead<B> {
         logits: Tensor<B, 4>,
         targets: Tensor<B, 3>,
         labels: Tensor<B, 1, Int>,
-    ) -> Result<Tensor<B, 1>, ModelError> {
-        Ok(
-            mask_cross_entropy(logits, targets, labels).map_err(|e| ModelError(format!("loss_mask: {e}")))?
-                * self.loss_weight,
-        )
+    ) -> Result<LossTerm<B>, ModelError> {
+        let [p, _, m, m2] = logits.dims();
+        let value = mask_cross_entropy(logits, targets, labels)
+            .map_err(|e| ModelError(format!("loss_mask: {e}")))?
+            * self.loss_weight;
+        Ok(LossTerm::new(
+            "loss_mask",
+            value,
+            Normaliser::new((p * m * m2) as f64, 0.0),
+        ))
     }
 
     /// Per-detection probability maps of their own class, on the host.

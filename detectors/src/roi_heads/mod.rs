@@ -19,8 +19,8 @@ pub use bbox_head::BBoxHead;
 pub use cascade::CascadeRoiHead;
 pub use standard::StandardRoiHead;
 
-/// Named loss terms of a RoI head.
-pub type RoiLosses<B> = Vec<(&'static str, Tensor<B, 1>)>;
+/// Named loss terms of a RoI head, each with what it was averaged over.
+pub type RoiLosses<B> = Vec<crate::models::LossTerm<B>>;
 
 /// What a two-stage detector needs from its second stage.
 pub trait RoiHead<B: Backend> {

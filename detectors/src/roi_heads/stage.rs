@@ -11,7 +11,7 @@ use super::mask_head::{FcnMaskHead, mask_targets, paste_mask};
 use crate::assigners::MaxIouAssigner;
 use crate::config::RcnnTestConfig;
 use crate::heads::dense::rows_tensor;
-use crate::models::{DetBackend, Detections, ModelError};
+use crate::models::{DetBackend, Detections, LossTerm, ModelError, Normaliser};
 use crate::ops::RoiExtractor;
 use crate::samplers::{RandomSampler, SamplingResult};
 use crate::structures::{GroundTruth, ImageMeta};
@@ -54,9 +54,9 @@ pub fn assign_and_sample<B: Backend>(
 #[derive(Debug)]
 pub struct BoxStageLosses<B: Backend> {
     /// `loss_cls`.
-    pub loss_cls: Tensor<B, 1>,
+    pub loss_cls: LossTerm<B>,
     /// `loss_bbox`.
-    pub loss_bbox: Tensor<B, 1>,
+    pub loss_bbox: LossTerm<B>,
     /// Class logits `[R, K + 1]` of the sampled RoIs (each image's positives, then its negatives).
     pub logits: Tensor<B, 2>,
     /// Their deltas `[R, 4 K]` or `[R, 4]`.
@@ -108,7 +108,7 @@ pub fn mask_loss<B: DetBackend>(
     feats: &[Tensor<B, 4>],
     samples: &[SamplingResult<B>],
     gts: &[&GroundTruth],
-) -> Result<Tensor<B, 1>, ModelError> {
+) -> Result<LossTerm<B>, ModelError> {
     let device = feats[0].device();
     let size = 2 * extractor.config().output_size[0];
     let (mut rois, mut targets, mut labels) = (Vec::new(), Vec::new(), Vec::new());
@@ -137,7 +137,8 @@ pub fn mask_loss<B: DetBackend>(
     if rois.dims()[0] == 0 {
         // no positive anywhere: a zero loss that still reaches the head's parameters (mmdetection's
         // `mask_pred.sum() * 0`)
-        return Ok(head.conv_logits.weight.val().sum() * 0.0);
+        let zero = head.conv_logits.weight.val().sum() * 0.0;
+        return Ok(LossTerm::new("loss_mask", zero, Normaliser::new(0.0, 0.0)));
     }
     let levels = &feats[..extractor.config().featmap_strides.len()];
     let pooled = extractor

@@ -113,9 +113,9 @@ impl<B: DetBackend> RoiHead<B> for StandardRoiHead<B> {
             .collect();
         let samples = assign_and_sample(&p.assigner, &p.sampler, priors, gts, seeds, RCNN_SAMPLING_SALT)?;
         let out = box_stage_losses(&self.bbox_head, &p.extractor, feats, &samples)?;
-        let mut terms = vec![("loss_cls", out.loss_cls), ("loss_bbox", out.loss_bbox)];
+        let mut terms = vec![out.loss_cls, out.loss_bbox];
         if let (Some(head), Some(extractor)) = (&self.mask_head, &p.mask_extractor) {
-            terms.push(("loss_mask", mask_loss(head, extractor, feats, &samples.0, gts)?));
+            terms.push(mask_loss(head, extractor, feats, &samples.0, gts)?);
         }
         Ok(terms)
     }
