@@ -118,20 +118,28 @@ impl CocoDataset {
                     format!("area {} is not a finite non-negative number", ann.area),
                 ));
             }
+            let image = &json.images[img];
+            validate_extent(
+                Some(&ann.bbox),
+                ann.segmentation.as_ref(),
+                image.width,
+                image.height,
+            )
+            .map_err(|(field, p)| err(at(field), p))?;
             if let Some(seg) = &ann.segmentation {
                 validate_segmentation(seg).map_err(|p| err(at(".segmentation"), p))?;
                 // a mask of another size than its image cannot be scored or trained against it
                 let image = &json.images[img];
-                if let Segmentation::Rle(r) = seg {
-                    if r.size != [image.height, image.width] {
-                        return Err(err(
-                            at(".segmentation.size"),
-                            format!(
-                                "RLE of size {:?} (h, w) on image {} of {}x{} (h x w)",
-                                r.size, image.id, image.height, image.width
-                            ),
-                        ));
-                    }
+                if let Segmentation::Rle(r) = seg
+                    && r.size != [image.height, image.width]
+                {
+                    return Err(err(
+                        at(".segmentation.size"),
+                        format!(
+                            "RLE of size {:?} (h, w) on image {} of {}x{} (h x w)",
+                            r.size, image.id, image.height, image.width
+                        ),
+                    ));
                 }
             }
             anns_by_image[img].push(i);
@@ -282,6 +290,35 @@ fn validate_bbox(b: &[f64]) -> Result<(), String> {
     Ok(())
 }
 
+/// Boxes `[x, y, w, h]` and polygons must stay within one image size of their `width x height` image:
+/// rasterizing them (segm evaluation of a box, pycocotools' `annToRLE`/`frPyObjects`) traces every edge at 5x
+/// resolution, so a coordinate of 1e9 would need gigabytes (pycocotools runs out of memory). Real annotations
+/// and detections lie inside their image, give or take a few pixels.
+pub(crate) fn validate_extent(
+    bbox: Option<&[f64]>,
+    seg: Option<&Segmentation>,
+    width: u32,
+    height: u32,
+) -> Result<(), (&'static str, String)> {
+    let margin = width.max(height).max(1) as f64;
+    let (w, h) = (width as f64, height as f64);
+    let inside = |x: f64, y: f64| (-margin..=w + margin).contains(&x) && (-margin..=h + margin).contains(&y);
+    let why = || format!("lies more than one image size outside its {width}x{height} (w x h) image");
+    if let Some(b) = bbox.filter(|b| b.len() == 4)
+        && (!inside(b[0], b[1]) || !inside(b[0] + b[2], b[1] + b[3]))
+    {
+        return Err((".bbox", format!("{b:?} {}", why())));
+    }
+    if let Some(Segmentation::Polygons(polys)) = seg {
+        for (j, p) in polys.iter().enumerate() {
+            if p.chunks_exact(2).any(|xy| !inside(xy[0], xy[1])) {
+                return Err((".segmentation", format!("polygon {j} {}", why())));
+            }
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn validate_segmentation(seg: &Segmentation) -> Result<(), String> {
     match seg {
         Segmentation::Polygons(polys) => {
@@ -400,6 +437,15 @@ mod tests {
                 r#""bbox": [0,0,1,1], "segmentation": {"size": [4, 3], "counts": [2, 10]}"#
             )),
             "t.json: annotations[0] (id 9).segmentation.size: RLE of size [4, 3] (h, w) on image 1 of 3x4 (h x w)"
+        );
+        // geometry far outside the image is refused (rasterizing it would need gigabytes); found by fuzzing
+        assert_eq!(
+            err_of(&a(r#""bbox": [0, 0, 4, 477777777]"#)),
+            "t.json: annotations[0] (id 9).bbox: [0.0, 0.0, 4.0, 477777777.0] lies more than one image size outside its 4x3 (w x h) image"
+        );
+        assert!(
+            err_of(&a(r#""bbox": [0,0,1,1], "segmentation": [[0, 0, 3, 0, 3, 1e9]]"#))
+                .contains("(id 9).segmentation: polygon 0 lies more than one image size outside")
         );
         // a crowd region given as a polygon list (pycocotools reads it as the union of the polygons) loads
         assert!(

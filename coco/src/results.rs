@@ -156,6 +156,13 @@ fn results_from_raw(raw: Vec<RawResult>, gt: &CocoDataset, path: &Path) -> Resul
             }
             _ => None,
         };
+        crate::dataset::validate_extent(
+            bbox.as_ref().map(|b| &b[..]),
+            r.segmentation.as_ref(),
+            img.width,
+            img.height,
+        )
+        .map_err(|(field, p)| err(i, field, p))?;
         let det = if bbox_branch {
             let Some(bbox) = bbox else {
                 return Err(err(
