@@ -220,6 +220,7 @@ pub fn run(args: &DemoArgs, device: &DeviceArg) -> anyhow::Result<()> {
         auto_scale_lr: false,
         max_iters: args.max_iters,
         quiet: false,
+        amp: false,
     };
     let train_started = Instant::now();
     let outcome = device.run(TrainJob {

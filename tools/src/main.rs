@@ -22,14 +22,40 @@ use clap::{Parser, Subcommand};
 
 use crate::device::DeviceArg;
 
-/// Long version string: the crate version and whether CUDA support is compiled in.
+/// The long version's line about CUDA support.
 #[cfg(feature = "cuda")]
-const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "\ncuda: yes\nburn: 0.21.0");
-/// Long version string: the crate version and whether CUDA support is compiled in.
+macro_rules! cuda_line {
+    () => {
+        "cuda: yes"
+    };
+}
 #[cfg(not(feature = "cuda"))]
+macro_rules! cuda_line {
+    () => {
+        "cuda: no (rebuild with --features cuda)"
+    };
+}
+/// The long version's line about wgpu support.
+#[cfg(feature = "wgpu")]
+macro_rules! wgpu_line {
+    () => {
+        "wgpu: yes"
+    };
+}
+#[cfg(not(feature = "wgpu"))]
+macro_rules! wgpu_line {
+    () => {
+        "wgpu: no (rebuild with --features wgpu)"
+    };
+}
+/// Long version string: the crate version and which GPU backends are compiled in.
 const LONG_VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
-    "\ncuda: no (rebuild with --features cuda)\nburn: 0.21.0"
+    "\n",
+    cuda_line!(),
+    "\n",
+    wgpu_line!(),
+    "\nburn: 0.21.0"
 );
 
 #[derive(Parser, Debug)]
@@ -40,13 +66,19 @@ const LONG_VERSION: &str = concat!(
     about = "Object detection and instance segmentation research on attention-enhanced backbones",
     long_about = "attndet trains and evaluates detectors (RetinaNet, R-CNN family) with attention-enhanced \
 backbones (SE, ECA, CBAM, GC, SK, GE, DCA, SDA) and evaluates them with a COCO metric identical to \
-pycocotools.\n\nEvery subcommand that computes takes --device cpu|cuda:N (default cpu).\n\
+pycocotools.\n\nEvery subcommand that computes takes --device cpu|cuda:N|wgpu[:N] (default cpu).\n\
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad input (the message names the file or field).",
     propagate_version = true
 )]
 struct Cli {
-    /// Where tensors live: `cpu` (burn's Flex backend) or `cuda:N` (needs a build with `--features cuda`).
-    #[arg(long, global = true, default_value = "cpu", value_name = "cpu|cuda:N")]
+    /// Where tensors live: `cpu` (burn's Flex backend), `cuda:N` (a build with `--features cuda`) or `wgpu[:N]`
+    /// (a build with `--features wgpu`; `attndet devices` lists the adapters).
+    #[arg(
+        long,
+        global = true,
+        default_value = "cpu",
+        value_name = "cpu|cuda:N|wgpu[:N]"
+    )]
     device: DeviceArg,
 
     #[command(subcommand)]
@@ -55,8 +87,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Show which compute devices this build can use.
-    Devices,
+    /// Show which compute devices this build can use (`--json` for scripts).
+    Devices(device::DevicesArgs),
     /// Inspect configs: `attndet config show CONFIG [--cfg-options KEY=VALUE ...]`.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
@@ -93,7 +125,7 @@ fn main() {
     sigpipe::restore_default_sigpipe();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Devices => device::print_devices(&cli.device),
+        Command::Devices(args) => device::print_devices(&args, &cli.device),
         Command::Config(cmd) => config_cmd::run(&cmd),
         Command::Eval(args) => eval::run(&args),
         Command::Dataset(cmd) => dataset::run(&cmd),

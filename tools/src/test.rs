@@ -41,10 +41,17 @@ pub struct TestArgs {
     /// Config overrides `a.b.c=VALUE` (e.g. data.val.ann_file=...).
     #[arg(long = "cfg-options", value_name = "KEY=VALUE", num_args = 1..)]
     pub cfg_options: Vec<String>,
+    /// Mixed precision (f16 compute, f32 master weights, loss scaling): refused in this version, with the reason
+    /// (burn 0.21 offers no autocast; see the README's GPU section).
+    #[arg(long)]
+    pub amp: bool,
 }
 
 /// Run `attndet test`.
 pub fn run(args: &TestArgs, device: &DeviceArg) -> anyhow::Result<()> {
+    if args.amp {
+        return Err(crate::device::amp_refused(device));
+    }
     device.check_usable()?;
     let p = prepare(&args.config, &args.cfg_options, None)?;
     device.run(TestJob { args, prepared: &p })
