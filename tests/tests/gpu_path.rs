@@ -436,7 +436,7 @@ fn cpu_and_wgpu_agree(name: &str, config: &str, overrides: &[&str]) {
 }
 
 #[test]
-#[ignore = "not yet seen to finish: on lavapipe, on this 2-core machine under load, the first wgpu iteration took over 4 min; run with --ignored"]
+#[ignore = "slow on lavapipe (RetinaNet: 247 s for its 2 wgpu iterations here) and failing: RetinaNet loss_cls of the first resumed iteration is 1.12720 on wgpu vs 1.12220 on the CPU (4e-3 relative); run with --ignored"]
 fn retinanet_trains_and_detects_on_wgpu_as_on_the_cpu() {
     cpu_and_wgpu_agree(
         "retinanet",
@@ -450,7 +450,7 @@ fn retinanet_trains_and_detects_on_wgpu_as_on_the_cpu() {
 }
 
 #[test]
-#[ignore = "not yet seen to finish: on lavapipe, on this 2-core machine under load, the first wgpu iteration took over 4 min; run with --ignored"]
+#[ignore = "slow on lavapipe (RetinaNet: 247 s for its 2 wgpu iterations here) and failing: RetinaNet loss_cls of the first resumed iteration is 1.12720 on wgpu vs 1.12220 on the CPU (4e-3 relative); run with --ignored"]
 fn faster_rcnn_trains_and_detects_on_wgpu_as_on_the_cpu() {
     cpu_and_wgpu_agree(
         "faster-rcnn",
@@ -465,7 +465,7 @@ fn faster_rcnn_trains_and_detects_on_wgpu_as_on_the_cpu() {
 }
 
 #[test]
-#[ignore = "not yet seen to finish: on lavapipe, on this 2-core machine under load, the first wgpu iteration took over 4 min; run with --ignored"]
+#[ignore = "slow on lavapipe (RetinaNet: 247 s for its 2 wgpu iterations here) and failing: RetinaNet loss_cls of the first resumed iteration is 1.12720 on wgpu vs 1.12220 on the CPU (4e-3 relative); run with --ignored"]
 fn mask_rcnn_trains_and_detects_on_wgpu_as_on_the_cpu() {
     cpu_and_wgpu_agree(
         "mask-rcnn",
