@@ -41,3 +41,32 @@ fn cuda_device_without_cuda_support_exits_2() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("built without CUDA support"), "{err}");
 }
+
+#[test]
+fn wgpu_device_without_wgpu_support_exits_2() {
+    let version = String::from_utf8_lossy(&run(&["--version"]).stdout).to_string();
+    assert!(version.contains("wgpu: "), "{version}");
+    if version.contains("wgpu: yes") {
+        return; // a wgpu build: tests/gpu_path.rs covers it
+    }
+    let out = run(&["--device", "wgpu:0", "devices"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("built without wgpu support"), "{err}");
+}
+
+#[test]
+fn amp_is_refused_with_the_reason() {
+    // refused before the config is read: the missing config does not matter
+    for cmd in [
+        &["train", "no-such.json"][..],
+        &["test", "no-such.json", "no-such-ckpt"][..],
+    ] {
+        let mut args = cmd.to_vec();
+        args.push("--amp");
+        let out = run(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--amp") && err.contains("no autocast"), "{err}");
+    }
+}

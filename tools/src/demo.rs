@@ -264,6 +264,7 @@ pub fn run(args: &DemoArgs, device: &DeviceArg) -> anyhow::Result<()> {
         max_iters: args.max_iters,
         quiet: false,
         device: crate::device::DeviceOpt { device: *device },
+        amp: false,
     };
     let train_started = Instant::now();
     let outcome = device.run(TrainJob {

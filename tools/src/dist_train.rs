@@ -71,15 +71,15 @@ pub fn parse_devices(list: &str) -> anyhow::Result<Vec<DeviceArg>> {
                 .map_err(|e| bad_input(format!("--devices {list}: {e}")))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let cpus = devices.iter().filter(|d| **d == DeviceArg::Cpu).count();
-    if cpus != 0 && cpus != devices.len() {
+    let kind = std::mem::discriminant(&devices[0]);
+    if devices.iter().any(|d| std::mem::discriminant(d) != kind) {
         return Err(bad_input(format!(
-            "--devices {list}: mixes cpu and cuda devices; one kind per run"
+            "--devices {list}: mixes kinds of devices (cpu, cuda, wgpu); one kind per run"
         )));
     }
     let mut seen = Vec::new();
     if let Some(d) = devices.iter().find(|d| {
-        let twice = matches!(d, DeviceArg::Cuda(_)) && seen.contains(*d);
+        let twice = matches!(d, DeviceArg::Cuda(_) | DeviceArg::Wgpu(Some(_))) && seen.contains(*d);
         seen.push(**d);
         twice
     }) {
@@ -343,13 +343,26 @@ pub fn run(args: &DistTrainArgs) -> anyhow::Result<()> {
                 .iter()
                 .map(|d| match d {
                     DeviceArg::Cuda(i) => burn::backend::cuda::CudaDevice::new(*i),
-                    DeviceArg::Cpu => unreachable!("parse_devices rejects mixed lists"),
+                    _ => unreachable!("parse_devices rejects mixed lists"),
                 })
                 .collect();
             run_on::<burn::backend::Cuda>(args, &p, cuda, nodes)
         }
         #[cfg(not(feature = "cuda"))]
         DeviceArg::Cuda(_) => unreachable!("check_usable rejects CUDA without the feature"),
+        #[cfg(feature = "wgpu")]
+        DeviceArg::Wgpu(_) => {
+            let adapters = devices
+                .iter()
+                .map(|d| match d {
+                    DeviceArg::Wgpu(i) => crate::device::wgpu_adapters::device(*i),
+                    _ => unreachable!("parse_devices rejects mixed lists"),
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            run_on::<burn::backend::Wgpu>(args, &p, adapters, nodes)
+        }
+        #[cfg(not(feature = "wgpu"))]
+        DeviceArg::Wgpu(_) => unreachable!("check_usable rejects wgpu without the feature"),
     }
 }
 

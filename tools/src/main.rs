@@ -26,14 +26,40 @@ mod train;
 
 use clap::{Parser, Subcommand};
 
-/// Long version string: the crate version and whether CUDA support is compiled in.
+/// The long version's line about CUDA support.
 #[cfg(feature = "cuda")]
-const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "\ncuda: yes\nburn: 0.21.0");
-/// Long version string: the crate version and whether CUDA support is compiled in.
+macro_rules! cuda_line {
+    () => {
+        "cuda: yes"
+    };
+}
 #[cfg(not(feature = "cuda"))]
+macro_rules! cuda_line {
+    () => {
+        "cuda: no (rebuild with --features cuda)"
+    };
+}
+/// The long version's line about wgpu support.
+#[cfg(feature = "wgpu")]
+macro_rules! wgpu_line {
+    () => {
+        "wgpu: yes"
+    };
+}
+#[cfg(not(feature = "wgpu"))]
+macro_rules! wgpu_line {
+    () => {
+        "wgpu: no (rebuild with --features wgpu)"
+    };
+}
+/// Long version string: the crate version and which GPU backends are compiled in.
 const LONG_VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
-    "\ncuda: no (rebuild with --features cuda)\nburn: 0.21.0"
+    "\n",
+    cuda_line!(),
+    "\n",
+    wgpu_line!(),
+    "\nburn: 0.21.0"
 );
 
 #[derive(Parser, Debug)]
@@ -44,8 +70,8 @@ const LONG_VERSION: &str = concat!(
     about = "Object detection and instance segmentation research on attention-enhanced backbones",
     long_about = "attndet trains and evaluates detectors (RetinaNet, R-CNN family) with attention-enhanced \
 backbones (SE, ECA, CBAM, GC, SK, GE, DCA, SDA) and evaluates them with a COCO metric identical to \
-pycocotools.\n\nEvery subcommand that computes (train, test, infer, demo, classify, devices) takes --device \
-cpu|cuda:N (default cpu).\n\
+pycocotools.\n\nEvery subcommand that computes (train, dist-train, test, infer, demo, classify, benchmark, swap,\
+devices) takes --device cpu|cuda:N|wgpu[:N] (default cpu).\n\
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad input (the message names the file or field).",
     propagate_version = true
 )]
@@ -56,11 +82,11 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Show which compute devices this build can use.
+    /// Show which compute devices this build can use (`--json` for scripts).
     #[command(
-        after_help = "Examples:\n  attndet devices\n  attndet devices --device cuda:0   # exit 2 when it cannot be used"
+        after_help = "Examples:\n  attndet devices\n  attndet devices --json\n  attndet devices --device wgpu:0   # exit 2 when it cannot be used"
     )]
-    Devices(device::DeviceOpt),
+    Devices(device::DevicesArgs),
     /// Inspect configs: `attndet config show CONFIG [--cfg-options KEY=VALUE ...]`.
     #[command(
         subcommand,
@@ -120,7 +146,7 @@ fn main() {
     sigpipe::restore_default_sigpipe();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Devices(opt) => device::print_devices(&opt.device),
+        Command::Devices(args) => device::print_devices(&args, &args.device.device),
         Command::Config(cmd) => config_cmd::run(&cmd),
         Command::Eval(args) => eval::run(&args),
         Command::Dataset(cmd) => dataset::run(&cmd),

@@ -236,6 +236,7 @@ fn run_arm(
         auto_scale_lr: false,
         max_iters: None,
         quiet: args.quiet,
+        amp: false,
         device: args.device.clone(),
     };
     let outcome = device.run(TrainJob {

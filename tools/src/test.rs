@@ -56,6 +56,10 @@ pub struct TestArgs {
     /// Config overrides `a.b.c=VALUE` (e.g. data.val.ann_file=...), applied to CONFIG or the checkpoint's.
     #[arg(long = "cfg-options", value_name = "KEY=VALUE", num_args = 1..)]
     pub cfg_options: Vec<String>,
+    /// Mixed precision (f16 compute, f32 master weights, loss scaling): refused in this version, with the reason
+    /// (burn 0.21 offers no autocast; see the README's GPU section).
+    #[arg(long)]
+    pub amp: bool,
     /// The compute device.
     #[command(flatten)]
     pub device: DeviceOpt,
@@ -63,6 +67,9 @@ pub struct TestArgs {
 
 /// Run `attndet test`.
 pub fn run(args: &TestArgs, device: &DeviceArg) -> anyhow::Result<()> {
+    if args.amp {
+        return Err(crate::device::amp_refused(device));
+    }
     device.check_usable()?;
     device.run(TestJob { args })
 }

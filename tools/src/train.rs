@@ -57,6 +57,10 @@ pub struct TrainArgs {
     /// No progress bar (logs still go to the work dir).
     #[arg(long)]
     pub quiet: bool,
+    /// Mixed precision (f16 compute, f32 master weights, loss scaling): refused in this version, with the reason
+    /// (burn 0.21 offers no autocast; see the README's GPU section).
+    #[arg(long)]
+    pub amp: bool,
     /// The compute device.
     #[command(flatten)]
     pub device: DeviceOpt,
@@ -491,6 +495,9 @@ impl BackendJob for TrainJob<'_> {
 
 /// Run `attndet train`.
 pub fn run(args: &TrainArgs, device: &DeviceArg) -> anyhow::Result<()> {
+    if args.amp {
+        return Err(crate::device::amp_refused(device));
+    }
     device.check_usable()?;
     let mut p = prepare(&args.config, &args.cfg_options, args.seed)?;
     if args.auto_scale_lr {

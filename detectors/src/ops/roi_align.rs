@@ -320,9 +320,24 @@ fn rois_to_host<B: Backend>(rois: Tensor<B, 2>) -> Vec<f32> {
         .unwrap_or_default()
 }
 
-/// RoI batches small enough for [`GATHER_BUDGET`].
-fn roi_chunks(k: usize, cells: usize, c: usize, t_guess: usize) -> usize {
-    (GATHER_BUDGET / (cells * c * t_guess).max(1)).clamp(1, k.max(1))
+/// The most bilinear taps any output cell of `rois` (host `[K, 5]` rows) takes: what a batch of them holds per
+/// cell and channel.
+fn max_taps(rois: &[f32], o: &RoiAlignOptions) -> usize {
+    rois.chunks(5)
+        .map(|r| {
+            let g = geometry(r, o);
+            g.grid[0] * g.grid[1] * 4
+        })
+        .max()
+        .unwrap_or(0)
+        .max(4)
+}
+
+/// RoIs per batch so that a batch's `rois x cells x taps x channels` floats stay within [`GATHER_BUDGET`]
+/// (at least one RoI). `taps` is [`max_taps`] of all the RoIs: with adaptive sampling a large RoI takes
+/// `ceil(bin)^2 x 4` taps per cell, far more than a small one's.
+fn roi_chunks(k: usize, cells: usize, c: usize, taps: usize) -> usize {
+    (GATHER_BUDGET / (cells * c * taps).max(1)).clamp(1, k.max(1))
 }
 
 /// RoIAlign from differentiable primitives (`select` of rows, multiply, sum): works on every backend, and under
@@ -342,7 +357,7 @@ pub fn roi_align_gather<B: Backend>(x: Tensor<B, 4>, rois: Tensor<B, 2>, o: RoiA
     let rv = rois_to_host(rois);
     let rows = x.permute([0, 2, 3, 1]).reshape([n * h * w, c]);
     let mut outs = Vec::new();
-    let step = roi_chunks(k, cells, c, 16);
+    let step = roi_chunks(k, cells, c, max_taps(&rv, &o));
     for r0 in (0..k).step_by(step) {
         let kk = step.min(k - r0);
         let (idx, wts, t) = host_taps(&rv[r0 * 5..(r0 + kk) * 5], [n, c, h, w], &o);
@@ -379,7 +394,7 @@ pub fn roi_align_scatter<B: Backend>(
     if k > 0 && c > 0 && cells > 0 && n * h * w > 0 {
         let rv = rois_to_host(rois);
         let g = grad_out.permute([0, 2, 3, 1]).reshape([k * cells, c]);
-        let step = roi_chunks(k, cells, c, 16);
+        let step = roi_chunks(k, cells, c, max_taps(&rv, &o));
         for r0 in (0..k).step_by(step) {
             let kk = step.min(k - r0);
             let (idx, wts, t) = host_taps(&rv[r0 * 5..(r0 + kk) * 5], [n, c, h, w], &o);
@@ -423,6 +438,9 @@ impl RoiAlignBackend for burn::backend::Flex {
 
 #[cfg(feature = "cuda")]
 impl RoiAlignBackend for burn::backend::Cuda {}
+
+#[cfg(feature = "wgpu")]
+impl RoiAlignBackend for burn::backend::Wgpu {}
 
 #[derive(Debug)]
 struct RoiAlignBackwardStep;
@@ -489,4 +507,32 @@ pub fn roi_align<B: RoiAlignBackend>(
         options,
     );
     Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A RoI of 400 x 400 px at stride 4 with adaptive sampling: bins of 100 / 7 = 14.3 feature pixels, so
+    /// ceil = 15 samples per axis and 15 * 15 * 4 = 900 taps per cell, while a 20 px RoI takes 1 * 1 * 4.
+    #[test]
+    fn batches_are_sized_by_the_largest_roi() {
+        let o = RoiAlignOptions {
+            output_size: [7, 7],
+            spatial_scale: 0.25,
+            sampling_ratio: 0,
+            aligned: false,
+        };
+        let small = [0.0, 10.0, 10.0, 30.0, 30.0];
+        let large = [0.0, 0.0, 0.0, 400.0, 400.0];
+        assert_eq!(max_taps(&small, &o), 4);
+        let both: Vec<f32> = small.iter().chain(&large).copied().collect();
+        assert_eq!(max_taps(&both, &o), 900);
+        // 2^26 / (49 cells * 256 channels * 900 taps) = 5.9: five RoIs per batch (226 MB of f32);
+        // sizing by 16 taps would have put 334 such RoIs (15 GB) in one batch.
+        assert_eq!(roi_chunks(1000, 49, 256, 900), 5);
+        assert_eq!(roi_chunks(1000, 49, 256, 16), 334);
+        assert_eq!(max_taps(&[], &o), 4, "no RoI: the minimum");
+        assert_eq!(roi_chunks(0, 49, 256, 4), 1);
+    }
 }
