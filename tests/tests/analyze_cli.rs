@@ -41,7 +41,8 @@ fn models_lists_the_zoo_with_parameters() {
     assert_eq!(v["backbones"].as_array().unwrap().len(), 0);
     let dets = v["detectors"].as_array().unwrap();
     let kinds: Vec<&str> = dets.iter().map(|d| d["detector"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["FasterRCNN", "MaskRCNN", "RetinaNet"]);
+    // one synthetic demo config per detector type, ordered by path
+    assert_eq!(kinds, ["CascadeRCNN", "FasterRCNN", "MaskRCNN", "RetinaNet"]);
     // the same count as `attndet flops CONFIG`
     for d in dets {
         let flops = json_of(&["flops", d["config"].as_str().unwrap(), "--json"]);

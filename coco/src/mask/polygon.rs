@@ -5,6 +5,9 @@ use super::Rle;
 
 /// Rasterize a polygon `[x0, y0, x1, y1, ...]` (pixel coordinates, an odd trailing value is dropped) into an
 /// `h x w` RLE, exactly like pycocotools `frPyObjects(poly, h, w)`.
+///
+/// Time and memory grow with the polygon's perimeter at 5x resolution (as in pycocotools): callers bound the
+/// coordinates first, as the dataset and results loaders do (one image size around the image).
 pub fn fr_poly(xy: &[f64], h: u32, w: u32) -> Rle {
     let k = xy.len() / 2;
     const SCALE: f64 = 5.0;
