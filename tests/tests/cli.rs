@@ -49,7 +49,7 @@ fn wgpu_device_without_wgpu_support_exits_2() {
     if version.contains("wgpu: yes") {
         return; // a wgpu build: tests/gpu_path.rs covers it
     }
-    let out = run(&["--device", "wgpu:0", "devices"]);
+    let out = run(&["devices", "--device", "wgpu:0"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("built without wgpu support"), "{err}");

@@ -39,8 +39,7 @@ written atomically.",
 attndet convert --config configs/faster_rcnn/faster_rcnn_r50_fpn_1x_coco.json \
 --from faster_rcnn_r50_fpn_1x_coco_20200130-047c8118.pth --out work_dirs/faster_rcnn_mmdet\n  \
 attndet convert --config configs/torchvision/fasterrcnn_resnet50_fpn.json \
---from fasterrcnn_resnet50_fpn_coco-258fb6c6.pth --out work_dirs/fasterrcnn_tv\n  \
-attndet test work_dirs/faster_rcnn_mmdet --json   # the converted checkpoint records its config"
+--from fasterrcnn_resnet50_fpn_coco-258fb6c6.pth --out work_dirs/fasterrcnn_tv"
 )]
 pub struct ConvertArgs {
     /// Zoo name of the checkpoint's backbone architecture (backbone mode).

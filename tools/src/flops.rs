@@ -124,7 +124,6 @@ fn input_size(given: Option<&[usize]>, default: [usize; 2]) -> anyhow::Result<[u
 
 /// `attndet flops CONFIG`: the detector's parts.
 fn run_detector(config: &std::path::Path, args: &FlopsArgs) -> anyhow::Result<()> {
-    use attndet_detectors::config::ModelConfig;
     use attndet_detectors::models::AnyDetector;
     use attndet_detectors::models::cost::detector_cost;
     let (cfg, _) = crate::config_cmd::load_config(config, &[])?;
@@ -133,11 +132,7 @@ fn run_detector(config: &std::path::Path, args: &FlopsArgs) -> anyhow::Result<()
         args.input_size.as_deref(),
         [scale[0].min(scale[1]), scale[0].max(scale[1])],
     )?;
-    let rois = match &cfg.model {
-        ModelConfig::FasterRcnn(m) | ModelConfig::MaskRcnn(m) => m.test_cfg.rpn.max_per_img,
-        ModelConfig::CascadeRcnn(m) => m.test_cfg.rpn.max_per_img,
-        _ => 0,
-    };
+    let rois = cfg.model.test_proposals();
     let model = AnyDetector::<Flex>::from_config(&cfg.model, &Default::default())
         .map_err(|e| crate::errors::bad_input(e.to_string()))?;
     let parts = detector_cost(&model, [h, w], rois);

@@ -161,15 +161,11 @@ pub fn detector_size(
     cfg: &ExperimentConfig,
     source: &Path,
 ) -> anyhow::Result<(AnyDetector<Flex>, usize, u64, [usize; 2])> {
-    use attndet_detectors::config::ModelConfig;
     let mut model_cfg = cfg.model.clone();
     model_cfg.backbone_mut().init_checkpoint = None;
     let scale = cfg.data.pipeline.img_scale;
     let hw = [scale[0].min(scale[1]), scale[0].max(scale[1])];
-    let rois = match &model_cfg {
-        ModelConfig::FasterRcnn(m) | ModelConfig::MaskRcnn(m) => m.test_cfg.rpn.max_per_img,
-        _ => 0,
-    };
+    let rois = model_cfg.test_proposals();
     let model = AnyDetector::<Flex>::from_config(&model_cfg, &Default::default())
         .map_err(|e| bad_input(format!("{}: {e}", source.display())))?;
     let parts = detector_cost(&model, hw, rois);

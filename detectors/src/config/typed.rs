@@ -99,6 +99,16 @@ impl ModelConfig {
         }
     }
 
+    /// Proposals the second stage sees at test time (`test_cfg.rpn.max_per_img`; 0 for one-stage detectors
+    /// and an RPN alone): what its cost is counted for.
+    pub fn test_proposals(&self) -> usize {
+        match self {
+            Self::FasterRcnn(m) | Self::MaskRcnn(m) => m.test_cfg.rpn.max_per_img,
+            Self::CascadeRcnn(m) => m.test_cfg.rpn.max_per_img,
+            Self::RetinaNet(_) | Self::Rpn(_) => 0,
+        }
+    }
+
     /// Object classes the detector predicts (1 for an RPN: "object").
     pub fn num_classes(&self) -> usize {
         match self {
