@@ -23,26 +23,23 @@ fn train_args(dir: &Path, work: &Path) -> Vec<String> {
         "--quiet".into(),
         "--cfg-options".into(),
     ];
-    a.extend(
-        [
-            format!(
-                "data.data_root={}",
-                serde_json::Value::String(data.display().to_string())
-            ),
-            "data.batch_size=3".into(),
-            "data.num_workers=2".into(),
-            "data.pipeline.img_scale=[64, 64]".into(),
-            "model.neck.out_channels=16".into(),
-            "model.bbox_head.feat_channels=16".into(),
-            "model.bbox_head.stacked_convs=1".into(),
-            "runner.max_epochs=3".into(),
-            "lr_config.warmup_iters=2".into(),
-            "lr_config.step=[2]".into(),
-            "evaluation.interval=1".into(),
-            "log_config.interval=1".into(),
-        ]
-        .into_iter(),
-    );
+    a.extend([
+        format!(
+            "data.data_root={}",
+            serde_json::Value::String(data.display().to_string())
+        ),
+        "data.batch_size=3".into(),
+        "data.num_workers=2".into(),
+        "data.pipeline.img_scale=[64, 64]".into(),
+        "model.neck.out_channels=16".into(),
+        "model.bbox_head.feat_channels=16".into(),
+        "model.bbox_head.stacked_convs=1".into(),
+        "runner.max_epochs=3".into(),
+        "lr_config.warmup_iters=2".into(),
+        "lr_config.step=[2]".into(),
+        "evaluation.interval=1".into(),
+        "log_config.interval=1".into(),
+    ]);
     a
 }
 
