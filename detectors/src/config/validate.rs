@@ -275,13 +275,70 @@ fn check_two_stage(c: &mut Checks, m: &super::TwoStageConfig) {
     check_proposals(c, &m.test_cfg.rpn, "model.test_cfg.rpn");
     check_sampler(c, &m.train_cfg.rcnn.sampler, "model.train_cfg.rcnn.sampler");
     match &m.roi_head {
-        super::RoiHeadConfig::Standard(r) => check_bbox_head(c, &r.bbox_head, "model.roi_head.bbox_head"),
+        super::RoiHeadConfig::Standard(r) => {
+            check_bbox_head(c, &r.bbox_head, "model.roi_head.bbox_head");
+            check_pooled_channels(
+                c,
+                m.neck.out_channels,
+                "model.roi_head.bbox_head",
+                r.bbox_head.in_channels,
+            );
+            check_mask_head(
+                c,
+                m.neck.out_channels,
+                r.bbox_head.num_classes,
+                r.mask_head.as_ref(),
+            );
+        }
         super::RoiHeadConfig::Cascade(_) => c.fail(
             "model.roi_head.type",
             "a CascadeRoIHead needs one train_cfg.rcnn per stage: use \"type\": \"CascadeRCNN\"".into(),
         ),
     }
     check_rcnn_test(c, &m.test_cfg.rcnn);
+}
+
+/// A RoI head pools the FPN's levels, so its `in_channels` must be the neck's `out_channels` (otherwise the
+/// first fully connected layer or conv meets features of another width, a shape panic at the first step).
+fn check_pooled_channels(c: &mut Checks, neck_out: usize, head: &str, in_channels: usize) {
+    if in_channels != neck_out {
+        c.fail(
+            format!("{head}.in_channels"),
+            format!(
+                "{in_channels} channels, but the RoI features are the FPN's model.neck.out_channels = {neck_out}"
+            ),
+        );
+    }
+}
+
+/// The mask head: its sizes, its threshold, its input width, and one mask map per box class (a label of the
+/// box head must index a mask map).
+fn check_mask_head(
+    c: &mut Checks,
+    neck_out: usize,
+    box_classes: usize,
+    mask: Option<&super::FcnMaskHeadConfig>,
+) {
+    if let Some(h) = mask {
+        let path = "model.roi_head.mask_head";
+        c.at_least(&format!("{path}.num_classes"), h.num_classes, 1);
+        if h.num_classes != box_classes {
+            c.fail(
+                format!("{path}.num_classes"),
+                format!("{} classes, the box head has {box_classes}", h.num_classes),
+            );
+        }
+        c.at_least(&format!("{path}.conv_out_channels"), h.conv_out_channels, 1);
+        c.at_least(&format!("{path}.roi_feat_size"), h.roi_feat_size, 1);
+        c.within(
+            &format!("{path}.mask_thr_binary"),
+            h.mask_thr_binary,
+            0.0,
+            1.0,
+            false,
+        );
+        check_pooled_channels(c, neck_out, path, h.in_channels);
+    }
 }
 
 fn check_bbox_head(c: &mut Checks, b: &super::BBoxHeadConfig, path: &str) {
@@ -315,8 +372,17 @@ fn check_cascade(c: &mut Checks, m: &super::CascadeConfig) {
             c.fail(path, format!("{len} entries for {n} stages (num_stages)"));
         }
     }
+    if let Some(first) = r.bbox_head.first() {
+        check_mask_head(c, m.neck.out_channels, first.num_classes, r.mask_head.as_ref());
+    }
     for (i, b) in r.bbox_head.iter().enumerate() {
         check_bbox_head(c, b, &format!("model.roi_head.bbox_head.{i}"));
+        check_pooled_channels(
+            c,
+            m.neck.out_channels,
+            &format!("model.roi_head.bbox_head.{i}"),
+            b.in_channels,
+        );
         if b.num_classes != r.bbox_head[0].num_classes {
             c.fail(
                 format!("model.roi_head.bbox_head.{i}.num_classes"),
@@ -447,9 +513,18 @@ mod tests {
                 "model.roi_head.bbox_head.num_classes=0",
                 "model.roi_head.bbox_head.num_classes",
             ),
+            // the RoI features are the FPN's: a head of another width would panic at its first layer
+            (
+                "model.roi_head.bbox_head.in_channels=128",
+                "model.roi_head.bbox_head.in_channels",
+            ),
+            (
+                "model.neck.out_channels=32",
+                "model.roi_head.bbox_head.in_channels",
+            ),
         ] {
             let (cfg, _): (ExperimentConfig, _) = load_typed(&path, &[o.to_string()]).expect("typed");
-            let err = validate_experiment(&cfg, "demo.json").unwrap_err().to_string();
+            let err = validate_experiment(&cfg, "demo.json").expect_err(o).to_string();
             assert!(err.contains(field), "{o}: {err}");
         }
         let (cfg, _): (ExperimentConfig, _) = load_typed(&path, &[]).unwrap();
@@ -480,12 +555,51 @@ mod tests {
                 "model.train_cfg.rcnn.1.sampler.num=0",
                 "model.train_cfg.rcnn.1.sampler.num",
             ),
+            (
+                "model.roi_head.bbox_head.1.in_channels=32",
+                "model.roi_head.bbox_head.1.in_channels",
+            ),
         ] {
             let err = match load_typed::<ExperimentConfig>(&path, &[o.to_string()]) {
-                Ok((cfg, _)) => validate_experiment(&cfg, "demo.json").unwrap_err().to_string(),
+                Ok((cfg, _)) => validate_experiment(&cfg, "demo.json").expect_err(o).to_string(),
                 Err(e) => e.to_string(),
             };
             assert!(err.contains(field), "{o}: {err}");
+        }
+        let (cfg, _): (ExperimentConfig, _) = load_typed(&path, &[]).unwrap();
+        validate_experiment(&cfg, "demo.json").unwrap();
+    }
+
+    /// Mask R-CNN: the mask head reads the FPN's channels and has one map per box class.
+    #[test]
+    fn mask_head_values_are_checked_with_their_path() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../configs/mask_rcnn/mask_rcnn_r18_fpn_synth_demo.json");
+        for (o, field, says) in [
+            (
+                "model.roi_head.mask_head.in_channels=32",
+                "model.roi_head.mask_head.in_channels",
+                "model.neck.out_channels",
+            ),
+            (
+                "model.roi_head.mask_head.num_classes=7",
+                "model.roi_head.mask_head.num_classes",
+                "the box head has",
+            ),
+            (
+                "model.roi_head.mask_head.mask_thr_binary=2",
+                "model.roi_head.mask_head.mask_thr_binary",
+                "must be in [0, 1]",
+            ),
+            (
+                "model.roi_head.mask_head.conv_out_channels=0",
+                "model.roi_head.mask_head.conv_out_channels",
+                "at least 1",
+            ),
+        ] {
+            let (cfg, _): (ExperimentConfig, _) = load_typed(&path, &[o.to_string()]).expect("typed");
+            let err = validate_experiment(&cfg, "demo.json").expect_err(o).to_string();
+            assert!(err.contains(field) && err.contains(says), "{o}: {err}");
         }
         let (cfg, _): (ExperimentConfig, _) = load_typed(&path, &[]).unwrap();
         validate_experiment(&cfg, "demo.json").unwrap();
