@@ -1,10 +1,10 @@
 //! `attndet train` with stderr piped (not a terminal): a plain progress line every `log_config.interval`
 //! iterations and at the end of each epoch, and the saved / resumed / best messages, which a progress bar
-//! would hide.
+//! would hide; each of those messages is in `log.jsonl` too (`"mode": "event"`).
 
 use std::path::Path;
 
-use attndet_tests::{TempDir, run, workspace_root};
+use attndet_tests::{TempDir, log_lines, run, workspace_root};
 
 /// Train the synthetic demo config, shrunk to a few iterations on 64 x 64 images, with stderr piped.
 fn train(dir: &Path, extra_args: &[&str], overrides: &[&str]) -> (bool, String) {
@@ -123,5 +123,96 @@ fn piped_stderr_gets_plain_lines_and_the_checkpoint_messages() {
     // the plots were drawn after training
     for f in ["loss.png", "lr.png", "ap.png"] {
         assert!(dir.join("work").join(f).exists(), "{f} missing");
+    }
+
+    // every message of both runs is in the log, in order, at the run position it was shown (epochs done,
+    // iterations done): 3 iterations an epoch, so epoch 1 is saved at iteration 3, and the resumed run starts
+    // there and saves epoch 2 at iteration 6
+    let events: Vec<(u64, u64, String)> = log_lines(&dir.join("work"), "event")
+        .iter()
+        .map(|v| {
+            (
+                v["epoch"].as_u64().unwrap(),
+                v["global_iter"].as_u64().unwrap(),
+                v["message"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let expected: [(u64, u64, String); 6] = [
+        (0, 0, "training ".into()),
+        (1, 3, format!("saved {}", saved.display())),
+        (1, 3, "training ".into()),
+        (1, 3, format!("resumed from {}", saved.display())),
+        (2, 6, format!("saved {}", dir.join("work/epoch_2").display())),
+        (2, 6, "best bbox_mAP".into()),
+    ];
+    assert_eq!(events.len(), expected.len(), "{events:#?}");
+    for ((e, g, m), (ee, eg, em)) in events.iter().zip(&expected) {
+        assert!(
+            (e, g) == (ee, eg) && m.starts_with(em.as_str()),
+            "{m} at ({e}, {g}), expected {em} at ({ee}, {eg})"
+        );
+    }
+}
+
+/// `--auto-scale-lr` says what it did, on stderr and in the log: 2 images per iteration against the demo's
+/// base batch of 16 scale optimizer.lr by 2/16.
+#[test]
+fn the_scaled_learning_rate_is_shown_and_logged() {
+    let tmp = TempDir::new("log-lines-lr");
+    let dir = tmp.path();
+    let out = run(&[
+        "dataset",
+        "synth",
+        "--out",
+        dir.join("data").to_str().unwrap(),
+        "--train",
+        "2",
+        "--val",
+        "1",
+        "--size",
+        "64",
+        "--seed",
+        "3",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (ok, err) = train(
+        dir,
+        &["--auto-scale-lr"],
+        &[
+            "runner.max_epochs=1",
+            "evaluation.interval=0",
+            "optimizer.lr=0.08",
+            "auto_scale_lr.base_batch_size=16",
+            "log_config.tensorboard=true",
+        ],
+    );
+    assert!(ok, "{err}");
+    let said = "learning rate scaled to 0.01 (optimizer.lr 0.08 x 2 images per iteration";
+    assert!(err.contains(said), "{err}");
+    let events = log_lines(&dir.join("work"), "event");
+    assert!(
+        events
+            .iter()
+            .any(|v| v["message"].as_str().unwrap().starts_with(said)),
+        "{events:?}"
+    );
+
+    // log_config.tensorboard: one event file of TFRecords, the file version first, then the logged scalars
+    // (`tools/scripts/check_tensorboard.py WORK_DIR` reads it with TensorBoard itself)
+    let files: Vec<_> = std::fs::read_dir(dir.join("work/tf_logs"))
+        .expect("tf_logs")
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let name = files[0].file_name().unwrap().to_string_lossy().to_string();
+    assert!(name.starts_with("events.out.tfevents."), "{name}");
+    let bytes = std::fs::read(&files[0]).unwrap();
+    let first_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let first = &bytes[12..12 + first_len];
+    assert!(first.ends_with(b"brain.Event:2"), "{first:?}");
+    let has = |tag: &[u8]| bytes.windows(tag.len()).any(|w| w == tag);
+    for tag in ["train/loss", "train/loss_cls", "train/loss_bbox", "train/lr"] {
+        assert!(has(tag.as_bytes()), "{tag} missing");
     }
 }

@@ -268,7 +268,7 @@ where
 {
     type A<B> = burn::backend::Autodiff<B>;
     let cfg = &p.cfg;
-    let (setup, skipped, val) = train_setup(&args.train, p)?;
+    let (mut setup, skipped, val) = train_setup(&args.train, p)?;
     let local = devices.len();
     let rank = nodes.as_ref().map_or(0, |n| n.rank as usize);
     let topo = Topology {
@@ -282,18 +282,16 @@ where
     <A<B> as Backend>::seed(&devices[0], cfg.seed);
     // built once and materialised: every local replica starts from these weights
     let model = build_model::<A<B>>(cfg, &devices[0])?;
-    if !quiet {
-        eprintln!(
-            "training {} on {} images ({skipped}) with {} replicas ({} per node), \
-             global batch {}, work dir {}",
-            args.train.config.display(),
-            setup.train_records.len(),
-            topo.world,
-            local,
-            cfg.data.batch_size * topo.world,
-            setup.work_dir.display()
-        );
-    }
+    // the one-device notice, told with the replicas
+    setup.notices = vec![format!(
+        "training {} on {} images ({skipped}) with {} replicas ({} per node), global batch {}, work dir {}",
+        args.train.config.display(),
+        setup.train_records.len(),
+        topo.world,
+        local,
+        cfg.data.batch_size * topo.world,
+        setup.work_dir.display()
+    )];
     let inner_devices: Vec<B::Device> = devices.clone();
     let mut hooks = DistHooks::<B> {
         cli: CliHooks::<B>::new(cfg, val.as_ref(), quiet, &inner_devices[0], args.train.max_iters),

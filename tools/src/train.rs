@@ -421,11 +421,19 @@ pub fn train_setup(args: &TrainArgs, p: &Prepared) -> anyhow::Result<RunSetup> {
         classes: train_set.1.category_names.clone(),
         auto_scale_lr: args.auto_scale_lr,
         max_iters: args.max_iters,
+        notices: Vec::new(),
     };
     let skipped = Skipped {
         images_without_boxes: train_set.1.images_without_boxes,
         boxes_outside_image: train_set.1.boxes_outside_image,
     };
+    let mut setup = setup;
+    setup.notices.push(format!(
+        "training {} on {} images ({skipped}), work dir {}",
+        args.config.display(),
+        setup.train_records.len(),
+        work_dir.display()
+    ));
     Ok((setup, skipped, val))
 }
 
@@ -440,18 +448,10 @@ where
     AnyDetector<B>: AutodiffModule<B, InnerModule = AnyDetector<B::InnerBackend>>,
 {
     let cfg = &p.cfg;
-    let (setup, skipped, val) = train_setup(args, p)?;
+    let (setup, _, val) = train_setup(args, p)?;
     let work_dir = setup.work_dir.clone();
     B::seed(device, cfg.seed);
     let model = build_model::<B>(cfg, device)?;
-    if !args.quiet {
-        eprintln!(
-            "training {} on {} images ({skipped}), work dir {}",
-            args.config.display(),
-            setup.train_records.len(),
-            work_dir.display()
-        );
-    }
     let mut hooks = CliHooks::<B::InnerBackend>::new(cfg, val.as_ref(), args.quiet, device, args.max_iters);
     let result = train::<B, AnyDetector<B>, _>(model, &setup, device, &mut hooks);
     hooks.bar.finish_and_clear();

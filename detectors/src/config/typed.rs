@@ -516,6 +516,9 @@ pub struct CheckpointConfig {
 pub struct LogConfig {
     /// Write a JSON line every N iterations.
     pub interval: usize,
+    /// Also write the logged scalars as TensorBoard event files in `WORK_DIR/tf_logs/`.
+    #[serde(default)]
+    pub tensorboard: bool,
 }
 
 /// Linear learning-rate scaling.

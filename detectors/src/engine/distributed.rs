@@ -388,10 +388,12 @@ impl<B: AutodiffBackend> Replica<'_, B> {
             Err(e) => (CODE_OTHER, Some(e), None),
         };
         self.agree(code, own, Vec::new(), false, "while starting")?;
-        let (files, (model, optim, state, last_checkpoint, resumed)) = started.expect("agreed: no failure");
+        let (files, (model, optim, state, last_checkpoint, notices)) = started.expect("agreed: no failure");
         let (mut model, mut optim, mut state, mut last_checkpoint) = (model, optim, state, last_checkpoint);
-        if let Some(report) = &resumed {
-            hooks.on_message(report);
+        if let Some(files) = &files {
+            for message in setup.notices.iter().chain(&notices) {
+                super::trainer::announce(hooks, &files.log, &state, message)?;
+            }
         }
         if self.topo.nodes.is_some() {
             // nodes build their models apart: from here on every replica holds the writer's weights

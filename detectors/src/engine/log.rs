@@ -1,5 +1,7 @@
 //! The JSON-lines training log (`log.jsonl` in the work dir): one object per logged iteration
-//! (`"mode": "train"`) and per evaluation (`"mode": "val"`). `attndet plot` reads it back.
+//! (`"mode": "train"`), per evaluation (`"mode": "val"`) and per message the user was shown (`"mode": "event"`:
+//! saved, resumed, best, removed checkpoints, the scaled learning rate, what the training split left out), so
+//! that a run's log holds everything its terminal showed. `attndet plot` reads it back.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -43,6 +45,17 @@ pub struct EvalRecord {
     pub stats: crate::engine::evaluate::EvalResults,
 }
 
+/// A message the user was shown during the run, at the point of the run it was shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// Epochs finished when it happened.
+    pub epoch: usize,
+    /// Iterations done over the whole run when it happened.
+    pub global_iter: usize,
+    /// The message, as printed.
+    pub message: String,
+}
+
 /// A line of the log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "mode", rename_all = "lowercase")]
@@ -51,12 +64,15 @@ pub enum LogLine {
     Train(IterRecord),
     /// Validation.
     Val(EvalRecord),
+    /// A message shown to the user.
+    Event(EventRecord),
 }
 
-/// Appends lines to `log.jsonl`.
+/// Appends lines to `log.jsonl`, and their scalars to a TensorBoard event file when one is open.
 #[derive(Debug)]
 pub struct JsonLog {
     path: PathBuf,
+    tensorboard: Option<super::tensorboard::EventWriter>,
 }
 
 impl JsonLog {
@@ -64,7 +80,22 @@ impl JsonLog {
     pub fn new(work_dir: &Path) -> Self {
         Self {
             path: work_dir.join("log.jsonl"),
+            tensorboard: None,
         }
+    }
+
+    /// The log of `work_dir`, its scalars also written to a new event file in `WORK_DIR/tf_logs/`.
+    pub fn with_tensorboard(work_dir: &Path) -> std::io::Result<Self> {
+        let writer = super::tensorboard::EventWriter::create(&work_dir.join("tf_logs"))?;
+        Ok(Self {
+            path: work_dir.join("log.jsonl"),
+            tensorboard: Some(writer),
+        })
+    }
+
+    /// The TensorBoard event file, when one is written.
+    pub fn tensorboard_file(&self) -> Option<&Path> {
+        self.tensorboard.as_ref().map(|w| w.path())
     }
 
     /// Its path.
@@ -82,7 +113,16 @@ impl JsonLog {
             f,
             "{}",
             serde_json::to_string(line).map_err(std::io::Error::other)?
-        )
+        )?;
+        if let Some(tb) = &self.tensorboard {
+            match line {
+                LogLine::Train(r) => tb.train(r),
+                LogLine::Val(r) => tb.val(r),
+                LogLine::Event(_) => Ok(()),
+            }
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", tb.path().display())))?;
+        }
+        Ok(())
     }
 }
 
@@ -148,9 +188,21 @@ mod tests {
             stats: [(crate::models::EvalKind::Bbox, vec![0.5; 12])].into(),
         }))
         .unwrap();
+        let event = LogLine::Event(EventRecord {
+            epoch: 1,
+            global_iter: 10,
+            message: "saved /tmp/x/epoch_1".into(),
+        });
+        log.append(&event).unwrap();
         let lines = read_log(log.path()).unwrap();
-        assert_eq!(lines.len(), 2);
+        assert_eq!(lines.len(), 3);
         assert_eq!(lines[0], LogLine::Train(it));
+        assert_eq!(lines[2], event);
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        assert!(
+            text.lines().last().unwrap().contains(r#""mode":"event""#),
+            "{text}"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 

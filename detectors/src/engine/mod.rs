@@ -7,4 +7,5 @@ pub mod grads;
 pub mod lock;
 pub mod log;
 pub mod schedule;
+pub mod tensorboard;
 pub mod trainer;

@@ -15,7 +15,7 @@ use burn::tensor::backend::AutodiffBackend;
 use super::checkpoint::{self, CheckpointError, TrainState};
 use super::grads;
 use super::lock::{self, LockError};
-use super::log::{EvalRecord, IterRecord, JsonLog, LogLine, resident_memory_mb};
+use super::log::{EvalRecord, EventRecord, IterRecord, JsonLog, LogLine, resident_memory_mb};
 use super::schedule::{LrSchedule, auto_scaled_lr};
 use crate::config::{ExperimentConfig, OptimizerConfig};
 use crate::data::{Batch, DetRecord, EpochLoader, ImageError, LoaderOptions};
@@ -130,6 +130,9 @@ pub struct TrainSetup {
     pub auto_scale_lr: bool,
     /// Stop after this many iterations in total (tests and smoke runs); `None`: the full schedule.
     pub max_iters: Option<usize>,
+    /// What the caller found while preparing the run (images left out, boxes dropped): shown and recorded in
+    /// `log.jsonl` when the run starts.
+    pub notices: Vec<String>,
 }
 
 /// Callbacks of the loop: progress display and evaluation live with the caller.
@@ -311,15 +314,18 @@ pub fn open_work_dir<M>(setup: &TrainSetup, hooks: &mut dyn TrainHooks<M>) -> Re
         &config_path,
         &serde_json::to_string_pretty(&setup.resolved).expect("JSON value"),
     )?;
-    Ok(RunFiles {
-        _lock: lock,
-        log: JsonLog::new(&setup.work_dir),
-    })
+    let log = if setup.cfg.log_config.tensorboard {
+        let dir = setup.work_dir.join("tf_logs");
+        JsonLog::with_tensorboard(&setup.work_dir).map_err(io_err(&dir))?
+    } else {
+        JsonLog::new(&setup.work_dir)
+    };
+    Ok(RunFiles { _lock: lock, log })
 }
 
 /// Where a run starts: the model and optimizer (the resume checkpoint's when resuming), the state, the resume
-/// checkpoint (the last good one), and the message announcing the resume.
-pub type Start<M, O> = (M, O, TrainState, Option<PathBuf>, Option<String>);
+/// checkpoint (the last good one), and the messages for the user (the resume report, a scaled learning rate).
+pub type Start<M, O> = (M, O, TrainState, Option<PathBuf>, Vec<String>);
 
 /// The state a run starts from: fresh (learning rate scaled to `global_batch` images per iteration when
 /// asked), or the resume checkpoint's, whose model and optimizer are loaded into `model` and `optim`. On
@@ -357,7 +363,16 @@ where
         classes: setup.classes.clone(),
     };
     let Some(dir) = &setup.resume_from else {
-        return Ok((model, optim, state, None, None));
+        let mut notices = Vec::new();
+        if base_lr != cfg.optimizer.lr() {
+            notices.push(format!(
+                "learning rate scaled to {base_lr} (optimizer.lr {} x {global_batch} images per iteration / \
+                 auto_scale_lr.base_batch_size {})",
+                cfg.optimizer.lr(),
+                cfg.auto_scale_lr.base_batch_size
+            ));
+        }
+        return Ok((model, optim, state, None, notices));
     };
     let saved = checkpoint::load_state(dir)?;
     if saved.seed != cfg.seed {
@@ -429,7 +444,29 @@ where
         base_lr,
         ..saved
     };
-    Ok((model, optim, state, Some(dir.clone()), Some(report)))
+    Ok((model, optim, state, Some(dir.clone()), vec![report]))
+}
+
+/// Record `message` in `log.jsonl` at the run's current position.
+pub fn record_event(log: &JsonLog, state: &TrainState, message: &str) -> Result<(), TrainError> {
+    log.append(&LogLine::Event(EventRecord {
+        epoch: state.epoch,
+        global_iter: state.global_iter,
+        message: message.to_string(),
+    }))
+    .map_err(io_err(log.path()))
+}
+
+/// Show `message` to the user and record it in `log.jsonl`: what a person looks for after a run (resumed,
+/// best, removed checkpoints, the scaled learning rate) is in the log as well as on the terminal.
+pub fn announce<M>(
+    hooks: &mut dyn TrainHooks<M>,
+    log: &JsonLog,
+    state: &TrainState,
+    message: &str,
+) -> Result<(), TrainError> {
+    hooks.on_message(message);
+    record_event(log, state, message)
 }
 
 /// The figure that decides the best checkpoint: `(kind, stat index, name)`.
@@ -561,13 +598,15 @@ where
         checkpoint::save::<B, M, _>(&dir, model, optim, state)?;
         checkpoint::mark_latest(&setup.work_dir, &dir)?;
         hooks.on_checkpoint(&dir);
+        record_event(log, state, &format!("saved {}", dir.display()))?;
         if let Some(keep) = cfg.checkpoint_config.max_keep_ckpts {
             let protected: Vec<PathBuf> = setup.resume_from.iter().cloned().collect();
             for old in checkpoint::prune_epochs(&setup.work_dir, keep, &protected)? {
-                hooks.on_message(&format!(
+                let message = format!(
                     "removed {} (checkpoint_config.max_keep_ckpts = {keep})",
                     old.display()
-                ));
+                );
+                announce(hooks, log, state, &message)?;
             }
         }
         *last_checkpoint = Some(dir.clone());
@@ -603,10 +642,8 @@ where
         let dir = setup.work_dir.join("best");
         checkpoint::save::<B, M, _>(&dir, model, optim, state)?;
         if let (Some((value, e)), Some((_, _, name))) = (state.best, best_rule) {
-            hooks.on_message(&format!(
-                "best {name} {value:.4} at epoch {e}: saved {}",
-                dir.display()
-            ));
+            let message = format!("best {name} {value:.4} at epoch {e}: saved {}", dir.display());
+            announce(hooks, log, state, &message)?;
         }
     }
     Ok(())
@@ -631,10 +668,10 @@ where
     let cfg = &setup.cfg;
     let files = open_work_dir::<M::InnerModule>(setup, hooks)?;
     let log = &files.log;
-    let (mut model, mut optim, mut state, mut last_checkpoint, resumed) =
+    let (mut model, mut optim, mut state, mut last_checkpoint, notices) =
         start_state::<B, M, O>(setup, cfg.data.batch_size, model, optim, device)?;
-    if let Some(report) = &resumed {
-        hooks.on_message(report);
+    for message in setup.notices.iter().chain(&notices) {
+        announce(hooks, log, &state, message)?;
     }
     let best_rule = best_rule(cfg, model.eval_kinds())?;
     let schedule = LrSchedule::new(state.base_lr, &cfg.lr_config);
@@ -645,11 +682,11 @@ where
 
     'epochs: while state.epoch < cfg.runner.max_epochs {
         let epoch = state.epoch; // 0-based
-        let loader = EpochLoader::start(setup.train_records.clone(), &opts, epoch, 0);
+        let mut loader = EpochLoader::start(setup.train_records.clone(), &opts, epoch, 0);
         let iters = loader.len();
         hooks.on_epoch_start(epoch + 1, iters);
         let mut t_prev = Instant::now();
-        for (i, batch) in loader.enumerate() {
+        for (i, batch) in loader.by_ref().enumerate() {
             if state.global_iter >= max_iters {
                 break 'epochs;
             }
@@ -694,7 +731,16 @@ where
             record_iter::<M::InnerModule>(rec, cfg, log, hooks)?;
             t_prev = Instant::now();
         }
+        let unreadable = loader.skipped_images();
+        drop(loader);
         state.epoch += 1;
+        if unreadable > 0 {
+            let message = format!(
+                "epoch {}: {unreadable} unreadable image(s) skipped (data.skip_bad_images)",
+                state.epoch
+            );
+            announce(hooks, log, &state, &message)?;
+        }
         end_epoch::<B, M, O>(
             &model,
             &optim,
