@@ -189,6 +189,24 @@ fn a_checkpoint_knows_itself() {
         "one JSON shape for the stats, the same numbers"
     );
 
+    // the analysis tools take the checkpoint (here the work dir, its `latest`) for the config: its recorded
+    // val split is the ground truth, so the matrix equals the one against the annotation file given directly
+    let val_ann = data.join("annotations/instances_val.json").display().to_string();
+    let confusion = |extra: &[&str]| {
+        let mut a = strings(&[
+            "analyze",
+            "confusion",
+            &work.display().to_string(),
+            &results.display().to_string(),
+            "--out",
+            &dir.join("cm.png").display().to_string(),
+            "--json",
+        ]);
+        a.extend(strings(extra));
+        last_json(&ok(&attndet(&a)))
+    };
+    assert_eq!(confusion(&[]), confusion(&["--ann", &val_ann]));
+
     // an explicit config: a test setting that differs is a warning naming both values; a class count is an
     // error naming the field, both values and the tensors (exit 2)
     let mut a = strings(&[
@@ -378,6 +396,51 @@ fn a_checkpoint_knows_itself() {
         class_names.contains(&category),
         "{category} not in {class_names:?}"
     );
+
+    // very thin images: the keep-ratio resize bounds the long side by the config's scale and the short side
+    // is at least one pixel, so memory stays small; every box lies inside its image
+    let thin = dir.join("thin");
+    std::fs::create_dir_all(&thin).unwrap();
+    image::RgbImage::from_pixel(30_000, 1, image::Rgb([200, 60, 60]))
+        .save(thin.join("wide.png"))
+        .unwrap();
+    image::RgbImage::from_pixel(2, 30_000, image::Rgb([60, 200, 60]))
+        .save(thin.join("tall.png"))
+        .unwrap();
+    let thin_dets = dir.join("thin.json");
+    let out = attndet(&strings(&[
+        "infer",
+        &work.display().to_string(),
+        &thin.display().to_string(),
+        "--out",
+        &thin_dets.display().to_string(),
+        "--score-thr",
+        "0",
+        "--cfg-options",
+        "model.test_cfg.score_thr=0",
+    ]));
+    ok(&out);
+    let entries: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(&thin_dets).unwrap()).unwrap();
+    assert_eq!(entries.len(), 2);
+    for e in &entries {
+        let (w, h) = if e["file"].as_str().unwrap().ends_with("wide.png") {
+            (30_000.0, 1.0)
+        } else {
+            (2.0, 30_000.0)
+        };
+        for d in e["detections"].as_array().unwrap() {
+            let b: Vec<f64> = d["bbox"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            assert!(
+                b[0] >= 0.0 && b[1] >= 0.0 && b[2] <= w + 1e-3 && b[3] <= h + 1e-3, // [x1, y1, x2, y2]
+                "{b:?} outside {w}x{h}"
+            );
+        }
+    }
 
     // the finished work dir is not reused without --resume
     let out = train(&work, &[], &tiny(dir, &["checkpoint_config.max_keep_ckpts=1"]));

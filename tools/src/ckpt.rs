@@ -88,6 +88,26 @@ fn config_of_checkpoint(dir: &Path, state: &TrainState, overrides: &[String]) ->
     Ok(Prepared { cfg, resolved })
 }
 
+/// The config a `CONFIG|CKPT` argument names: a config file, or the recorded config of a checkpoint directory
+/// (or of a work dir's `latest`), with `overrides` applied and checked.
+///
+/// # Errors
+/// Exit 2 for an unreadable or invalid config, a path that is neither, a foreign checkpoint (it records no
+/// config of ours) or a checkpoint written before configs were recorded.
+pub fn config_of(path: &Path, overrides: &[String]) -> anyhow::Result<Prepared> {
+    if path.is_file() && path.extension().is_some_and(|e| e == "json") {
+        let (cfg, resolved) = crate::config_cmd::load_config(path, overrides)?;
+        return Ok(Prepared { cfg, resolved });
+    }
+    match source(path)? {
+        Source::Ours(dir, state) => config_of_checkpoint(&dir, &state, overrides),
+        Source::Foreign(file) => Err(bad_input(format!(
+            "{}: a foreign checkpoint carries no config of ours: give the config instead",
+            file.display()
+        ))),
+    }
+}
+
 fn listed(diffs: &[ConfigDifference]) -> String {
     diffs
         .iter()

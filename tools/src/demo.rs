@@ -1,6 +1,7 @@
 //! `attndet demo`: the whole loop on a fresh machine, CPU only, no downloads. Generates the synthetic shapes
-//! dataset, trains a small RetinaNet (ResNet-18 FPN) from scratch, evaluates it on the val split with the COCO
-//! metric, draws a few val images with their detections, and prints the COCO table.
+//! dataset, trains a small detector (RetinaNet, Faster, Mask or Cascade R-CNN on a ResNet-18 FPN) from scratch,
+//! evaluates it on the val split with the COCO metric, draws a few val images with their detections, and prints
+//! the COCO table.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -171,8 +172,7 @@ pub struct DemoArgs {
     #[arg(long, default_value = "work_dirs/demo")]
     pub work_dir: PathBuf,
     /// The config to train [default: the built-in demo config of the detector
-    /// (configs/retinanet/retinanet_r18_fpn_synth_demo.json, configs/faster_rcnn/faster_rcnn_r18_fpn_synth_demo.json),
-    /// written with its bases to WORK_DIR/configs].
+    /// (configs/<detector>/<detector>_r18_fpn_synth_demo.json), written with its bases to WORK_DIR/configs].
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Config overrides `a.b.c=VALUE` (e.g. runner.max_epochs=4).

@@ -126,7 +126,8 @@ attndet dataset browse instances_val.json --images data/shapes/val --out browse/
     Test(test::TestArgs),
     /// Detect objects in images: `attndet infer [CONFIG] CKPT IMAGE|DIR|GLOB... [--out dets.json] [--show-dir DIR]`.
     Infer(infer::InferArgs),
-    /// Generate the synthetic dataset, train a small RetinaNet on it from scratch, evaluate, show.
+    /// Generate the synthetic dataset, train a small detector on it from scratch (RetinaNet, Faster, Mask or
+    /// Cascade R-CNN), evaluate, show.
     Demo(demo::DemoArgs),
     /// Draw loss and AP curves of a work dir as PNG: `attndet plot WORK_DIR`.
     Plot(plot::PlotArgs),

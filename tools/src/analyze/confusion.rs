@@ -29,7 +29,7 @@ use crate::plot::{draw_text_vertical, save};
 #[derive(Args, Debug)]
 #[command(
     after_help = "Examples:\n  attndet test CONFIG work_dirs/x/best --out results.json\n  \
-attndet analyze confusion CONFIG results.json\n  \
+attndet analyze confusion work_dirs/x/best results.json   # the checkpoint's config\n  \
 attndet analyze confusion CONFIG results.json --score-thr 0.5 --tp-iou-thr 0.75 --out cm.png --json"
 )]
 pub struct ConfusionArgs {

@@ -37,8 +37,10 @@ pub fn run(cmd: &AnalyzeCommand) -> anyhow::Result<()> {
 /// Where the ground truth comes from: a config's val split, or `--ann` instead.
 #[derive(Args, Debug)]
 pub struct GroundTruthArgs {
-    /// The config the results were produced with: its val split (`data.data_root` + `data.val.ann_file`) is
-    /// the ground truth and its categories the class names.
+    /// The config the results were produced with, or the checkpoint (a checkpoint directory or a work dir)
+    /// whose recorded config it is: its val split (`data.data_root` + `data.val.ann_file`) is the ground truth
+    /// and its categories the class names.
+    #[arg(value_name = "CONFIG|CKPT")]
     pub config: PathBuf,
     /// The detections: a COCO results file (`attndet test --out`), a JSON list of {image_id, category_id,
     /// bbox: [x, y, w, h], score} (and `segmentation` for segm).
@@ -57,7 +59,7 @@ impl GroundTruthArgs {
         if let Some(ann) = &self.ann {
             return Ok(ann.clone());
         }
-        let (cfg, _) = crate::config_cmd::load_config(&self.config, &self.cfg_options)?;
+        let cfg = crate::ckpt::config_of(&self.config, &self.cfg_options)?.cfg;
         Ok(Path::new(&cfg.data.data_root).join(&cfg.data.val.ann_file))
     }
 

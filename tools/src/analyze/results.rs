@@ -181,7 +181,7 @@ pub fn run(args: &ResultsArgs) -> anyhow::Result<()> {
     let img_dir = match &args.img_dir {
         Some(d) => d.clone(),
         None => {
-            let (cfg, _) = crate::config_cmd::load_config(&args.gt.config, &args.gt.cfg_options)?;
+            let cfg = crate::ckpt::config_of(&args.gt.config, &args.gt.cfg_options)?.cfg;
             Path::new(&cfg.data.data_root).join(&cfg.data.val.img_dir)
         }
     };
