@@ -34,7 +34,8 @@ Measures (median over the timed iterations, after warm-up):
 attndet runs through its CLI (`attndet train` logs the time of every iteration in log.jsonl; `attndet test`
 reports its wall time), on a COCO-format dataset this script writes to a temp dir. torchvision builds the same
 architecture (ResNet-50 with FrozenBatchNorm, layers 2-4 trainable, FPN P3-P7 from C5, 9 anchors, 4-conv heads).
-Prints a table and one JSON line with the ratios (attndet time / torchvision time).
+Prints a table and one JSON line with the ratios (attndet time / torchvision time; for cascade_rcnn the
+"torchvision" entries are the torch implementation's).
 """
 import argparse
 import json
