@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""RetinaNet, Faster R-CNN and Mask R-CNN R50-FPN speed, attndet against torchvision, side by side.
+"""RetinaNet, Faster R-CNN, Mask R-CNN and Cascade R-CNN R50-FPN speed, attndet against torch, side by side.
 
-    python3 bench/retinanet/bench.py [--detector retinanet|faster_rcnn|mask_rcnn]
+    python3 bench/retinanet/bench.py [--detector retinanet|faster_rcnn|mask_rcnn|cascade_rcnn]
         [--attndet target/release/attndet] [--threads 2] [--device cpu|cuda]
 
 Faster R-CNN: mmdetection's config on our side (RPN 2000/1000 proposals in training, 512 sampled RoIs, 1000
@@ -13,6 +13,20 @@ training images carry polygon masks. For inference the score threshold is 0 on b
 has 100 detections whose masks are pasted into the 800x1216 image and encoded as COCO RLE (attndet in `test`;
 torchvision's `paste_masks_in_image` inside the model, then pycocotools' `encode`, as its COCO evaluation does).
 
+Cascade R-CNN (`configs/cascade_rcnn/cascade_rcnn_r50_fpn_1x_coco.json` on our side): torchvision has none, so
+the torch side is a `GeneralizedRCNN` of torchvision parts with the cascade RoI head of `torch_cascade.py` (our
+own torch code from mmdetection's formulas: three stages of RoIAlign 7x7 + 2 fc 1024 + class-agnostic deltas,
+stds 0.1/0.2, 0.05/0.1, 0.033/0.067, MaxIoU at 0.5/0.6/0.7, 512 RoIs a quarter positive with the GT added, CE
++ SmoothL1 beta 1 weighted 1/0.5/0.25, refinement without gradient; at test the softmax of the mean of the three
+stages' logits, as mmdetection's `_refine_roi` and attndet do, the last stage's boxes, score 0.05, NMS 0.5, 100
+per image). Matched to the attndet config: ResNet-50 with stem + stage 1 frozen and `norm_eval` (BatchNorm
+layers in eval mode, their affine trainable in stages 2-4, as mmdetection's `requires_grad=True`; not
+torchvision's FrozenBatchNorm), FPN P2-P5 + max-pooled P6, RPN with 3 anchors of size 8 x stride, MaxIoU
+0.7/0.3, 256 anchors half positive, SmoothL1 beta 1/9, per-level top 2000 -> NMS 0.7 -> 2000 proposals per
+image in training and 1000 -> 1000 at test; images 2 x 512x512 and 800x1216 kept at their size. Not matched:
+torchvision's RPN does not drop anchors crossing the image border from its targets (`allowed_border` 0 in the
+config) and rounds its anchors to integers, a negligible part of the time either way.
+
 Measures (median over the timed iterations, after warm-up):
   train: one SGD iteration (forward, losses, backward, step) on a batch of 2 x 3 x 512 x 512 images with
          3 boxes each, mmdetection's RetinaNet settings (frozen stem + stage 1, norm_eval, 80 classes);
@@ -20,7 +34,8 @@ Measures (median over the timed iterations, after warm-up):
 attndet runs through its CLI (`attndet train` logs the time of every iteration in log.jsonl; `attndet test`
 reports its wall time), on a COCO-format dataset this script writes to a temp dir. torchvision builds the same
 architecture (ResNet-50 with FrozenBatchNorm, layers 2-4 trainable, FPN P3-P7 from C5, 9 anchors, 4-conv heads).
-Prints a table and one JSON line with the ratios (attndet time / torchvision time).
+Prints a table and one JSON line with the ratios (attndet time / torchvision time; for cascade_rcnn the
+"torchvision" entries are the torch implementation's).
 """
 import argparse
 import json
@@ -39,6 +54,7 @@ CONFIGS = {
     "retinanet": os.path.join(ROOT, "configs/retinanet/retinanet_r50_fpn_1x_coco.json"),
     "faster_rcnn": os.path.join(ROOT, "configs/faster_rcnn/faster_rcnn_r50_fpn_1x_coco.json"),
     "mask_rcnn": os.path.join(ROOT, "configs/mask_rcnn/mask_rcnn_r50_fpn_1x_coco.json"),
+    "cascade_rcnn": os.path.join(ROOT, "configs/cascade_rcnn/cascade_rcnn_r50_fpn_1x_coco.json"),
 }
 CONFIG = CONFIGS["retinanet"]
 
@@ -105,6 +121,24 @@ def bench_attndet(binary, root, device, train_iters, detector):
     return train_s, infer_s, times
 
 
+def cascade_rcnn(backbone):
+    """Cascade R-CNN R50-FPN in torch: torchvision's transform, RPN and `backbone` with our cascade RoI head."""
+    from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+    from torchvision.models.detection.rpn import AnchorGenerator, RegionProposalNetwork, RPNHead
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from torch_cascade import CascadeRoIHeads
+
+    anchors = AnchorGenerator(tuple((8 * s,) for s in (4, 8, 16, 32, 64)), ((0.5, 1.0, 2.0),) * 5)
+    rpn = RegionProposalNetwork(anchors, RPNHead(256, 3), fg_iou_thresh=0.7, bg_iou_thresh=0.3,
+                                batch_size_per_image=256, positive_fraction=0.5,
+                                pre_nms_top_n={"training": 2000, "testing": 1000},
+                                post_nms_top_n={"training": 2000, "testing": 1000}, nms_thresh=0.7)
+    transform = GeneralizedRCNNTransform(512, 1333, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    return GeneralizedRCNN(backbone, rpn, CascadeRoIHeads(num_classes=80), transform)
+
+
 def bench_torchvision(threads, device, train_iters, infer_iters, detector="retinanet"):
     import torch
     import torchvision
@@ -115,9 +149,13 @@ def bench_torchvision(threads, device, train_iters, infer_iters, detector="retin
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    backbone = torchvision.models.resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
+    norm_eval = detector == "cascade_rcnn"
+    backbone = torchvision.models.resnet50(weights=None,
+                                           norm_layer=torch.nn.BatchNorm2d if norm_eval else FrozenBatchNorm2d)
     # images are given at their final size: no resize inside the model (min_size/max_size keep 512 and 800x1216)
-    if detector in ("faster_rcnn", "mask_rcnn"):
+    if detector == "cascade_rcnn":
+        model = cascade_rcnn(_resnet_fpn_extractor(backbone, 3)).to(device)
+    elif detector in ("faster_rcnn", "mask_rcnn"):
         backbone = _resnet_fpn_extractor(backbone, 3)  # P2-P5 + max-pooled P6
         if detector == "mask_rcnn":
             model = MaskRCNN(backbone, num_classes=81, min_size=512, max_size=1333, box_score_thresh=0.0).to(device)
@@ -142,6 +180,10 @@ def bench_torchvision(threads, device, train_iters, infer_iters, detector="retin
                 m[k, int(y1):int(y2), int(x1):int(x2)] = 1
             t["masks"] = m.to(device)
     model.train()
+    if norm_eval:  # mmdetection's norm_eval: running statistics, never updated
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.eval()
     times = []
     for _ in range(train_iters):
         if device == "cuda":
@@ -195,7 +237,8 @@ def main():
         ours_train, ours_infer, ours_times = bench_attndet(a.attndet, root, "cuda:0" if a.device == "cuda" else "cpu",
                                                            a.train_iters, a.detector)
     tv_train, tv_infer = bench_torchvision(a.threads, a.device, a.train_iters, a.infer_images + 1, a.detector)
-    print(f"{'':28}{'attndet':>12}{'torchvision':>14}{'ratio':>8}")
+    other = "torch" if a.detector == "cascade_rcnn" else "torchvision"
+    print(f"{'':28}{'attndet':>12}{other:>14}{'ratio':>8}")
     print(f"{'train iter 2x512x512 (s)':28}{ours_train:12.3f}{tv_train:14.3f}{ours_train / tv_train:8.2f}")
     print(f"{'inference 800x1216 (s)':28}{ours_infer:12.3f}{tv_infer:14.3f}{ours_infer / tv_infer:8.2f}")
     print(json.dumps({"detector": a.detector, "device": a.device, "threads": a.threads,
