@@ -23,6 +23,12 @@ Writes:
   `roi_heads.box_predictor.cls_score` with K + 1 rows, background first, `bbox_pred` with 4 (K + 1);
   `head.classification_head.conv.i.0.*`, `backbone.fpn.extra_blocks.p6/p7`), bare state dicts, for the configs
   above with `model.layout=torchvision` (and, for RetinaNet, P6 from P5: `model.neck.add_extra_convs=on_output`).
+- mask_rcnn_r18_tiny.pth: mmdetection's runner layout of a Mask R-CNN (the Faster R-CNN above plus a two-conv
+  FCNMaskHead: `roi_head.mask_head.convs.{0,1}.conv.*`, `upsample`, `conv_logits` with K rows) matching
+  configs/mask_rcnn/mask_rcnn_r18_fpn_synth_demo.json with MASK_RCNN_OVERRIDES;
+- torchvision_mask_rcnn_r18_tiny.pth: the same Mask R-CNN in torchvision's layout (`roi_heads.mask_head.{0,1}.0.*`,
+  `roi_heads.mask_predictor.conv5_mask`, `mask_fcn_logits` with K + 1 rows, background first), a bare state dict
+  for that config with `model.layout=torchvision`.
 
 Values: element i (flattened, row-major) of tensor `key` is v = (((7 i + len(key)) % 23) - 11) / 1000, plus 1 for
 BatchNorm weights and running variances (see `value`); num_batches_tracked is 5. The Rust tests compute the
@@ -51,6 +57,11 @@ CASCADE_OVERRIDES = [
     f"model.roi_head.bbox_head.{i}.{field}"
     for i in range(3)
     for field in ("in_channels=16", "fc_out_channels=32", "num_classes=3")
+]
+MASK_RCNN_OVERRIDES = FASTER_RCNN_OVERRIDES + [
+    "model.roi_head.mask_head.in_channels=16",
+    "model.roi_head.mask_head.conv_out_channels=16",
+    "model.roi_head.mask_head.num_classes=3",
 ]
 RETINANET_OVERRIDES = [
     "model.neck.out_channels=16",
@@ -163,6 +174,29 @@ def cascade_mask_rcnn():
     return shapes
 
 
+def mask_rcnn():
+    c, k, convs = 16, 3, 2
+    shapes = faster_rcnn()
+    for i in range(convs):
+        conv(shapes, f"roi_head.mask_head.convs.{i}.conv", c, c, 3)
+    # ConvTranspose2d weights are [in, out, kh, kw]
+    shapes["roi_head.mask_head.upsample.weight"] = [c, c, 2, 2]
+    shapes["roi_head.mask_head.upsample.bias"] = [c]
+    conv(shapes, "roi_head.mask_head.conv_logits", k, c, 1)
+    return shapes
+
+
+def tv_mask_rcnn():
+    c, k, convs = 16, 3, 2
+    shapes = tv_faster_rcnn()
+    for i in range(convs):
+        conv(shapes, f"roi_heads.mask_head.{i}.0", c, c, 3)
+    shapes["roi_heads.mask_predictor.conv5_mask.weight"] = [c, c, 2, 2]
+    shapes["roi_heads.mask_predictor.conv5_mask.bias"] = [c]
+    conv(shapes, "roi_heads.mask_predictor.mask_fcn_logits", k + 1, c, 1)
+    return shapes
+
+
 def retinanet():
     c, feat, k, a = 16, 16, 3, 9
     shapes = resnet18()
@@ -261,6 +295,8 @@ def main():
                   os.path.join(out, "cascade_mask_rcnn_r18_tiny.pth"))
     save_deflated(state_dict(tv_faster_rcnn()), os.path.join(out, "torchvision_faster_rcnn_r18_tiny.pth"))
     save_deflated(state_dict(tv_retinanet()), os.path.join(out, "torchvision_retinanet_r18_tiny.pth"))
+    save_deflated({"meta": meta, "state_dict": state_dict(mask_rcnn())}, os.path.join(out, "mask_rcnn_r18_tiny.pth"))
+    save_deflated(state_dict(tv_mask_rcnn()), os.path.join(out, "torchvision_mask_rcnn_r18_tiny.pth"))
 
 
 if __name__ == "__main__":

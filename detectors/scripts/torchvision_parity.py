@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Reference outputs of torchvision's RetinaNet and Faster R-CNN (R50-FPN, COCO layout) for the parity tests.
+"""Reference outputs of torchvision's RetinaNet, Faster R-CNN and Mask R-CNN (R50-FPN, COCO layout) for the
+parity tests.
 
 Usage (torch 2.15 / torchvision 0.29, CPU):
 
@@ -21,6 +22,10 @@ detections in torchvision's order, and for Faster R-CNN the RPN's test proposals
 (the image and `gt_boxes` / `gt_labels`) with the samplers' quotas above the anchor and proposal counts, so that
 torchvision's random samplers keep every positive and negative: the sampled sets are fixed on both sides
 without a hook.
+
+Mask R-CNN (`maskrcnn.json`, test time only): the key list, the 100 detections, and for the first
+`MASK_DETS` of them the pasted masks (`paste_masks_in_image`, binarised `> 0.5` as torchvision's COCO
+evaluation does) as uncompressed COCO RLE (column-major run lengths, starting with 0s) of the 800x1216 image.
 """
 
 import json
@@ -30,7 +35,7 @@ import sys
 
 import torch
 from torchvision.models import resnet50
-from torchvision.models.detection import FasterRCNN, RetinaNet
+from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.models.detection.retinanet import _default_anchorgen
 from torchvision.ops import misc as misc_nn_ops
@@ -88,7 +93,15 @@ GAINS = {
     "head.classification_head.cls_logits.weight": 30.0,
     "roi_heads.box_predictor.cls_score.weight": 40.0,
     "rpn.head.cls_logits.weight": 8.0,
+    "roi_heads.mask_head.": 1.7,
+    "roi_heads.mask_predictor.conv5_mask.weight": 1.7,
+    # the mask branch's activations are ~0.01: logits spread over a few units (masks with structure inside
+    # their boxes, rather than all on or all off)
+    "roi_heads.mask_predictor.mask_fcn_logits.weight": 500.0,
 }
+
+# detections whose pasted masks are recorded (each RLE is a few hundred integers)
+MASK_DETS = 8
 
 
 def formula_integers(key, shape, cls_bias_q):
@@ -213,16 +226,59 @@ def fasterrcnn(img):
     }
 
 
+def rle(mask):
+    """Uncompressed COCO RLE of a [H, W] bool mask: column-major run lengths, the first a run of 0s."""
+    flat = mask.t().reshape(-1).to(torch.int8)
+    change = torch.nonzero(flat[1:] != flat[:-1]).reshape(-1) + 1
+    bounds = [0] + change.tolist() + [flat.numel()]
+    counts = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+    if flat.numel() and int(flat[0]) == 1:
+        counts = [0] + counts
+    return counts
+
+
+def maskrcnn(img):
+    backbone = _resnet_fpn_extractor(frozen_r50(), 3)
+    model = MaskRCNN(backbone, 91)
+    overwrite_eps(model, 0.0)
+    # the mask branch's biases near 0 (+-0.0005): at the usual +-0.05 they would swamp its ~0.01 activations
+    small = {f"roi_heads.mask_head.{i}.0.bias": (4, 0) for i in range(4)}
+    small["roi_heads.mask_predictor.conv5_mask.bias"] = (4, 0)
+    small["roi_heads.mask_predictor.mask_fcn_logits.bias"] = (4, 0)
+    keys = set_formula(
+        model,
+        {
+            "roi_heads.box_predictor.cls_score.bias": (2 * Q, 0),
+            "rpn.head.cls_logits.bias": (2 * Q, 0),
+            **small,
+        },
+    )
+    model.eval()
+    with torch.no_grad():
+        out = model([img])[0]
+    masks = out["masks"][:MASK_DETS, 0] > 0.5
+    probs = out["masks"][:MASK_DETS, 0]
+    print(f"  mask areas {[int(m.sum()) for m in masks]}, pixels in (0.45, 0.55): {int(((probs > 0.45) & (probs < 0.55)).sum())}")
+    return {
+        "keys": keys,
+        "detections": dets(out),
+        "masks": [rle(m) for m in masks],
+    }
+
+
 def main():
     out_dir = sys.argv[1] if len(sys.argv) > 1 else "detectors/tests/fixtures/torchvision"
     os.makedirs(out_dir, exist_ok=True)
     torch.set_num_threads(2)
     img = image().to(torch.float32) / 255.0
     common = {"height": H, "width": W, "q": Q, "gt_boxes": GT_BOXES, "gt_labels": GT_LABELS}
-    for name, build in [("retinanet", retinanet), ("fasterrcnn", fasterrcnn)]:
+    only = sys.argv[2:]  # model names to (re)make; all by default
+    for name, build in [("retinanet", retinanet), ("fasterrcnn", fasterrcnn), ("maskrcnn", maskrcnn)]:
+        if only and name not in only:
+            continue
         rec = dict(common, **build(img))
         n = len(rec["detections"]["scores"])
-        print(f"{name}: {n} detections, labels {sorted(set(rec['detections']['labels']))[:10]}, losses {rec['losses']}")
+        print(f"{name}: {n} detections, labels {sorted(set(rec['detections']['labels']))[:10]}, losses {rec.get('losses')}")
         if "proposals" in rec:
             print(f"  {len(rec['proposals'])} proposals")
         with open(os.path.join(out_dir, f"{name}.json"), "w") as f:

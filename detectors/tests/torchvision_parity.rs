@@ -1,7 +1,8 @@
-//! The torchvision configs (`configs/torchvision/`) reproduce torchvision's RetinaNet and Faster R-CNN: with
-//! the same formula weights, read through the torchvision checkpoint layout, on the same 800x1216 image, our
-//! RPN proposals and detections are torchvision's (boxes within 0.01 px, scores within 1e-4, same labels and
-//! order) and so are the losses of one batch.
+//! The torchvision configs (`configs/torchvision/`) reproduce torchvision's RetinaNet, Faster R-CNN and Mask
+//! R-CNN: with the same formula weights, read through the torchvision checkpoint layout, on the same 800x1216
+//! image, our RPN proposals and detections are torchvision's (boxes within 0.01 px, scores within 1e-4, same
+//! labels and order), so are the losses of one batch (RetinaNet, Faster R-CNN), and Mask R-CNN's pasted masks
+//! cover torchvision's (IoU >= 0.99 per detection).
 //!
 //! Fixtures: `python3 detectors/scripts/torchvision_parity.py detectors/tests/fixtures/torchvision` (its
 //! docstring gives the weight and image formulas, which [`formula_tensors`] and [`image`] recompute).
@@ -9,6 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use attndet_backbones::Backbone;
+use attndet_coco::mask::{Rle, iou as mask_iou};
 use attndet_detectors::config::{ExperimentConfig, load_typed};
 use attndet_detectors::data::BatchItem;
 use attndet_detectors::data::transforms::normalize_into;
@@ -176,7 +178,12 @@ fn assert_ranked(ours: &[[f32; 4]], scores: &[f32], theirs: &[[f32; 4]], what: &
 /// Detections against the fixture's: boxes within 0.01 px, scores within 1e-4, the same labels, in order
 /// (but for ties, see [`assert_ranked`]). `label_offset`: our class index plus it is torchvision's label (the
 /// config's `class_ids` offset).
-fn assert_detections(d: &attndet_detectors::models::Detections, fx: &Value, label_offset: usize, what: &str) {
+fn assert_detections(
+    d: &attndet_detectors::models::Detections,
+    fx: &Value,
+    label_offset: usize,
+    what: &str,
+) -> Vec<usize> {
     let want = &fx["detections"];
     let position = assert_ranked(&d.boxes, &d.scores, &rows(&want["boxes"]), what);
     let scores = floats(&want["scores"]);
@@ -199,6 +206,7 @@ fn assert_detections(d: &attndet_detectors::models::Detections, fx: &Value, labe
         "{what}: {} agree, {swapped} of them swapped with a tie",
         position.len()
     );
+    position
 }
 
 fn gt(fx: &Value, label_offset: usize) -> GroundTruth {
@@ -307,4 +315,66 @@ fn retinanet_detections_and_losses_are_torchvisions() {
         &fx["losses"],
         &[("loss_cls", "classification"), ("loss_bbox", "bbox_regression")],
     );
+}
+
+/// Mask R-CNN at test time: the 100 detections as Faster R-CNN's, and the masks of the first few (the
+/// fixture's `masks`, torchvision's `paste_masks_in_image` binarised `> 0.5`, uncompressed COCO RLE) against
+/// ours pasted by `mask_head.paste: "torchvision"`: IoU >= 0.99 each. Pixels whose probability lies within
+/// float rounding (~1e-5) of 0.5 may fall either side, hence not an exact equality.
+#[test]
+fn maskrcnn_detections_and_masks_are_torchvisions() {
+    let fx = fixture("maskrcnn.json");
+    let (_, model, images, meta) = setup("maskrcnn_resnet50_fpn.json", &fx, &[]);
+    let dets = model.predict(images, std::slice::from_ref(&meta)).unwrap();
+    let position = assert_detections(&dets[0], &fx, 1, "detection");
+    let masks = dets[0].masks.as_ref().expect("a Mask R-CNN gives masks");
+    assert_eq!(masks.len(), dets[0].boxes.len());
+    let (h, w) = (
+        fx["height"].as_u64().unwrap() as u32,
+        fx["width"].as_u64().unwrap() as u32,
+    );
+    let want = fx["masks"].as_array().unwrap();
+    assert!(!want.is_empty());
+    for (j, counts) in want.iter().enumerate() {
+        let theirs = Rle {
+            h,
+            w,
+            counts: counts
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c.as_u64().unwrap() as u32)
+                .collect(),
+        };
+        assert_eq!(
+            theirs.counts_sum(),
+            u64::from(h) * u64::from(w),
+            "mask {j}: RLE size"
+        );
+        let i = position
+            .iter()
+            .position(|&p| p == j)
+            .unwrap_or_else(|| panic!("torchvision's detection {j} is not ours"));
+        let ours = &masks[i];
+        let iou = if ours.area() == 0 && theirs.area() == 0 {
+            1.0
+        } else {
+            mask_iou(
+                std::slice::from_ref(ours),
+                std::slice::from_ref(&theirs),
+                &[false],
+            )[0]
+        };
+        eprintln!(
+            "mask {j}: ours {} px, torchvision {} px, IoU {iou:.5}",
+            ours.area(),
+            theirs.area()
+        );
+        assert!(
+            iou >= 0.99,
+            "mask {j}: IoU {iou} (ours {} px, torchvision {} px)",
+            ours.area(),
+            theirs.area()
+        );
+    }
 }

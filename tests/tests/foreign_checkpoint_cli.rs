@@ -237,3 +237,82 @@ fn torchvision_checkpoints_load_into_torchvision_layout_configs_only() {
     let err = stderr(&out);
     assert!(err.contains("torchvision detector (key `backbone.body."), "{err}");
 }
+
+/// Mask R-CNN checkpoints of both layouts through the binary: `convert`, then `infer` on the directory and on
+/// the `.pth` (the same detections, masks included); a torchvision file for a config with a third mask conv
+/// exits 2 naming the missing keys in torchvision's terms.
+#[test]
+fn mask_rcnn_checkpoints_of_both_layouts_convert_and_infer() {
+    let tmp = TempDir::new("foreign-ckpt-mask");
+    let dir = tmp.path();
+    synth_dataset(dir, 1, 2, 64, 5);
+    let image: PathBuf = dir.join("data/val/000001.png");
+    let cfg = config("mask_rcnn/mask_rcnn_r18_fpn_synth_demo.json");
+    let mut mask = overrides(dir, false);
+    mask.extend(
+        [
+            "model.roi_head.mask_head.in_channels=16",
+            "model.roi_head.mask_head.conv_out_channels=16",
+            "model.roi_head.mask_head.num_classes=3",
+        ]
+        .map(String::from),
+    );
+    let mut tv = mask.clone();
+    tv.push("model.layout=torchvision".into());
+    for (pth, o, name) in [
+        ("mask_rcnn_r18_tiny.pth", &mask, "mmdet"),
+        ("torchvision_mask_rcnn_r18_tiny.pth", &tv, "tv"),
+    ] {
+        let conv = dir.join(format!("conv-{name}"));
+        let out = run_with(
+            &[
+                "convert",
+                "--config",
+                &cfg,
+                "--from",
+                &fixture(pth),
+                "--out",
+                conv.to_str().unwrap(),
+            ],
+            o,
+        );
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        let (from_dir, from_pth) = (
+            dir.join(format!("dir-{name}.json")),
+            dir.join(format!("pth-{name}.json")),
+        );
+        for (ckpt, json) in [(conv.display().to_string(), &from_dir), (fixture(pth), &from_pth)] {
+            let out = run_with(
+                &[
+                    "infer",
+                    &cfg,
+                    &ckpt,
+                    image.to_str().unwrap(),
+                    "--out",
+                    json.to_str().unwrap(),
+                ],
+                o,
+            );
+            assert!(out.status.success(), "{name}: {}", stderr(&out));
+        }
+        assert_eq!(detections(&from_dir), detections(&from_pth), "{name}");
+    }
+
+    let mut three = tv.clone();
+    three.push("model.roi_head.mask_head.num_convs=3".into());
+    let out = run_with(
+        &[
+            "infer",
+            &cfg,
+            &fixture("torchvision_mask_rcnn_r18_tiny.pth"),
+            image.to_str().unwrap(),
+        ],
+        &three,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("roi_heads.mask_head.2.0.weight") && err.contains("roi_heads.mask_head.2.0.bias"),
+        "{err}"
+    );
+}

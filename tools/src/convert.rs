@@ -27,8 +27,8 @@ holding `state_dict`, keys with or without DataParallel's `module.` prefix; torc
 unchanged), a safetensors file with PyTorch naming, or one of our own files; the output is a safetensors file.\n\n\
 Detector (--config CONFIG): the input is a whole mmdetection detector (RetinaNet, RPN or Faster R-CNN: its \
 runner's {\"meta\", \"state_dict\"} file or a bare state dict) whose architecture the config describes, or, \
-for a config with \"layout\": \"torchvision\" (configs/torchvision/), a torchvision RetinaNet or Faster R-CNN \
-state dict (91 classes, background first, rows reordered to ours); the \
+for a config with \"layout\": \"torchvision\" (configs/torchvision/), a torchvision RetinaNet, Faster R-CNN or \
+Mask R-CNN state dict (91 classes, background first, rows reordered to ours); the \
 output is a checkpoint directory for `attndet test CONFIG DIR` and `attndet infer CONFIG DIR` (which also \
 take the .pth itself). A classifier with another number of classes than the config's is refused, naming the \
 key; a checkpoint of the other layout than the config's is refused, naming its first key.\n\n\

@@ -542,6 +542,78 @@ fn torchvision_configs_load_with_torchvisions_settings() {
     assert!(!m.test_cfg.rpn.min_size_inclusive && !m.test_cfg.rpn.rank_by_logits);
 }
 
+/// torchvision's `maskrcnn_resnet50_fpn` (`models/detection/mask_rcnn.py`): Faster R-CNN's settings, the mask
+/// RoIAlign 14x14 with `sampling_ratio=2`, `aligned=False` and the level mapper of `MultiScaleRoIAlign`, the
+/// mask head for 90 classes with torchvision's targets and paste, and no low-quality matches in the RoI head's
+/// Matcher; mmdetection's Mask R-CNN keeps its own conventions.
+#[test]
+fn the_torchvision_mask_rcnn_config_has_torchvisions_mask_branch() {
+    use crate::config::{Layout, MaskConvention};
+    use crate::ops::LevelMapping;
+    let load = |name: &str| -> ExperimentConfig {
+        load_typed(&configs_dir().join(name), &[])
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .0
+    };
+    let cfg = load("torchvision/maskrcnn_resnet50_fpn.json");
+    let ModelConfig::MaskRcnn(m) = &cfg.model else {
+        panic!("a MaskRCNN")
+    };
+    assert_eq!(m.layout, Layout::Torchvision);
+    assert_eq!(m.backbone.norm_eps, Some(0.0));
+    assert!(!m.train_cfg.rcnn.assigner.match_low_quality);
+    assert_eq!(m.test_cfg.rcnn.min_bbox_size, 0.01);
+    assert_eq!(cfg.runner.max_epochs, 26);
+    let crate::config::RoiHeadConfig::Standard(h) = &m.roi_head else {
+        panic!("a standard RoI head")
+    };
+    assert_eq!(h.bbox_head.num_classes, 90);
+    let e = h.mask_roi_extractor.as_ref().expect("a mask RoIAlign");
+    assert_eq!((e.output_size, e.sampling_ratio, e.aligned), ([14, 14], 2, false));
+    assert_eq!(
+        e.mapping,
+        LevelMapping::Torchvision {
+            canonical_scale: 224.0,
+            canonical_level: 4.0
+        }
+    );
+    let mask = h.mask_head.as_ref().expect("a mask head");
+    assert_eq!(
+        (
+            mask.num_convs,
+            mask.conv_out_channels,
+            mask.roi_feat_size,
+            mask.num_classes
+        ),
+        (4, 256, 14, 90)
+    );
+    assert_eq!(
+        (mask.paste, mask.targets),
+        (MaskConvention::Torchvision, MaskConvention::Torchvision)
+    );
+    assert_eq!(mask.mask_thr_binary, 0.5);
+
+    let cfg = load("mask_rcnn/mask_rcnn_r50_fpn_1x_coco.json");
+    let ModelConfig::MaskRcnn(m) = &cfg.model else {
+        panic!("a MaskRCNN")
+    };
+    let crate::config::RoiHeadConfig::Standard(h) = &m.roi_head else {
+        panic!("a standard RoI head")
+    };
+    let mask = h.mask_head.as_ref().expect("a mask head");
+    assert_eq!(
+        (mask.paste, mask.targets),
+        (MaskConvention::Mmdetection, MaskConvention::Mmdetection)
+    );
+    let err = load_typed::<ExperimentConfig>(
+        &configs_dir().join("mask_rcnn/mask_rcnn_r50_fpn_1x_coco.json"),
+        &[r#"model.roi_head.mask_head.paste="detectron""#.to_string()],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("paste") || err.contains("detectron"), "{err}");
+}
+
 #[test]
 fn class_ids_give_the_category_of_each_class() {
     use crate::config::ClassIds;

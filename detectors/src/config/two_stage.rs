@@ -230,6 +230,26 @@ pub struct FcnMaskHeadConfig {
     /// Weight of the mask loss.
     #[serde(default = "one")]
     pub loss_weight: f64,
+    /// How the predicted class's probabilities are pasted into the image at test time (mmdetection's
+    /// `_do_paste_mask` or torchvision's `paste_masks_in_image`).
+    #[serde(default)]
+    pub paste: MaskConvention,
+    /// How the training targets are made: mmdetection's (the instance mask pooled by aligned RoIAlign,
+    /// binarised at 0.5) or torchvision's (`project_masks_on_boxes`: RoIAlign with `aligned=False`, the pooled
+    /// fractions kept as soft targets).
+    #[serde(default)]
+    pub targets: MaskConvention,
+}
+
+/// Whose convention a step of the mask branch follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaskConvention {
+    /// mmdetection's (our default).
+    #[default]
+    Mmdetection,
+    /// torchvision's.
+    Torchvision,
 }
 
 fn one() -> f64 {

@@ -13,6 +13,7 @@
 //! | RPN | `rpn_head.rpn_conv.*`, `rpn_cls`, `rpn_reg` | `rpn.head.conv.0.0.*` (older: `conv.*`), `cls_logits`, `bbox_pred` | `rpn_head.rpn_conv.*`, `rpn_cls`, `rpn_reg` |
 //! | RoI head | `roi_head.bbox_head.shared_fcs.i.*`, `fc_cls` (K + 1 rows, background last), `fc_reg` (4 K) | `roi_heads.box_head.fc6`/`fc7`, `box_predictor.cls_score` (K + 1 rows, background first), `bbox_pred` (4 (K + 1)) | `roi_head.bbox_head.shared_fcs.i.*`, `fc_cls`, `fc_reg` |
 //! | RetinaNet | `bbox_head.{cls,reg}_convs.i.conv.*`, `bbox_head.retina_cls.*`, `retina_reg` | `head.{classification,regression}_head.conv.i.0.*`, `cls_logits`, `bbox_reg` | `bbox_head.{cls,reg}_convs.i.*`, `retina_cls`, `retina_reg` |
+//! | mask head | `roi_head.mask_head.convs.i.conv.*`, `upsample`, `conv_logits` (K rows) | `roi_heads.mask_head.i.0.*` (older: `mask_fcn{i+1}`), `roi_heads.mask_predictor.conv5_mask`, `mask_fcn_logits` (K + 1 rows, background first) | `roi_head.mask_head.convs.i.*`, `upsample`, `conv_logits` |
 //!
 //! Tensors are applied with burn's PyTorch adapter: Linear weights are transposed (PyTorch `[out, in]`, burn
 //! `[in, out]`), BatchNorm (and torchvision's FrozenBatchNorm2d) `weight`/`bias` become `gamma`/`beta`, conv
@@ -20,7 +21,9 @@
 //! no row is moved. torchvision's Faster R-CNN classifier has its background first: its rows `1..=K` become
 //! ours `0..K` and its row 0 our last (a softmax does not depend on the order of its inputs, so every score
 //! is torchvision's), and the 4 regression rows of its background, which inference and training never read,
-//! are dropped. torchvision's RetinaNet rows (91, class 0 included) are taken as they are.
+//! are dropped; so is the background's row of its Mask R-CNN mask logits (`mask_fcn_logits`, whose rows
+//! `1..=K` become ours `0..K`: masks are read for the detected class only). torchvision's RetinaNet rows (91,
+//! class 0 included) are taken as they are.
 //!
 //! Loading is strict: every tensor of the model must be found with its shape (only the backbone's
 //! classification head, which detection checkpoints lack, may be absent) and every tensor of the file must be
@@ -273,7 +276,8 @@ fn tv_part(prefix: &str, our_prefix: &str, rules: &[(&str, &str, &str, &str)]) -
 /// levels the FPN uses (its extra convs, torchvision's `p6`/`p7`, follow them in our `fpn_convs`).
 ///
 /// # Errors
-/// An unknown backbone name, or a detector torchvision's layout is not mapped for (Mask R-CNN, an RPN alone).
+/// An unknown backbone name, or a detector torchvision's layout is not mapped for (Cascade R-CNN, an RPN
+/// alone).
 pub fn torchvision_key_map(cfg: &ModelConfig, fpn_levels: usize) -> Result<Vec<PartMap>, String> {
     let mut backbone = backbone_part(&cfg.backbone().name)?;
     backbone.prefix = "backbone.body.".into();
@@ -373,9 +377,9 @@ pub fn torchvision_key_map(cfg: &ModelConfig, fpn_levels: usize) -> Result<Vec<P
                 ),
             ],
         )),
-        ModelConfig::FasterRcnn(_) => {
+        ModelConfig::FasterRcnn(_) | ModelConfig::MaskRcnn(_) => {
             parts.push(rpn());
-            parts.push(tv_part(
+            let mut roi_heads = tv_part(
                 "roi_heads.",
                 "roi_head.",
                 &[
@@ -403,14 +407,49 @@ pub fn torchvision_key_map(cfg: &ModelConfig, fpn_levels: usize) -> Result<Vec<P
                         r"^roi_head\.bbox_head\.fc_reg\.",
                         "roi_heads.box_predictor.bbox_pred.",
                     ),
+                    // Mask R-CNN: `MaskRCNNHeads` (a Conv2dNormActivation, conv then ReLU, per conv) and
+                    // `MaskRCNNPredictor`
+                    (
+                        r"^roi_heads\.mask_head\.(\d+)\.0\.",
+                        "roi_head.mask_head.convs.$1.",
+                        r"^roi_head\.mask_head\.convs\.(\d+)\.",
+                        "roi_heads.mask_head.$1.0.",
+                    ),
+                    (
+                        r"^roi_heads\.mask_predictor\.conv5_mask\.",
+                        "roi_head.mask_head.upsample.",
+                        r"^roi_head\.mask_head\.upsample\.",
+                        "roi_heads.mask_predictor.conv5_mask.",
+                    ),
+                    (
+                        r"^roi_heads\.mask_predictor\.mask_fcn_logits\.",
+                        "roi_head.mask_head.conv_logits.",
+                        r"^roi_head\.mask_head\.conv_logits\.",
+                        "roi_heads.mask_predictor.mask_fcn_logits.",
+                    ),
                 ],
-            ));
+            );
+            // torchvision before 0.13 named the mask convs `mask_fcn1, mask_fcn2, ...` (its released COCO
+            // weights still do; torchvision renames them on load): numbered from 1, so one rule per conv
+            let convs = match cfg {
+                ModelConfig::MaskRcnn(c) => match &c.roi_head {
+                    RoiHeadConfig::Standard(h) => h.mask_head.as_ref().map_or(0, |m| m.num_convs),
+                    RoiHeadConfig::Cascade(_) => 0,
+                },
+                _ => 0,
+            };
+            for i in 0..convs {
+                roi_heads.to_ours.push((
+                    format!(r"^roi_heads\.mask_head\.mask_fcn{}\.", i + 1),
+                    format!("roi_head.mask_head.convs.{i}."),
+                ));
+            }
+            parts.push(roi_heads);
         }
-        ModelConfig::MaskRcnn(_) | ModelConfig::Rpn(_) | ModelConfig::CascadeRcnn(_) => {
+        ModelConfig::Rpn(_) | ModelConfig::CascadeRcnn(_) => {
             return Err(format!(
-                "model.layout: torchvision's layout is mapped for RetinaNet and FasterRCNN, not {}",
+                "model.layout: torchvision's layout is mapped for RetinaNet, FasterRCNN and MaskRCNN, not {}",
                 match cfg {
-                    ModelConfig::MaskRcnn(_) => "MaskRCNN",
                     ModelConfig::CascadeRcnn(_) => "CascadeRCNN",
                     _ => "RPN",
                 }
@@ -421,9 +460,10 @@ pub fn torchvision_key_map(cfg: &ModelConfig, fpn_levels: usize) -> Result<Vec<P
 }
 
 /// torchvision's Faster R-CNN classifier rows, reordered to ours: `[1..=K, 0]` for `cls_score`, `[1..=K]`
-/// (4 rows each) for `bbox_pred`. Other tensors are kept.
+/// (4 rows each) for `bbox_pred`, `[1..=K]` for Mask R-CNN's `mask_fcn_logits`. Other tensors are kept.
 fn torchvision_rows(key: &str, snapshot: TensorSnapshot) -> TensorSnapshot {
-    let per_class = if key.starts_with("roi_heads.box_predictor.cls_score.") {
+    let mask_logits = key.starts_with("roi_heads.mask_predictor.mask_fcn_logits.");
+    let per_class = if key.starts_with("roi_heads.box_predictor.cls_score.") || mask_logits {
         1
     } else if key.starts_with("roi_heads.box_predictor.bbox_pred.") {
         4
@@ -437,7 +477,9 @@ fn torchvision_rows(key: &str, snapshot: TensorSnapshot) -> TensorSnapshot {
     }
     let row_len: usize = dims[1..].iter().product();
     // our row r is the file's row order[r]
-    let order: Vec<usize> = if per_class == 1 {
+    let order: Vec<usize> = if mask_logits {
+        (1..rows).collect()
+    } else if per_class == 1 {
         (1..rows).chain([0]).collect()
     } else {
         (4..rows).collect()
@@ -564,6 +606,22 @@ fn check_classes(
                         "model.roi_head.bbox_head.num_classes; the classifier has one more row, background",
                     ));
                 }
+            }
+            // torchvision's mask logits have a background row too (mmdetection's: K rows, shape-checked)
+            let mask_key = "roi_heads.mask_predictor.mask_fcn_logits.weight";
+            if let (true, RoiHeadConfig::Standard(h)) = (tv, &c.roi_head)
+                && let Some(m) = &h.mask_head
+                && let Some(&rows) = file.get(mask_key).and_then(|s| s.first())
+                && rows != m.num_classes + 1
+            {
+                return Err(err(
+                    mask_key,
+                    rows,
+                    rows.saturating_sub(1),
+                    m.num_classes,
+                    "model.roi_head.mask_head.num_classes; torchvision's mask logits have one more row, \
+                     background",
+                ));
             }
         }
         ModelConfig::CascadeRcnn(c) => {
@@ -1139,16 +1197,218 @@ mod tests {
         let err = result.unwrap_err();
         assert!(matches!(err, ForeignError::Mmdetection { .. }), "{err}");
         assert!(err.to_string().contains("key `backbone.bn1.bias`"), "{err}");
-        // and torchvision's Mask R-CNN layout is not mapped: a config error naming the field
-        let cfg = config(
-            "mask_rcnn/mask_rcnn_r18_fpn_synth_demo.json",
-            FASTER_RCNN,
-            &["model.layout=torchvision"],
+        // torchvision has no Cascade R-CNN: its layout is not mapped for one, naming the field
+        let message = torchvision_key_map(&cascade_mask_rcnn(), 4).unwrap_err();
+        assert!(
+            message.contains("model.layout") && message.contains("CascadeRCNN"),
+            "{message}"
         );
-        let (_, result) = load(&cfg, "torchvision_faster_rcnn_r18_tiny.pth");
+    }
+
+    /// The script's Mask R-CNN sizes: Faster R-CNN's and a 16-channel mask head for 3 classes (the demo
+    /// config's two convs).
+    const MASK_RCNN: &[&str] = &[
+        "model.neck.out_channels=16",
+        "model.rpn_head.feat_channels=16",
+        "model.roi_head.bbox_head.in_channels=16",
+        "model.roi_head.bbox_head.fc_out_channels=32",
+        "model.roi_head.bbox_head.num_classes=3",
+        "model.roi_head.mask_head.in_channels=16",
+        "model.roi_head.mask_head.conv_out_channels=16",
+        "model.roi_head.mask_head.num_classes=3",
+    ];
+
+    fn mask_rcnn(extra: &[&str]) -> ModelConfig {
+        config("mask_rcnn/mask_rcnn_r18_fpn_synth_demo.json", MASK_RCNN, extra)
+    }
+
+    /// Detections of a 64x64 image (pixel values from a formula): one mask per box, each of the image's size.
+    fn assert_infers_with_masks(model: &AnyDetector<B>) {
+        use crate::models::Detector;
+        use crate::structures::ImageMeta;
+        let values: Vec<f32> = (0..3 * 64 * 64)
+            .map(|i| ((i * 37) % 255) as f32 / 64.0 - 2.0)
+            .collect();
+        let image = burn::tensor::Tensor::<B, 4>::from_data(
+            burn::tensor::TensorData::new(values, [1, 3, 64, 64]),
+            &Default::default(),
+        );
+        let meta = ImageMeta::unscaled(1, (64, 64));
+        let dets = model.predict(image, std::slice::from_ref(&meta)).unwrap();
+        let masks = dets[0].masks.as_ref().expect("a Mask R-CNN gives masks");
+        assert_eq!(masks.len(), dets[0].boxes.len());
+        assert!(
+            masks
+                .iter()
+                .all(|m| (m.h, m.w) == (64, 64) && m.validate().is_ok())
+        );
+    }
+
+    /// mmdetection's Mask R-CNN loads strictly: Faster R-CNN's keys plus the mask head's,
+    /// `roi_head.mask_head.convs.i.conv.*` (ConvModules) onto `convs.i.*`, `upsample` (a transposed conv,
+    /// `[in, out, 2, 2]`) and `conv_logits` (K rows) as they are; then it infers with masks.
+    #[test]
+    fn an_mmdet_mask_rcnn_maps_every_tensor_and_infers() {
+        let cfg = mask_rcnn(&[]);
+        let (model, result) = load(&cfg, "mask_rcnn_r18_tiny.pth");
+        // Faster R-CNN's 150 keys (20 BN counters unused) + 2 x 2 conv + 2 upsample + 2 logits keys
+        assert_eq!(
+            result.unwrap(),
+            ForeignSummary {
+                applied: 130 + 8,
+                in_file: 150 + 8
+            }
+        );
+        assert_eq!(model.type_name(), "MaskRCNN");
+        for (ours_path, file, shape) in [
+            (
+                "roi_head.mask_head.convs.1.weight",
+                "roi_head.mask_head.convs.1.conv.weight",
+                vec![16, 16, 3, 3],
+            ),
+            (
+                "roi_head.mask_head.upsample.weight",
+                "roi_head.mask_head.upsample.weight",
+                vec![16, 16, 2, 2],
+            ),
+            (
+                "roi_head.mask_head.conv_logits.weight",
+                "roi_head.mask_head.conv_logits.weight",
+                vec![3, 16, 1, 1],
+            ),
+            (
+                "roi_head.mask_head.conv_logits.bias",
+                "roi_head.mask_head.conv_logits.bias",
+                vec![3],
+            ),
+        ] {
+            let (got_shape, got) = ours(&model, ours_path);
+            assert_eq!(got_shape, shape, "{ours_path}");
+            assert_same(&got, (0..got.len()).map(|j| formula(file, j)), file);
+        }
+        assert_infers_with_masks(&model);
+        // a Faster R-CNN file lacks the mask head: each of its keys named, in mmdetection's terms
+        let (_, result) = load(&cfg, "faster_rcnn_r18_tiny.pth");
+        let ForeignError::Mismatch { mismatch, .. } = result.unwrap_err() else {
+            panic!("a mismatch")
+        };
+        for key in [
+            "roi_head.mask_head.convs.0.conv.weight",
+            "roi_head.mask_head.upsample.bias",
+            "roi_head.mask_head.conv_logits.weight",
+        ] {
+            assert!(mismatch.missing.iter().any(|k| k == key), "{key}: {mismatch}");
+        }
+    }
+
+    /// torchvision's Mask R-CNN loads strictly: `roi_heads.mask_head.i.0.*` onto `convs.i.*`,
+    /// `mask_predictor.conv5_mask` onto `upsample`, `mask_fcn_logits` (K + 1 rows, background first) onto
+    /// `conv_logits` with the background row dropped: our row r is the file's row r + 1. The older names
+    /// (`mask_fcn1, mask_fcn2`) load the same; then it infers with masks.
+    #[test]
+    fn a_torchvision_mask_rcnn_drops_the_background_mask_row_and_infers() {
+        let cfg = mask_rcnn(TORCHVISION);
+        let (model, result) = load(&cfg, "torchvision_mask_rcnn_r18_tiny.pth");
+        assert_eq!(
+            result.unwrap(),
+            ForeignSummary {
+                applied: 130 + 8,
+                in_file: 150 + 8
+            }
+        );
+        let file = "roi_heads.mask_predictor.mask_fcn_logits.weight";
+        let (shape, got) = ours(&model, "roi_head.mask_head.conv_logits.weight");
+        assert_eq!(shape, [3, 16, 1, 1]);
+        assert_same(&got, (0..got.len()).map(|j| formula(file, j + 16)), file);
+        let file = "roi_heads.mask_predictor.mask_fcn_logits.bias";
+        let (_, got) = ours(&model, "roi_head.mask_head.conv_logits.bias");
+        assert_same(&got, (0..3).map(|j| formula(file, j + 1)), file);
+        let file = "roi_heads.mask_head.1.0.weight";
+        let (_, got) = ours(&model, "roi_head.mask_head.convs.1.weight");
+        assert_same(&got, (0..got.len()).map(|j| formula(file, j)), file);
+        let file = "roi_heads.mask_predictor.conv5_mask.weight";
+        let (shape, got) = ours(&model, "roi_head.mask_head.upsample.weight");
+        assert_eq!(shape, [16, 16, 2, 2]);
+        assert_same(&got, (0..got.len()).map(|j| formula(file, j)), file);
+        assert_infers_with_masks(&model);
+
+        // the same tensors under torchvision's pre-0.13 names
+        let renamed: Vec<(String, TensorSnapshot)> =
+            read_tensors(&fixture("torchvision_mask_rcnn_r18_tiny.pth"))
+                .unwrap()
+                .into_iter()
+                .map(|(k, t)| {
+                    let k = k
+                        .replace("roi_heads.mask_head.0.0.", "roi_heads.mask_head.mask_fcn1.")
+                        .replace("roi_heads.mask_head.1.0.", "roi_heads.mask_head.mask_fcn2.");
+                    (k, t)
+                })
+                .collect();
+        assert!(
+            renamed
+                .iter()
+                .any(|(k, _)| k == "roi_heads.mask_head.mask_fcn2.weight")
+        );
+        let mut legacy = AnyDetector::<B>::from_config(&cfg, &Default::default()).unwrap();
+        let summary = load_tensors(&mut legacy, &cfg, renamed, Path::new("legacy")).unwrap();
+        assert_eq!(summary.applied, 138);
+        assert_eq!(
+            ours(&legacy, "roi_head.mask_head.convs.1.weight"),
+            ours(&model, "roi_head.mask_head.convs.1.weight")
+        );
+    }
+
+    /// A torchvision Mask R-CNN file that does not fit: a Faster R-CNN file (the mask keys missing, named as
+    /// torchvision names them), a third mask conv in the config (missing), and mask logits of another class
+    /// count (refused first, naming the mask field).
+    #[test]
+    fn torchvision_mask_rcnn_mismatches_are_named_in_its_terms() {
+        let (_, result) = load(&mask_rcnn(TORCHVISION), "torchvision_faster_rcnn_r18_tiny.pth");
+        let ForeignError::Mismatch { mismatch, .. } = result.unwrap_err() else {
+            panic!("a mismatch")
+        };
+        for key in [
+            "roi_heads.mask_head.0.0.weight",
+            "roi_heads.mask_head.1.0.bias",
+            "roi_heads.mask_predictor.conv5_mask.weight",
+            "roi_heads.mask_predictor.mask_fcn_logits.bias",
+        ] {
+            assert!(mismatch.missing.iter().any(|k| k == key), "{key}: {mismatch}");
+        }
+        assert!(mismatch.unexpected.is_empty(), "{mismatch}");
+
+        let (_, result) = load(
+            &mask_rcnn(&["model.layout=torchvision", "model.roi_head.mask_head.num_convs=3"]),
+            "torchvision_mask_rcnn_r18_tiny.pth",
+        );
+        let ForeignError::Mismatch { mismatch, .. } = result.unwrap_err() else {
+            panic!("a mismatch")
+        };
+        let mut missing = mismatch.missing.clone();
+        missing.sort();
+        assert_eq!(
+            missing,
+            ["roi_heads.mask_head.2.0.bias", "roi_heads.mask_head.2.0.weight"]
+        );
+        assert!(
+            mismatch.unexpected.is_empty() && mismatch.shape_mismatch.is_empty(),
+            "{mismatch}"
+        );
+
+        let mut cfg = mask_rcnn(TORCHVISION);
+        if let ModelConfig::MaskRcnn(c) = &mut cfg
+            && let RoiHeadConfig::Standard(h) = &mut c.roi_head
+            && let Some(m) = &mut h.mask_head
+        {
+            m.num_classes = 5;
+        }
+        let (_, result) = load(&cfg, "torchvision_mask_rcnn_r18_tiny.pth");
         let message = result.unwrap_err().to_string();
         assert!(
-            message.contains("model.layout") && message.contains("MaskRCNN"),
+            message.contains("roi_heads.mask_predictor.mask_fcn_logits.weight")
+                && message.contains("4 rows, i.e. 3 classes")
+                && message.contains("the config has 5 classes")
+                && message.contains("model.roi_head.mask_head.num_classes"),
             "{message}"
         );
     }

@@ -5,6 +5,11 @@
 //! class's map, averaged over RoIs and pixels. Inference: the predicted class's probabilities pasted into the
 //! original image (bilinear, `grid_sample` with `align_corners=False` as mmdetection's `_do_paste_mask`),
 //! thresholded, run-length encoded straight from the box's window (no full-image buffer per detection).
+//!
+//! torchvision's conventions (`targets` / `paste: "torchvision"`, its `maskrcnn_resnet50_fpn`): targets
+//! pooled with `aligned=False` and kept soft ([`mask_targets`]); the map pasted by [`paste_mask_torchvision`]
+//! (`paste_masks_in_image`: the map padded by one zero pixel and the box widened to match, the box truncated
+//! to integers, the map resized to it by `F.interpolate(bilinear, align_corners=False)`).
 
 use attndet_backbones::fused;
 use attndet_backbones::layers::Activation;
@@ -16,7 +21,7 @@ use burn::nn::{Initializer, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::{relu, sigmoid};
 
-use crate::config::FcnMaskHeadConfig;
+use crate::config::{FcnMaskHeadConfig, MaskConvention};
 use crate::losses::mask_cross_entropy;
 use crate::models::{DetBackend, LossTerm, ModelError, Normaliser};
 use crate::ops::{RoiAlignOptions, roi_align};
@@ -45,6 +50,8 @@ pub struct FcnMaskHead<B: Backend> {
     class_agnostic: bool,
     mask_thr: f32,
     loss_weight: f32,
+    paste: MaskConvention,
+    targets: MaskConvention,
 }
 
 impl FcnMaskHeadConfig {
@@ -98,6 +105,8 @@ impl FcnMaskHeadConfig {
             class_agnostic: self.class_agnostic,
             mask_thr: self.mask_thr_binary as f32,
             loss_weight: self.loss_weight as f32,
+            paste: self.paste,
+            targets: self.targets,
         })
     }
 }
@@ -170,6 +179,21 @@ impl<B: Backend> FcnMaskHead<B> {
     pub fn mask_threshold(&self) -> f32 {
         self.mask_thr
     }
+
+    /// Whose training targets the head learns ([`mask_targets`]).
+    pub fn target_convention(&self) -> MaskConvention {
+        self.targets
+    }
+
+    /// Paste one detection's `m x m` probability map (row-major) into the `h x w` original image inside
+    /// `bbox` (`[x1, y1, x2, y2]`, original pixels) by the configured convention, thresholded at
+    /// [`Self::mask_threshold`].
+    pub fn paste(&self, probs: &[f32], m: usize, bbox: [f32; 4], size: (u32, u32)) -> Rle {
+        match self.paste {
+            MaskConvention::Mmdetection => paste_mask(probs, m, bbox, size, self.mask_thr),
+            MaskConvention::Torchvision => paste_mask_torchvision(probs, m, bbox, size, self.mask_thr),
+        }
+    }
 }
 
 /// A transposed convolution whose stride equals its kernel (`k x k`, stride `k`, no padding, dilation 1, one
@@ -205,17 +229,20 @@ fn deconv_stride_eq_kernel<B: Backend>(d: &ConvTranspose2d<B>, x: Tensor<B, 4>) 
     }
 }
 
-/// Mask targets of the positive RoIs of one image (mmdetection `mask_target`): each RoI's assigned instance
-/// mask pooled by RoIAlign (output `size x size`, scale 1, adaptive sampling, aligned) and binarised at 0.5.
+/// Mask targets of the positive RoIs of one image. mmdetection's (`mask_target`): each RoI's assigned
+/// instance mask pooled by RoIAlign (output `size x size`, scale 1, adaptive sampling, aligned) and binarised
+/// at 0.5. torchvision's (`project_masks_on_boxes`): pooled the same way but with `aligned=False`, and the
+/// pooled fractions kept as they are (soft targets of the BCE).
 ///
 /// # Shapes
 /// - masks: the image's instance masks (in the transformed image); rois: `[P, 4]` positives; gt_index: `P`
-///   indices into `masks`; output: `[P, size, size]` in `{0, 1}`
+///   indices into `masks`; output: `[P, size, size]` in `{0, 1}` (torchvision: in `[0, 1]`)
 pub fn mask_targets<B: DetBackend>(
     masks: &[RleMask],
     rois: &[[f32; 4]],
     gt_index: &[usize],
     size: usize,
+    convention: MaskConvention,
     device: &B::Device,
 ) -> Result<Tensor<B, 3>, ModelError> {
     let p = rois.len();
@@ -253,6 +280,7 @@ pub fn mask_targets<B: DetBackend>(
         })
         .collect();
     let rois = Tensor::<B, 2>::from_data(TensorData::new(rows, [p, 5]), device);
+    let torchvision = convention == MaskConvention::Torchvision;
     let pooled = roi_align(
         planes,
         rois,
@@ -260,11 +288,16 @@ pub fn mask_targets<B: DetBackend>(
             output_size: [size, size],
             spatial_scale: 1.0,
             sampling_ratio: 0,
-            aligned: true,
+            aligned: !torchvision,
         },
     )
     .map_err(|e| ModelError(format!("mask targets: {e}")))?;
-    Ok(pooled.greater_equal_elem(0.5).float().reshape([p, size, size]))
+    let pooled = pooled.reshape([p, size, size]);
+    Ok(if torchvision {
+        pooled
+    } else {
+        pooled.greater_equal_elem(0.5).float()
+    })
 }
 
 /// Appends runs to a column-major run-length encoding (runs alternate 0s and 1s, starting with 0s).
@@ -356,6 +389,90 @@ pub fn paste_mask(probs: &[f32], m: usize, bbox: [f32; 4], (h, w): (u32, u32), t
     }
 }
 
+/// One axis of `F.interpolate(mode="bilinear", align_corners=False)` from `input` to `output` samples, as
+/// PyTorch's CPU kernel computes it in f32: output `i` reads `src = max((i + 0.5) * input / output - 0.5, 0)`,
+/// taps `i0 = min(floor(src), input - 1)` and `i0 + 1` (`i0` itself at the last sample) with weights
+/// `1 - l, l`, `l = clamp(src - i0, 0, 1)`. Returns `(i0, i1, 1 - l, l)` per output sample.
+fn linear_taps(input: usize, output: usize) -> Vec<(usize, usize, f32, f32)> {
+    let scale = input as f32 / output as f32;
+    (0..output)
+        .map(|i| {
+            let src = (scale * (i as f32 + 0.5) - 0.5).max(0.0);
+            let i0 = (src.floor() as usize).min(input - 1);
+            let l = (src - i0 as f32).clamp(0.0, 1.0);
+            let i1 = if i0 < input - 1 { i0 + 1 } else { i0 };
+            (i0, i1, 1.0 - l, l)
+        })
+        .collect()
+}
+
+/// Paste an `m x m` probability map (row-major) onto an `h x w` image for box `[x1, y1, x2, y2]`
+/// (original-image pixels) as torchvision's `paste_masks_in_image`, and threshold it at `thr` (`>`, as
+/// torchvision's COCO evaluation binarises its pasted masks):
+/// - the map is padded by one zero pixel on each side (`(m + 2) x (m + 2)`) and the box widened about its
+///   centre by `(m + 2) / m` (in f32: `c -/+ (x2 - x1) * 0.5 * scale`), then truncated to integers toward
+///   zero (`.to(torch.int64)`), giving `[bx0, by0, bx1, by1]`;
+/// - the padded map is resized to `max(bx1 - bx0 + 1, 1)` columns and `max(by1 - by0 + 1, 1)` rows
+///   (bilinear, `align_corners=False`, [`linear_taps`]) and laid with its top-left pixel at `(bx0, by0)`,
+///   clipped to the image.
+///
+/// Only that window is computed, and the RLE (column-major) is built straight from it.
+pub fn paste_mask_torchvision(probs: &[f32], m: usize, bbox: [f32; 4], (h, w): (u32, u32), thr: f32) -> Rle {
+    let mut runs = Runs::new();
+    if m == 0 || probs.len() < m * m {
+        runs.push(false, h * w);
+        return Rle {
+            h,
+            w,
+            counts: runs.finish(),
+        };
+    }
+    let padded = m + 2;
+    let scale = padded as f32 / m as f32;
+    let [x1, y1, x2, y2] = bbox;
+    let (w_half, h_half) = ((x2 - x1) * 0.5 * scale, (y2 - y1) * 0.5 * scale);
+    let (xc, yc) = ((x2 + x1) * 0.5, (y2 + y1) * 0.5);
+    // `as i64` truncates toward zero, as torch's float-to-int64 conversion
+    let (bx0, bx1) = ((xc - w_half) as i64, (xc + w_half) as i64);
+    let (by0, by1) = ((yc - h_half) as i64, (yc + h_half) as i64);
+    let out_w = (bx1 - bx0 + 1).max(1) as usize;
+    let out_h = (by1 - by0 + 1).max(1) as usize;
+    // the window of the image the resized map covers (torchvision's slice bounds)
+    let clip = |v: i64, hi: u32| v.clamp(0, hi as i64) as u32;
+    let wx0 = clip(bx0, w);
+    let wx1 = clip(bx1 + 1, w).max(wx0);
+    let wy0 = clip(by0, h);
+    let wy1 = clip(by1 + 1, h).max(wy0);
+    let cols = linear_taps(padded, out_w);
+    let rows = linear_taps(padded, out_h);
+    // the padded map's value at (row, col): the border is zero
+    let at = |r: usize, c: usize| -> f32 {
+        if r == 0 || c == 0 || r > m || c > m {
+            0.0
+        } else {
+            probs[(r - 1) * m + (c - 1)]
+        }
+    };
+    runs.push(false, wx0 * h);
+    for x in wx0..wx1 {
+        let (c0, c1, cw0, cw1) = cols[(x as i64 - bx0) as usize];
+        runs.push(false, wy0);
+        for y in wy0..wy1 {
+            let (r0, r1, rw0, rw1) = rows[(y as i64 - by0) as usize];
+            // PyTorch's order: each row's horizontal blend, then the vertical one
+            let v = (at(r0, c0) * cw0 + at(r0, c1) * cw1) * rw0 + (at(r1, c0) * cw0 + at(r1, c1) * cw1) * rw1;
+            runs.push(v > thr, 1);
+        }
+        runs.push(false, h - wy1);
+    }
+    runs.push(false, (w - wx1) * h);
+    Rle {
+        h,
+        w,
+        counts: runs.finish(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -425,6 +542,88 @@ mod tests {
         assert_eq!(none.dims(), [0, 4, 10, 8]);
     }
 
+    /// torchvision's paste by hand, a 2x2 map of ones in the box [2, 2, 6, 6] of an 8x8 image: padded to 4x4
+    /// (`[0, 1, 1, 0]` on each axis), the box widened by 4 / 2 about its centre 4 to [0, 8], so the padded map
+    /// is resized to 9 samples per axis, `src = max((i + 0.5) * 4 / 9 - 0.5, 0)`: i = 0 -> 0 (value 0),
+    /// 1 -> 0.167, 2 -> 0.611, 3 -> 1.056, 4 -> 1.5, 5 -> 1.944 (value 1), 6 -> 2.389 (0.611), 7 -> 2.833
+    /// (0.167). The map is the product of the two profiles: > 0.5 where both are >= 0.611 and not both 0.611
+    /// (0.373), i.e. rows and columns 2..=6 but the 4 corners: 21 pixels, bounding box [2, 2, 5, 5] (xywh).
+    /// mmdetection's paste of the same map covers 2..=5 (16 pixels, the test above).
+    #[test]
+    fn torchvision_paste_by_hand() {
+        let rle = paste_mask_torchvision(&[1.0; 4], 2, [2.0, 2.0, 6.0, 6.0], (8, 8), 0.5);
+        assert_eq!(rle.area(), 21);
+        assert_eq!(rle.to_bbox(), [2.0, 2.0, 5.0, 5.0]);
+        let full = rle.decode().unwrap();
+        assert_eq!(Rle::encode(&full, 8, 8).unwrap(), rle);
+        // the decoded bitmap is column-major
+        for (y, x) in [(2, 2), (2, 6), (6, 2), (6, 6), (1, 4), (7, 4)] {
+            assert_eq!(full[x * 8 + y], 0, "({y}, {x}) is off");
+        }
+        for (y, x) in [(2, 3), (4, 4), (6, 5), (3, 6)] {
+            assert_eq!(full[x * 8 + y], 1, "({y}, {x}) is on");
+        }
+    }
+
+    /// A box at the border, map 0.8 everywhere, box [5, 0, 8, 3] in an 8x8 image: widened by 2 about
+    /// (6.5, 1.5) to [3.5, -1.5, 9.5, 4.5], truncated toward zero to [3, -1, 9, 4]: 7 columns (x = 3..=9,
+    /// clipped to 3..=7) and 6 rows (y = -1..=4, clipped to 0..=4). Columns (4 -> 7 samples, scale 4/7):
+    /// x = 3..=7 -> 0, 0.357, 0.929, 1, 0.929; rows (4 -> 6, scale 2/3): y = 0..=4 -> 0.5, 1, 1, 0.5, 0. On
+    /// where 0.8 * column * row > 0.5: rows 1 and 2, columns 5..=7: 6 pixels, [5, 1, 3, 2] (xywh).
+    /// A 0.2 px box [3.2, 3.2, 3.4, 3.4] truncates to the single pixel (3, 3), which samples the middle of
+    /// the padded map (value 1): one pixel on, where mmdetection's paste has none.
+    #[test]
+    fn torchvision_paste_at_the_border_and_under_a_pixel() {
+        let edge = paste_mask_torchvision(&[0.8; 4], 2, [5.0, 0.0, 8.0, 3.0], (8, 8), 0.5);
+        assert_eq!(edge.counts.iter().sum::<u32>(), 64);
+        assert_eq!(edge.area(), 6);
+        assert_eq!(edge.to_bbox(), [5.0, 1.0, 3.0, 2.0]);
+        let tiny = paste_mask_torchvision(&[1.0; 4], 2, [3.2, 3.2, 3.4, 3.4], (8, 8), 0.5);
+        assert_eq!(tiny.area(), 1);
+        assert_eq!(tiny.to_bbox(), [3.0, 3.0, 1.0, 1.0]);
+    }
+
+    /// Empty inputs of torchvision's paste: a zero map, a box outside the image (torchvision's slicing raises
+    /// there; detections are clipped to the image before it is reached), no map at all, and an empty image
+    /// give empty masks of the image's size.
+    #[test]
+    fn torchvision_paste_of_nothing_is_empty() {
+        let zero = paste_mask_torchvision(&[0.0; 4], 2, [0.0, 0.0, 8.0, 8.0], (8, 8), 0.5);
+        assert_eq!(zero.counts, vec![64]);
+        let outside = paste_mask_torchvision(&[1.0; 4], 2, [20.0, 20.0, 30.0, 30.0], (8, 8), 0.5);
+        assert_eq!(outside.counts, vec![64]);
+        let left = paste_mask_torchvision(&[1.0; 4], 2, [-30.0, 2.0, -20.0, 4.0], (8, 8), 0.5);
+        assert_eq!(left.counts, vec![64]);
+        let no_map = paste_mask_torchvision(&[], 0, [0.0, 0.0, 8.0, 8.0], (8, 8), 0.5);
+        assert_eq!(no_map.counts, vec![64]);
+        let no_image = paste_mask_torchvision(&[1.0; 4], 2, [0.0, 0.0, 8.0, 8.0], (0, 0), 0.5);
+        assert_eq!(no_image.area(), 0);
+    }
+
+    /// torchvision's targets by hand: the left-half instance, RoI [0, 0, 8, 8] pooled to 2x2 with
+    /// `aligned=False` and 4 x 4 samples per bin (adaptive: 8 / 2): the left bin samples x = 0.5, 1.5, 2.5,
+    /// 3.5 in pixel-index coordinates, i.e. 1, 1, 1 and 0.5 (halfway between pixel 3, on, and 4, off), mean
+    /// 0.875, kept soft; the right bin 0. (mmdetection's aligned sampling gives exactly 1 and 0.)
+    #[test]
+    fn torchvision_mask_targets_are_soft_and_unaligned() {
+        let device = Default::default();
+        let bits: Vec<bool> = (0..64).map(|i| i % 8 < 4).collect();
+        let masks = [RleMask::encode(&bits, [8, 8])];
+        let t = mask_targets::<Flex>(
+            &masks,
+            &[[0.0, 0.0, 8.0, 8.0]],
+            &[0],
+            2,
+            MaskConvention::Torchvision,
+            &device,
+        )
+        .unwrap();
+        let v: Vec<f32> = t.into_data().to_vec().unwrap();
+        for (got, want) in v.iter().zip([0.875, 0.0, 0.875, 0.0]) {
+            assert!((got - want).abs() < 1e-6, "{v:?}");
+        }
+    }
+
     /// Targets by hand: an instance covering the left half of a 8x8 image; a RoI over the whole image
     /// pooled to 2x2 gives left column 1, right column 0; a RoI inside the instance gives all ones.
     #[test]
@@ -437,12 +636,13 @@ mod tests {
             &[[0.0, 0.0, 8.0, 8.0], [0.0, 2.0, 3.0, 6.0]],
             &[0, 0],
             2,
+            MaskConvention::Mmdetection,
             &device,
         )
         .unwrap();
         let v: Vec<f32> = t.into_data().to_vec().unwrap();
         assert_eq!(v, vec![1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0]);
-        let none = mask_targets::<Flex>(&masks, &[], &[], 28, &device).unwrap();
+        let none = mask_targets::<Flex>(&masks, &[], &[], 28, MaskConvention::Torchvision, &device).unwrap();
         assert_eq!(none.dims(), [0, 28, 28]);
     }
 }

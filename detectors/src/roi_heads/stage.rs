@@ -7,7 +7,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::bbox_head::{BBoxHead, RoiTargets, gt_tensors, rois_tensor};
-use super::mask_head::{FcnMaskHead, mask_targets, paste_mask};
+use super::mask_head::{FcnMaskHead, mask_targets};
 use crate::assigners::MaxIouAssigner;
 use crate::config::RcnnTestConfig;
 use crate::heads::dense::rows_tensor;
@@ -129,7 +129,14 @@ pub fn mask_loss<B: DetBackend>(
                 gt.boxes.len()
             )));
         }
-        targets.push(mask_targets::<B>(masks, &pos, &gt_index, size, &device)?);
+        targets.push(mask_targets::<B>(
+            masks,
+            &pos,
+            &gt_index,
+            size,
+            head.target_convention(),
+            &device,
+        )?);
         rois.push(rows_tensor::<B>(&pos, &device));
         labels.push(s.pos_gt_labels.clone());
     }
@@ -249,15 +256,7 @@ pub fn predict_masks<B: DetBackend>(
             .boxes
             .iter()
             .zip(next.by_ref())
-            .map(|(b, p)| {
-                paste_mask(
-                    &p,
-                    m,
-                    *b,
-                    (meta.ori_size.1, meta.ori_size.0),
-                    last.mask_threshold(),
-                )
-            })
+            .map(|(b, p)| last.paste(&p, m, *b, (meta.ori_size.1, meta.ori_size.0)))
             .collect();
         det.masks = Some(masks);
     }
