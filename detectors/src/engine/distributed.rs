@@ -354,7 +354,7 @@ impl<B: AutodiffBackend> Replica<'_, B> {
                 self.watchdog.guard(self.local, local)
             };
         };
-        let both = || {
+        let both = || -> Result<Tensor<B::InnerBackend, 1>, TrainError> {
             let local_sum = local()?;
             let n = local_sum.dims()[0];
             let k = self.exchanges.get();
@@ -369,7 +369,7 @@ impl<B: AutodiffBackend> Replica<'_, B> {
                 .exchange(self.local, k, values, unbounded)
                 .map_err(|e| TrainError::Distributed(format!("all-reduce between nodes failed: {e}")))?;
             Ok(Tensor::from_data(
-                TensorData::new(total.as_ref().clone(), [n]),
+                TensorData::new(total.to_vec(), [n]),
                 self.device,
             ))
         };
