@@ -1,9 +1,9 @@
 //! `attndet dist-train CONFIG --devices LIST`: data-parallel training over several devices and nodes, with
 //! the result of one device that trains with the global batch (see `engine::distributed`).
 
-use std::net::{TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
+use std::net::{TcpListener, ToSocketAddrs};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use attndet_coco::CocoDataset;
 use attndet_detectors::data::coco::DetDataset;
@@ -11,6 +11,7 @@ use attndet_detectors::engine::distributed::{NodeSetup, Topology, train_distribu
 use attndet_detectors::engine::evaluate::{
     EvalResults, evaluate_kinds, predict_records, summary_text, test_loader_options,
 };
+use attndet_detectors::engine::internode::{Hello, NodeLink};
 use attndet_detectors::engine::log::IterRecord;
 use attndet_detectors::engine::trainer::TrainHooks;
 use attndet_detectors::models::{AnyDetector, DetBackend};
@@ -29,7 +30,7 @@ use crate::train::{
 #[command(after_help = "Examples:\n  \
   attndet dist-train configs/retinanet/retinanet_r50_fpn_1x_coco.json --devices cuda:0,cuda:1,cuda:2,cuda:3\n  \
   attndet dist-train CONFIG --devices cpu,cpu --cfg-options data.batch_size=2   # 2 CPU replicas, global batch 4\n\n\
-Two nodes with two GPUs each (run one command per node; node 0 also runs the orchestrator):\n  \
+Two nodes with two GPUs each (run one command per node; the others join node 0 at --master):\n  \
   node0$ attndet dist-train CONFIG --devices cuda:0,cuda:1 --nnodes 2 --node-rank 0 --master node0:29500\n  \
   node1$ attndet dist-train CONFIG --devices cuda:0,cuda:1 --nnodes 2 --node-rank 1 --master node0:29500\n\n\
 data.batch_size is per replica: the global batch is batch_size x replicas, and iteration i sees the images \
@@ -45,16 +46,13 @@ pub struct DistTrainArgs {
     /// Number of nodes (processes) of the run.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub nnodes: u32,
-    /// This node's rank, 0..N-1 (node 0 runs the orchestrator and writes the work dir).
+    /// This node's rank, 0..N-1 (node 0 listens on the master port, gathers the sums and writes the work
+    /// dir).
     #[arg(long, default_value_t = 0, value_name = "R")]
     pub node_rank: u32,
-    /// The orchestrator, HOST:PORT of node 0 (needed with --nnodes > 1).
+    /// HOST:PORT of node 0, where the other nodes join it (needed with --nnodes > 1).
     #[arg(long, value_name = "HOST:PORT")]
     pub master: Option<String>,
-    /// How the other nodes reach this one's data service [default: this host's address towards the master,
-    /// port = master port + 1 + node rank].
-    #[arg(long, value_name = "HOST:PORT")]
-    pub node_address: Option<String>,
     /// Seconds to wait for the other replicas in one exchange (and for the master to answer) before
     /// stopping with an error.
     #[arg(long, default_value_t = 300, value_name = "SECS")]
@@ -100,15 +98,9 @@ fn socket_addr(flag: &str, s: &str) -> anyhow::Result<std::net::SocketAddr> {
         })
 }
 
-/// A port this node must listen on: a clear error when it is taken.
-fn check_port_free(flag: &str, port: u16) -> anyhow::Result<()> {
-    TcpListener::bind(("0.0.0.0", port))
-        .map(drop)
-        .map_err(|e| bad_input(format!("{flag}: port {port} cannot be used on this node: {e}")))
-}
-
-/// The multi-node settings, the orchestrator started on node 0, the master checked reachable elsewhere.
-fn node_setup(args: &DistTrainArgs) -> anyhow::Result<Option<NodeSetup>> {
+/// The multi-node link: node 0 listens on the master port and waits for the others; every other node
+/// joins it there (each within `--timeout`).
+fn node_setup(args: &DistTrainArgs, local_replicas: usize) -> anyhow::Result<Option<NodeSetup>> {
     if args.nnodes == 0 {
         return Err(bad_input("--nnodes: must be at least 1"));
     }
@@ -126,59 +118,26 @@ fn node_setup(args: &DistTrainArgs) -> anyhow::Result<Option<NodeSetup>> {
         .as_deref()
         .ok_or_else(|| bad_input("--master HOST:PORT is needed with --nnodes > 1"))?;
     let master_addr = socket_addr("--master", master)?;
-    let (node_host, data_port) = match &args.node_address {
-        Some(a) => {
-            let addr = socket_addr("--node-address", a)?;
-            (
-                a.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or_default(),
-                addr.port(),
-            )
-        }
-        None => {
-            // the address this host uses towards the master (no packet is sent)
-            let host = UdpSocket::bind("0.0.0.0:0")
-                .and_then(|s| s.connect(master_addr).and_then(|_| s.local_addr()))
-                .map(|a| a.ip().to_string())
-                .map_err(|e| bad_input(format!("--master {master}: no route to it: {e}")))?;
-            let port = master_addr
-                .port()
-                .checked_add(1 + args.node_rank as u16)
-                .ok_or_else(|| bad_input(format!("--master {master}: port too high")))?;
-            (host, port)
-        }
+    let timeout = Duration::from_secs(args.timeout);
+    let link = if args.node_rank == 0 {
+        let listener = TcpListener::bind(("0.0.0.0", master_addr.port())).map_err(|e| {
+            bad_input(format!(
+                "--master {master}: port {} cannot be used on this node: {e}",
+                master_addr.port()
+            ))
+        })?;
+        NodeLink::accept(listener, args.nnodes, local_replicas as u32, timeout)
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+    } else {
+        let hello = Hello {
+            rank: args.node_rank,
+            nnodes: args.nnodes,
+            local_replicas: local_replicas as u32,
+        };
+        NodeLink::connect(master_addr, hello, timeout)
+            .map_err(|e| bad_input(format!("--master {master}: {e}")))?
     };
-    check_port_free("--node-address", data_port)?;
-    if args.node_rank == 0 {
-        check_port_free(&format!("--master {master}"), master_addr.port())?;
-        let port = master_addr.port();
-        std::thread::spawn(
-            move || match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-                Ok(rt) => rt.block_on(burn_collective::start_global_orchestrator(port)),
-                Err(e) => eprintln!("error: cannot start the orchestrator: {e}"),
-            },
-        );
-    }
-    // the orchestrator must answer (node 0 may start later than this node)
-    let deadline = Instant::now() + Duration::from_secs(args.timeout);
-    loop {
-        if TcpStream::connect_timeout(&master_addr, Duration::from_secs(1)).is_ok() {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err(bad_input(format!(
-                "--master {master}: no orchestrator answered within {} s (--timeout); is node 0 running there?",
-                args.timeout
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    Ok(Some(NodeSetup {
-        num_nodes: args.nnodes,
-        rank: args.node_rank,
-        global_address: format!("ws://{master}"),
-        node_address: format!("ws://{node_host}:{data_port}"),
-        data_port,
-    }))
+    Ok(Some(NodeSetup::new(link)))
 }
 
 /// The command line's hooks, with the evaluation sharded over the local devices.
@@ -330,7 +289,7 @@ pub fn run(args: &DistTrainArgs) -> anyhow::Result<()> {
         return Err(bad_input("--timeout: must be at least 1 second"));
     }
     let p = prepare(&args.train.config, &args.train.cfg_options, args.train.seed)?;
-    let nodes = node_setup(args)?;
+    let nodes = node_setup(args, devices.len())?;
     match devices[0] {
         DeviceArg::Cpu => {
             run_on::<burn::backend::Flex>(args, &p, vec![Default::default(); devices.len()], nodes)

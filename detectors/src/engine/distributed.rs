@@ -19,10 +19,16 @@
 //! Parameters are reduced in the order the model visits them, not by [`burn::module::ParamId`]: ids are drawn
 //! at random when a model is built, so they differ between the processes of a multi-node run.
 //!
+//! Each sum has two levels: the replicas of one process add up through burn-collective's local all-reduce;
+//! over several nodes, each node's first replica then sends that local sum to node 0 and receives the
+//! total ([`super::internode`], plain TCP; burn-collective's own global level stalls, see there), which it
+//! hands to the other replicas of its node.
+//!
 //! [`Normaliser::rescale`]: crate::models::Normaliser::rescale
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use burn::collective::{CollectiveConfig, PeerId, ReduceOperation, all_reduce, finish_collective, register};
@@ -32,6 +38,7 @@ use burn::prelude::*;
 use burn::tensor::TensorPrimitive;
 use burn::tensor::backend::AutodiffBackend;
 
+use super::internode::{LinkError, NodeLink};
 use super::log::{IterRecord, resident_memory_mb};
 use super::schedule::LrSchedule;
 use super::trainer::{
@@ -45,27 +52,85 @@ use crate::models::Detector;
 /// Loss terms a detector may have (the slots of the status vector).
 pub const MAX_TERMS: usize = 32;
 
-/// Values per all-reduce call: the flat gradients go in pieces of 4 MiB, below the WebSocket frame limit of
-/// burn-collective's global level (16 MiB; a larger tensor resets the connection).
-pub const REDUCE_CHUNK: usize = 1 << 20;
-
-/// The nodes of a multi-node run (burn-collective's global level, over WebSocket).
-#[derive(Debug, Clone)]
+/// The nodes of a multi-node run: this node's link to the others, used by its first replica, and the
+/// hand-over of each inter-node sum to the node's other replicas.
+#[derive(Debug)]
 pub struct NodeSetup {
     /// Number of nodes (processes).
     pub num_nodes: u32,
-    /// This node's rank (0 runs the orchestrator).
+    /// This node's rank (0 gathers the sums and writes the work dir).
     pub rank: u32,
-    /// The orchestrator, `ws://HOST:PORT`.
-    pub global_address: String,
-    /// This node's data service as the others reach it, `ws://HOST:PORT`.
-    pub node_address: String,
-    /// The port this node's data service listens on.
-    pub data_port: u16,
+    link: Mutex<NodeLink>,
+    posted: Mutex<Posted>,
+    ready: Condvar,
+}
+
+/// The latest inter-node sum of this node: `done` exchanges are finished, the last one's result.
+#[derive(Debug, Default)]
+struct Posted {
+    done: u64,
+    result: Option<Result<Arc<Vec<f32>>, LinkError>>,
+}
+
+impl NodeSetup {
+    /// The setup of a node joined to the others through `link`.
+    pub fn new(link: NodeLink) -> Self {
+        Self {
+            num_nodes: link.nnodes(),
+            rank: link.rank(),
+            link: Mutex::new(link),
+            posted: Mutex::new(Posted::default()),
+            ready: Condvar::new(),
+        }
+    }
+
+    fn posted(&self) -> MutexGuard<'_, Posted> {
+        self.posted.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Exchange number `k` (counted by each replica) of local replica `local`: replica 0 sums `values` over
+    /// the nodes and posts the result; the others wait for it (their `values` are not needed: every local
+    /// replica holds the same local sum).
+    fn exchange(
+        &self,
+        local: usize,
+        k: u64,
+        values: impl FnOnce() -> Result<Vec<f32>, LinkError>,
+        unbounded: bool,
+    ) -> Result<Arc<Vec<f32>>, LinkError> {
+        if local == 0 {
+            let r = values().and_then(|v| {
+                self.link
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .all_reduce_sum(v, unbounded)
+                    .map(Arc::new)
+            });
+            let mut p = self.posted();
+            p.done = k + 1;
+            p.result = Some(r.clone());
+            self.ready.notify_all();
+            return r;
+        }
+        let mut p = self.posted();
+        while p.done <= k {
+            p = self.ready.wait(p).unwrap_or_else(|p| p.into_inner());
+        }
+        // the first replica cannot start exchange k + 1 before every replica of the node joined the local
+        // all-reduce k + 1, so the posted result is this one
+        if p.done != k + 1 {
+            return Err(LinkError(format!(
+                "replicas of this node out of step: exchange {} posted, {} awaited",
+                p.done,
+                k + 1
+            )));
+        }
+        p.result.clone().expect("posted with the count")
+    }
 }
 
 /// Where this process's replicas sit among all replicas.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Topology {
     /// Global id of this process's first replica (replica ids are unique over all nodes).
     pub first_replica: usize,
@@ -116,7 +181,8 @@ where
     if setup.cfg.data.batch_size == 0 {
         return Err(TrainError::Config("data.batch_size: must be at least 1".into()));
     }
-    let watchdog = Watchdog::start(devices.len(), topo.timeout, topo.nodes.clone());
+    let nodes = topo.nodes.as_ref().map(|n| (n.rank, n.num_nodes));
+    let watchdog = Watchdog::start(devices.len(), topo.timeout, nodes);
     let results: Vec<Result<(M, TrainSummary), TrainError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = devices
             .iter()
@@ -134,6 +200,7 @@ where
                         topo,
                         watchdog,
                         local_count: devices.len(),
+                        exchanges: Cell::new(0),
                     };
                     with_optimizer(
                         &setup.cfg.optimizer,
@@ -154,6 +221,7 @@ where
             topo,
             watchdog: &watchdog,
             local_count: devices.len(),
+            exchanges: Cell::new(0),
         };
         let first = with_optimizer(
             &setup.cfg.optimizer,
@@ -213,6 +281,8 @@ struct Replica<'a, B: AutodiffBackend> {
     topo: &'a Topology,
     watchdog: &'a Watchdog,
     local_count: usize,
+    /// Inter-node exchanges this replica took part in.
+    exchanges: Cell<u64>,
 }
 
 struct ReplicaJob<'a, B: AutodiffBackend, M, H> {
@@ -245,23 +315,9 @@ impl<B: AutodiffBackend> Replica<'_, B> {
         self.global == 0
     }
 
-    fn collective_config(&self) -> Result<CollectiveConfig, TrainError> {
-        let cfg = CollectiveConfig::default().with_num_devices(self.local_count);
-        let Some(n) = &self.topo.nodes else { return Ok(cfg) };
-        let bad = |what: &str, v: &str| TrainError::Config(format!("{what} {v}: not a WebSocket address"));
-        Ok(cfg
-            .with_num_nodes(n.num_nodes)
-            .with_global_address(
-                n.global_address
-                    .parse()
-                    .map_err(|_| bad("--master", &n.global_address))?,
-            )
-            .with_node_address(
-                n.node_address
-                    .parse()
-                    .map_err(|_| bad("--node-address", &n.node_address))?,
-            )
-            .with_data_service_port(n.data_port))
+    /// burn-collective within this process only: the inter-node step is ours ([`NodeSetup`]).
+    fn collective_config(&self) -> CollectiveConfig {
+        CollectiveConfig::default().with_num_devices(self.local_count)
     }
 
     /// Sum `values` over every replica, within the timeout unless `unbounded` (waiting for an evaluation).
@@ -274,43 +330,54 @@ impl<B: AutodiffBackend> Replica<'_, B> {
             .map_err(|e| TrainError::Distributed(format!("reading an all-reduce result: {e:?}")))
     }
 
-    /// Sum a flat tensor over every replica, in pieces of at most [`REDUCE_CHUNK`] values.
+    /// Sum a flat tensor over every replica: over this process's replicas (burn-collective), then over the
+    /// nodes.
     fn reduce(
         &self,
         t: Tensor<B::InnerBackend, 1>,
         unbounded: bool,
     ) -> Result<Tensor<B::InnerBackend, 1>, TrainError> {
-        let n = t.dims()[0];
-        if n <= REDUCE_CHUNK {
-            return self.reduce_piece(t, unbounded);
-        }
-        let pieces = (0..n)
-            .step_by(REDUCE_CHUNK)
-            .map(|start| self.reduce_piece(t.clone().slice(start..(start + REDUCE_CHUNK).min(n)), unbounded))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Tensor::cat(pieces, 0))
-    }
-
-    fn reduce_piece(
-        &self,
-        t: Tensor<B::InnerBackend, 1>,
-        unbounded: bool,
-    ) -> Result<Tensor<B::InnerBackend, 1>, TrainError> {
         let id = PeerId(self.global as u32);
-        let run = || all_reduce::<B::InnerBackend>(id, t.into_primitive().tensor(), ReduceOperation::Sum);
-        let out = if unbounded {
-            run()
-        } else {
-            self.watchdog.guard(self.local, run)
+        let local = || {
+            if self.local_count == 1 {
+                // a sum over one replica: no need to go through the collective's server
+                return Ok(t);
+            }
+            all_reduce::<B::InnerBackend>(id, t.into_primitive().tensor(), ReduceOperation::Sum)
+                .map(|r| Tensor::from_primitive(TensorPrimitive::Float(r)))
+                .map_err(|e| TrainError::Distributed(format!("all-reduce within this process failed: {e:?}")))
         };
-        out.map(|r| Tensor::from_primitive(TensorPrimitive::Float(r)))
-            .map_err(|e| {
-                let lost = match &self.topo.nodes {
-                    Some(n) => format!(" ({} may have died or become unreachable)", other_nodes(n)),
-                    None => String::new(),
-                };
-                TrainError::Distributed(format!("all-reduce failed: {e:?}{lost}"))
-            })
+        let Some(nodes) = &self.topo.nodes else {
+            return if unbounded {
+                local()
+            } else {
+                self.watchdog.guard(self.local, local)
+            };
+        };
+        let both = || -> Result<Tensor<B::InnerBackend, 1>, TrainError> {
+            let local_sum = local()?;
+            let n = local_sum.dims()[0];
+            let k = self.exchanges.get();
+            self.exchanges.set(k + 1);
+            let values = || {
+                local_sum
+                    .into_data()
+                    .to_vec::<f32>()
+                    .map_err(|e| LinkError(format!("reading the local sum: {e:?}")))
+            };
+            let total = nodes
+                .exchange(self.local, k, values, unbounded)
+                .map_err(|e| TrainError::Distributed(format!("all-reduce between nodes failed: {e}")))?;
+            Ok(Tensor::from_data(
+                TensorData::new(total.to_vec(), [n]),
+                self.device,
+            ))
+        };
+        if unbounded {
+            both()
+        } else {
+            self.watchdog.guard(self.local, both)
+        }
     }
 
     /// Agree on the status of a phase: `code` is this replica's (0: fine), `extra` values are summed.
@@ -369,7 +436,7 @@ impl<B: AutodiffBackend> Replica<'_, B> {
         register::<B::InnerBackend>(
             PeerId(self.global as u32),
             self.device.clone(),
-            self.collective_config()?,
+            self.collective_config(),
         )
         .map_err(|e| TrainError::Distributed(format!("registering replica {}: {e:?}", self.global)))?;
 
@@ -577,10 +644,7 @@ impl<B: AutodiffBackend> Replica<'_, B> {
                 &format!("after epoch {done}"),
             )?;
         }
-        if self.topo.nodes.is_none() {
-            // (over nodes the process ends instead: a node finishing first must not block the others)
-            let _ = finish_collective::<B::InnerBackend>(PeerId(self.global as u32));
-        }
+        let _ = finish_collective::<B::InnerBackend>(PeerId(self.global as u32));
         let summary = TrainSummary {
             epochs: state.epoch,
             iters: state.global_iter,
@@ -725,7 +789,8 @@ struct Watchdog {
 }
 
 impl Watchdog {
-    fn start(replicas: usize, timeout: Duration, nodes: Option<NodeSetup>) -> Self {
+    /// `nodes`: this node's rank and the number of nodes, for the message.
+    fn start(replicas: usize, timeout: Duration, nodes: Option<(u32, u32)>) -> Self {
         let since = Arc::new(Mutex::new(vec![None; replicas]));
         let stop = Arc::new(AtomicBool::new(false));
         let (s, st) = (since.clone(), stop.clone());
@@ -737,8 +802,8 @@ impl Watchdog {
                     .map(|v| v.iter().flatten().any(|t: &Instant| t.elapsed() > timeout))
                     .unwrap_or(false);
                 if stuck && !st.load(Ordering::SeqCst) {
-                    let who = match &nodes {
-                        Some(n) => other_nodes(n),
+                    let who = match nodes {
+                        Some((rank, num_nodes)) => other_nodes(rank, num_nodes),
                         None => "another replica of this process".into(),
                     };
                     eprintln!(
@@ -770,12 +835,12 @@ impl Watchdog {
     }
 }
 
-/// The nodes other than this one, in words.
-fn other_nodes(n: &NodeSetup) -> String {
-    if n.num_nodes == 2 {
-        format!("node {}", 1 - n.rank)
+/// The nodes other than node `rank` of `num_nodes`, in words.
+fn other_nodes(rank: u32, num_nodes: u32) -> String {
+    if num_nodes == 2 {
+        format!("node {}", 1 - rank)
     } else {
-        format!("one of the other {} nodes", n.num_nodes - 1)
+        format!("one of the other {} nodes", num_nodes - 1)
     }
 }
 

@@ -4,6 +4,7 @@ pub mod checkpoint;
 pub mod distributed;
 pub mod evaluate;
 pub mod grads;
+pub mod internode;
 pub mod lock;
 pub mod log;
 pub mod schedule;
