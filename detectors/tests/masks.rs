@@ -6,6 +6,7 @@
 mod common;
 
 use attndet_coco::mask::{Rle, fr_poly, merge};
+use attndet_detectors::config::MaskConvention;
 use attndet_detectors::roi_heads::mask_head::{mask_targets, paste_mask};
 use attndet_detectors::structures::RleMask;
 use common::{Cpu, DEV};
@@ -99,7 +100,7 @@ fn mask_targets_match_mmdetection() {
     let masks = instance_masks(&f);
     let rois: Vec<[f32; 4]> = f["rois"].as_array().unwrap().iter().map(quad).collect();
     let gt: Vec<usize> = u32s(&f["gt_index"]).into_iter().map(|g| g as usize).collect();
-    let t = mask_targets::<Cpu>(&masks, &rois, &gt, 28, &DEV).unwrap();
+    let t = mask_targets::<Cpu>(&masks, &rois, &gt, 28, MaskConvention::Mmdetection, &DEV).unwrap();
     assert_eq!(t.dims(), [rois.len(), 28, 28]);
     let got: Vec<f32> = t.into_data().to_vec().unwrap();
     let want = u32s(&f["targets"]);
@@ -138,10 +139,20 @@ fn pasted_masks_match_mmdetection() {
 #[test]
 fn empty_inputs() {
     // no positive RoI: no target, and no instance needed
-    let t = mask_targets::<Cpu>(&[], &[], &[], 28, &DEV).unwrap();
+    let t = mask_targets::<Cpu>(&[], &[], &[], 28, MaskConvention::Mmdetection, &DEV).unwrap();
     assert_eq!(t.dims(), [0, 28, 28]);
     // positives without any instance mask are an error, not a panic
-    assert!(mask_targets::<Cpu>(&[], &[[0.0, 0.0, 4.0, 4.0]], &[0], 28, &DEV).is_err());
+    assert!(
+        mask_targets::<Cpu>(
+            &[],
+            &[[0.0, 0.0, 4.0, 4.0]],
+            &[0],
+            28,
+            MaskConvention::Mmdetection,
+            &DEV
+        )
+        .is_err()
+    );
     // an empty box pastes nothing (zero extent: no pixel centre inside)
     let rle = paste_mask(&[1.0; 4], 2, [3.0, 3.0, 3.0, 7.0], (8, 8), 0.5);
     assert_eq!(rle.counts, vec![64]);

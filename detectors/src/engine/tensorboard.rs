@@ -260,6 +260,8 @@ mod tests {
         assert_eq!(r.len(), 8 + 4 + 3 + 4);
         assert_eq!(&r[..8], &3u64.to_le_bytes());
         let c = crc32c(&3u64.to_le_bytes());
+        // the definition as TFRecord writes it, to check the code's `rotate_right`
+        #[allow(clippy::manual_rotate)]
         let masked = ((c >> 15) | (c << 17)).wrapping_add(0xa282_ead8);
         assert_eq!(&r[8..12], &masked.to_le_bytes());
         assert_eq!(&r[12..15], b"xyz");
