@@ -44,6 +44,26 @@ fn train(dir: &Path, extra_args: &[&str], overrides: &[&str]) -> (bool, String) 
     )
 }
 
+/// The shapes dataset in `DIR/data`: `train` + `val` images of 64 x 64, seed 3.
+fn synth_data(dir: &Path, train: usize, val: usize) {
+    let (train, val) = (train.to_string(), val.to_string());
+    let out = run(&[
+        "dataset",
+        "synth",
+        "--out",
+        dir.join("data").to_str().unwrap(),
+        "--train",
+        &train,
+        "--val",
+        &val,
+        "--size",
+        "64",
+        "--seed",
+        "3",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// The plain progress lines of a run's stderr.
 fn progress_lines(err: &str) -> Vec<&str> {
     err.lines()
@@ -55,21 +75,7 @@ fn progress_lines(err: &str) -> Vec<&str> {
 fn piped_stderr_gets_plain_lines_and_the_checkpoint_messages() {
     let tmp = TempDir::new("log-lines");
     let dir = tmp.path();
-    let out = run(&[
-        "dataset",
-        "synth",
-        "--out",
-        dir.join("data").to_str().unwrap(),
-        "--train",
-        "6",
-        "--val",
-        "2",
-        "--size",
-        "64",
-        "--seed",
-        "3",
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    synth_data(dir, 6, 2);
 
     // epoch 1 of 2: 3 iterations of 2 images, a line at iteration 2 (the interval) and 3 (the epoch's end)
     let (ok, err) = train(dir, &[], &["runner.max_epochs=1", "evaluation.interval=0"]);
@@ -161,21 +167,7 @@ fn piped_stderr_gets_plain_lines_and_the_checkpoint_messages() {
 fn the_scaled_learning_rate_is_shown_and_logged() {
     let tmp = TempDir::new("log-lines-lr");
     let dir = tmp.path();
-    let out = run(&[
-        "dataset",
-        "synth",
-        "--out",
-        dir.join("data").to_str().unwrap(),
-        "--train",
-        "2",
-        "--val",
-        "1",
-        "--size",
-        "64",
-        "--seed",
-        "3",
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    synth_data(dir, 2, 1);
     let (ok, err) = train(
         dir,
         &["--auto-scale-lr"],
