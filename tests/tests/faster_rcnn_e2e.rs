@@ -180,7 +180,9 @@ fn bad_faster_rcnn_configs_name_the_field() {
         ),
         ("evaluation.save_best=\"segm_mAP\"", "evaluation.save_best"),
     ] {
-        let out = train(&cfg, &dir.join("w"), &["--max-iters", "1"], &tiny(dir, &[o]));
+        // the RoI head at the shrunk FPN's width, so that only `o` is wrong
+        let fit = "model.roi_head.bbox_head.in_channels=16";
+        let out = train(&cfg, &dir.join("w"), &["--max-iters", "1"], &tiny(dir, &[fit, o]));
         assert_eq!(
             out.status.code(),
             Some(2),
