@@ -412,6 +412,16 @@ pub fn train_setup(args: &TrainArgs, p: &Prepared) -> anyhow::Result<RunSetup> {
     } else {
         None
     };
+    let skipped = Skipped {
+        images_without_boxes: train_set.1.images_without_boxes,
+        boxes_outside_image: train_set.1.boxes_outside_image,
+    };
+    let notice = format!(
+        "training {} on {} images ({skipped}), work dir {}",
+        args.config.display(),
+        train_set.1.records.len(),
+        work_dir.display()
+    );
     let setup = TrainSetup {
         cfg: cfg.clone(),
         resolved: p.resolved.clone(),
@@ -421,19 +431,8 @@ pub fn train_setup(args: &TrainArgs, p: &Prepared) -> anyhow::Result<RunSetup> {
         classes: train_set.1.category_names.clone(),
         auto_scale_lr: args.auto_scale_lr,
         max_iters: args.max_iters,
-        notices: Vec::new(),
+        notices: vec![notice],
     };
-    let skipped = Skipped {
-        images_without_boxes: train_set.1.images_without_boxes,
-        boxes_outside_image: train_set.1.boxes_outside_image,
-    };
-    let mut setup = setup;
-    setup.notices.push(format!(
-        "training {} on {} images ({skipped}), work dir {}",
-        args.config.display(),
-        setup.train_records.len(),
-        work_dir.display()
-    ));
     Ok((setup, skipped, val))
 }
 
