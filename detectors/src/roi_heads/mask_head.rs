@@ -120,10 +120,7 @@ impl<B: Backend> FcnMaskHead<B> {
         let x = self.convs.iter().fold(x, |x, c| {
             fused::conv_bn_act(c, None, x, NormMode::Auto, Activation::Relu)
         });
-        fused::conv(
-            &self.conv_logits,
-            relu(deconv_stride_eq_kernel(&self.upsample, x)),
-        )
+        fused::conv(&self.conv_logits, relu(self.upsample.forward(x)))
     }
 
     /// `loss_mask`: BCE of the logits of each positive RoI's class against its target, averaged over the
@@ -193,39 +190,6 @@ impl<B: Backend> FcnMaskHead<B> {
             MaskConvention::Mmdetection => paste_mask(probs, m, bbox, size, self.mask_thr),
             MaskConvention::Torchvision => paste_mask_torchvision(probs, m, bbox, size, self.mask_thr),
         }
-    }
-}
-
-/// A transposed convolution whose stride equals its kernel (`k x k`, stride `k`, no padding, dilation 1, one
-/// group), as one matrix product: each input pixel writes its own `k x k` block of the output and no two
-/// blocks overlap, so the deconvolution is `[R*H*W, C_in] x [C_in, C_out*k*k]` followed by a reshuffle of the
-/// blocks into place. Same values and gradients as `ConvTranspose2d::forward` (tested); on the CPU burn's
-/// generic transposed convolution and its backward were the slowest part of the mask head's step. Other
-/// shapes fall back to `forward`.
-///
-/// # Shapes
-/// - x: `[R, C_in, H, W]`; output: `[R, C_out, k*H, k*W]`
-fn deconv_stride_eq_kernel<B: Backend>(d: &ConvTranspose2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    let [ci, co, kh, kw] = d.weight.dims();
-    let plain = d.stride == [kh, kw]
-        && d.padding == [0, 0]
-        && d.padding_out == [0, 0]
-        && d.dilation == [1, 1]
-        && d.groups == 1;
-    if !plain {
-        return d.forward(x);
-    }
-    let [r, _, h, w] = x.dims();
-    let rows = x.permute([0, 2, 3, 1]).reshape([r * h * w, ci]);
-    let blocks = rows.matmul(d.weight.val().reshape([ci, co * kh * kw]));
-    // [R, H, W, C_out, kh, kw] -> [R, C_out, H, kh, W, kw]: output row `kh*i + a`, column `kw*j + b`
-    let y = blocks
-        .reshape([r, h, w, co, kh, kw])
-        .permute([0, 3, 1, 4, 2, 5])
-        .reshape([r, co, h * kh, w * kw]);
-    match &d.bias {
-        Some(b) => y + b.val().reshape([1, co, 1, 1]),
-        None => y,
     }
 }
 
@@ -499,47 +463,6 @@ mod tests {
         assert_eq!(tiny.area(), 0, "no pixel centre lies inside a 0.2 px box");
         let empty = paste_mask(&[0.0; 4], 2, [0.0, 0.0, 8.0, 8.0], (8, 8), 0.5);
         assert_eq!(empty.counts, vec![64]);
-    }
-
-    /// The matrix-product deconvolution against burn's `ConvTranspose2d::forward` on the same weights: values,
-    /// and the gradients of the input, weight and bias of a weighted sum of the output; also zero RoIs.
-    #[test]
-    fn deconv_as_matrix_product_equals_conv_transpose() {
-        use burn::backend::Autodiff;
-        use burn::tensor::Distribution;
-        type A = Autodiff<Flex>;
-        let device = Default::default();
-        let d: ConvTranspose2d<A> = ConvTranspose2dConfig::new([3, 4], [2, 2])
-            .with_stride([2, 2])
-            .init(&device);
-        let x = Tensor::<A, 4>::random([2, 3, 5, 4], Distribution::Normal(0.0, 1.0), &device).require_grad();
-        let probe = Tensor::<A, 4>::random([2, 4, 10, 8], Distribution::Normal(0.0, 1.0), &device);
-        let ours = deconv_stride_eq_kernel(&d, x.clone());
-        let reference = d.forward(x.clone());
-        assert_eq!(ours.dims(), [2, 4, 10, 8]);
-        let close = |a: Tensor<Flex, 4>, b: Tensor<Flex, 4>, what: &str| {
-            let diff: f32 = (a - b).abs().max().into_scalar();
-            assert!(diff < 1e-4, "{what}: max difference {diff}");
-        };
-        close(ours.clone().inner(), reference.clone().inner(), "forward");
-        let g1 = (ours * probe.clone()).sum().backward();
-        let g2 = (reference * probe).sum().backward();
-        close(x.grad(&g1).unwrap(), x.grad(&g2).unwrap(), "input gradient");
-        close(
-            d.weight.val().grad(&g1).unwrap(),
-            d.weight.val().grad(&g2).unwrap(),
-            "weight gradient",
-        );
-        let bias = d.bias.as_ref().unwrap().val();
-        let (b1, b2) = (bias.grad(&g1).unwrap(), bias.grad(&g2).unwrap());
-        close(
-            b1.reshape([1, 1, 1, 4]),
-            b2.reshape([1, 1, 1, 4]),
-            "bias gradient",
-        );
-        // zero RoIs
-        let none = deconv_stride_eq_kernel(&d, Tensor::<A, 4>::zeros([0, 3, 5, 4], &device));
-        assert_eq!(none.dims(), [0, 4, 10, 8]);
     }
 
     /// torchvision's paste by hand, a 2x2 map of ones in the box [2, 2, 6, 6] of an 8x8 image: padded to 4x4
