@@ -202,14 +202,17 @@ where
                         local_count: devices.len(),
                         exchanges: Cell::new(0),
                     };
-                    with_optimizer(
-                        &setup.cfg.optimizer,
-                        ReplicaJob::<B, M, NoHooks> {
-                            replica,
-                            model,
-                            hooks: None,
-                        },
-                    )
+                    let global = replica.global;
+                    stop_on_panic(global, || {
+                        with_optimizer(
+                            &setup.cfg.optimizer,
+                            ReplicaJob::<B, M, NoHooks> {
+                                replica,
+                                model,
+                                hooks: None,
+                            },
+                        )
+                    })
                 })
             })
             .collect();
@@ -223,14 +226,17 @@ where
             local_count: devices.len(),
             exchanges: Cell::new(0),
         };
-        let first = with_optimizer(
-            &setup.cfg.optimizer,
-            ReplicaJob::<B, M, H> {
-                replica: lead,
-                model: model.clone(),
-                hooks: Some(hooks),
-            },
-        );
+        let global = lead.global;
+        let first = stop_on_panic(global, || {
+            with_optimizer(
+                &setup.cfg.optimizer,
+                ReplicaJob::<B, M, H> {
+                    replica: lead,
+                    model: model.clone(),
+                    hooks: Some(hooks),
+                },
+            )
+        });
         let mut all = vec![first];
         for h in handles {
             all.push(h.join().unwrap_or_else(|p| {
@@ -841,6 +847,23 @@ fn other_nodes(rank: u32, num_nodes: u32) -> String {
         format!("node {}", 1 - rank)
     } else {
         format!("one of the other {} nodes", num_nodes - 1)
+    }
+}
+
+/// Run a replica; if it panics (a bug), say so and end the process at once: the other replicas would
+/// otherwise wait for it until `--timeout` (300 s by default) in their next all-reduce. Checkpoints are
+/// written atomically, so the last one is intact; the exit code is 1, as the watchdog's.
+fn stop_on_panic<T>(replica: usize, run: impl FnOnce() -> T) -> T {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+        Ok(out) => out,
+        Err(p) => {
+            eprintln!(
+                "error: replica {replica} failed: {}; stopping every replica. Checkpoints written so far are \
+                 intact.",
+                panic_text(&*p)
+            );
+            std::process::exit(1);
+        }
     }
 }
 
