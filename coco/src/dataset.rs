@@ -36,7 +36,8 @@ pub fn max_json_bytes() -> u64 {
         .unwrap_or(DEFAULT_MAX_JSON_BYTES)
 }
 
-/// Read a JSON file whole, refusing one larger than [`max_json_bytes`] before reading it.
+/// Read a JSON file whole, refusing one larger than [`max_json_bytes`] before reading it (or, for a stream
+/// whose size is unknown, as soon as it has read more).
 pub fn read_json_file(path: &Path) -> Result<Vec<u8>, CocoError> {
     let read_err = |error| CocoError::Read {
         path: path.to_owned(),
@@ -51,7 +52,25 @@ pub fn read_json_file(path: &Path) -> Result<Vec<u8>, CocoError> {
             limit,
         });
     }
-    std::fs::read(path).map_err(read_err)
+    // the size is the file system's word; a device or pipe (`/dev/zero`, `<(...)`) reports 0, so the read
+    // itself stops one byte past the limit
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(
+            std::fs::File::open(path).map_err(read_err)?,
+            limit.saturating_add(1),
+        ),
+        &mut bytes,
+    )
+    .map_err(read_err)?;
+    if bytes.len() as u64 > limit {
+        return Err(CocoError::TooLarge {
+            path: path.to_owned(),
+            size: bytes.len() as u64,
+            limit,
+        });
+    }
+    Ok(bytes)
 }
 
 impl CocoDataset {

@@ -53,3 +53,35 @@ fn config_files_over_16_mib_are_refused_before_reading() {
         "{stderr}"
     );
 }
+
+/// A device or pipe reports size 0, so the size check alone would let `/dev/zero` be read without end (found
+/// while writing the config fuzz target): the read itself stops past the limit, for configs, their bases and
+/// JSON files alike, and the error names the stream.
+#[test]
+fn streams_without_a_size_are_read_up_to_the_limit_only() {
+    let tmp = TempDir::new("limits-stream");
+    let cfg = tmp.path().join("cfg.json");
+    std::fs::write(&cfg, r#"{"_base_": "/dev/zero"}"#).unwrap();
+    let o = Command::new(attndet_bin())
+        .args(["config", "show"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    // 16 MiB of NUL bytes read, one past the limit: refused as too long, naming the base
+    assert!(stderr.contains("/dev/zero"), "{stderr}");
+    assert!(
+        stderr.contains("a config file is at most 16777216 bytes"),
+        "{stderr}"
+    );
+    let o = Command::new(attndet_bin())
+        .env("ATTNDET_MAX_JSON_BYTES", "1000")
+        .args(["dataset", "stats", "/dev/zero"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("/dev/zero"), "{stderr}");
+    assert!(stderr.contains("more than the limit of 1000 bytes"), "{stderr}");
+}

@@ -41,7 +41,19 @@ fn load_with_bases(path: &Path, chain: &mut Vec<PathBuf>) -> Result<Value, Confi
             "{size} bytes; a config file is at most {MAX_CONFIG_BYTES} bytes"
         ))));
     }
-    let text = std::fs::read_to_string(path).map_err(io_err)?;
+    // a device or pipe reports size 0 (`"_base_": "/dev/zero"` would be read without end): the read itself
+    // stops past the limit
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut std::io::Read::take(std::fs::File::open(path).map_err(io_err)?, MAX_CONFIG_BYTES + 1),
+        &mut text,
+    )
+    .map_err(io_err)?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(io_err(std::io::Error::other(format!(
+            "more than {MAX_CONFIG_BYTES} bytes; a config file is at most {MAX_CONFIG_BYTES} bytes"
+        ))));
+    }
     let mut value: Value = serde_json::from_str(&text).map_err(|source| ConfigError::Json {
         path: path.to_path_buf(),
         source,
