@@ -23,9 +23,11 @@ detections in torchvision's order, and for Faster R-CNN the RPN's test proposals
 torchvision's random samplers keep every positive and negative: the sampled sets are fixed on both sides
 without a hook.
 
-Mask R-CNN (`maskrcnn.json`, test time only): the key list, the 100 detections, and for the first
-`MASK_DETS` of them the pasted masks (`paste_masks_in_image`, binarised `> 0.5` as torchvision's COCO
-evaluation does) as uncompressed COCO RLE (column-major run lengths, starting with 0s) of the 800x1216 image.
+Mask R-CNN (`maskrcnn.json`): the key list, the 100 detections, and for the first `MASK_DETS` of them the
+pasted masks (`paste_masks_in_image`, binarised `> 0.5` as torchvision's COCO evaluation does) as uncompressed
+COCO RLE (column-major run lengths, starting with 0s) of the 800x1216 image; then the losses of one batch, as
+Faster R-CNN's, with the GT instance masks of `gt_masks` (ellipses inscribed in the GT boxes, an integer
+formula the Rust test repeats), so that `loss_mask` (soft targets of `project_masks_on_boxes`) is compared too.
 """
 
 import json
@@ -172,6 +174,20 @@ def targets():
     return [{"boxes": torch.tensor(GT_BOXES), "labels": torch.tensor(GT_LABELS, dtype=torch.int64)}]
 
 
+def gt_masks():
+    """[N, H, W] uint8: the ellipse inscribed in each GT box, in exact integers (the Rust test's formula): pixel
+    (y, x) is inside when (2x + 1 - (x0 + x1))^2 (y1 - y0)^2 + (2y + 1 - (y0 + y1))^2 (x1 - x0)^2
+    <= (x1 - x0)^2 (y1 - y0)^2."""
+    ys = torch.arange(H, dtype=torch.int64).view(H, 1)
+    xs = torch.arange(W, dtype=torch.int64).view(1, W)
+    out = []
+    for x0, y0, x1, y1 in (map(int, b) for b in GT_BOXES):
+        rx2, ry2 = x1 - x0, y1 - y0
+        inside = (2 * xs + 1 - (x0 + x1)) ** 2 * ry2**2 + (2 * ys + 1 - (y0 + y1)) ** 2 * rx2**2 <= rx2**2 * ry2**2
+        out.append(inside.to(torch.uint8))
+    return torch.stack(out)
+
+
 def retinanet(img):
     backbone = _resnet_fpn_extractor(frozen_r50(), 3, returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256))
     model = RetinaNet(backbone, 91, anchor_generator=_default_anchorgen())
@@ -239,7 +255,13 @@ def rle(mask):
 
 def maskrcnn(img):
     backbone = _resnet_fpn_extractor(frozen_r50(), 3)
-    model = MaskRCNN(backbone, 91)
+    # samplers' quotas above every count, as for Faster R-CNN (test time is not affected)
+    model = MaskRCNN(
+        backbone,
+        91,
+        rpn_batch_size_per_image=1_000_000,
+        box_batch_size_per_image=1_000_000,
+    )
     overwrite_eps(model, 0.0)
     # the mask branch's biases near 0 (+-0.0005): at the usual +-0.05 they would swamp its ~0.01 activations
     small = {f"roi_heads.mask_head.{i}.0.bias": (4, 0) for i in range(4)}
@@ -259,10 +281,14 @@ def maskrcnn(img):
     masks = out["masks"][:MASK_DETS, 0] > 0.5
     probs = out["masks"][:MASK_DETS, 0]
     print(f"  mask areas {[int(m.sum()) for m in masks]}, pixels in (0.45, 0.55): {int(((probs > 0.45) & (probs < 0.55)).sum())}")
+    model.train()
+    with torch.no_grad():
+        losses = model([img], [dict(targets()[0], masks=gt_masks())])
     return {
         "keys": keys,
         "detections": dets(out),
         "masks": [rle(m) for m in masks],
+        "losses": {k: float(v) for k, v in losses.items()},
     }
 
 

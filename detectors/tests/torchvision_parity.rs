@@ -1,8 +1,8 @@
 //! The torchvision configs (`configs/torchvision/`) reproduce torchvision's RetinaNet, Faster R-CNN and Mask
 //! R-CNN: with the same formula weights, read through the torchvision checkpoint layout, on the same 800x1216
 //! image, our RPN proposals and detections are torchvision's (boxes within 0.01 px, scores within 1e-4, same
-//! labels and order), so are the losses of one batch (RetinaNet, Faster R-CNN), and Mask R-CNN's pasted masks
-//! cover torchvision's (IoU >= 0.99 per detection).
+//! labels and order), so are the losses of one batch (RetinaNet, Faster R-CNN, Mask R-CNN with its mask loss),
+//! and Mask R-CNN's pasted masks cover torchvision's (IoU >= 0.99 per detection).
 //!
 //! Fixtures: `python3 detectors/scripts/torchvision_parity.py detectors/tests/fixtures/torchvision` (its
 //! docstring gives the weight and image formulas, which [`formula_tensors`] and [`image`] recompute).
@@ -16,7 +16,7 @@ use attndet_detectors::data::BatchItem;
 use attndet_detectors::data::transforms::normalize_into;
 use attndet_detectors::models::foreign::load_tensors;
 use attndet_detectors::models::{AnyDetector, Detector};
-use attndet_detectors::structures::{GroundTruth, ImageMeta};
+use attndet_detectors::structures::{GroundTruth, ImageMeta, RleMask};
 use burn::backend::Flex;
 use burn::module::ParamId;
 use burn::prelude::*;
@@ -324,8 +324,18 @@ fn retinanet_detections_and_losses_are_torchvisions() {
 #[test]
 fn maskrcnn_detections_and_masks_are_torchvisions() {
     let fx = fixture("maskrcnn.json");
-    let (_, model, images, meta) = setup("maskrcnn_resnet50_fpn.json", &fx, &[]);
-    let dets = model.predict(images, std::slice::from_ref(&meta)).unwrap();
+    // the samplers' quotas above every count, as the script's (for the losses below)
+    let (_, model, images, meta) = setup(
+        "maskrcnn_resnet50_fpn.json",
+        &fx,
+        &[
+            "model.train_cfg.rpn.sampler.num=1000000",
+            "model.train_cfg.rcnn.sampler.num=1000000",
+        ],
+    );
+    let dets = model
+        .predict(images.clone(), std::slice::from_ref(&meta))
+        .unwrap();
     let position = assert_detections(&dets[0], &fx, 1, "detection");
     let masks = dets[0].masks.as_ref().expect("a Mask R-CNN gives masks");
     assert_eq!(masks.len(), dets[0].boxes.len());
@@ -377,4 +387,42 @@ fn maskrcnn_detections_and_masks_are_torchvisions() {
             theirs.area()
         );
     }
+    // one batch's losses with the script's GT masks: torchvision's soft targets (`mask_head.targets`)
+    let mut truth = gt(&fx, 1);
+    truth.masks = Some(
+        truth
+            .boxes
+            .iter()
+            .map(|b| ellipse_mask(*b, h as usize, w as usize))
+            .collect(),
+    );
+    let l = losses(&model, images, meta, truth);
+    assert_losses(
+        &l,
+        &fx["losses"],
+        &[
+            ("loss_rpn_cls", "loss_objectness"),
+            ("loss_rpn_bbox", "loss_rpn_box_reg"),
+            ("loss_cls", "loss_classifier"),
+            ("loss_bbox", "loss_box_reg"),
+            ("loss_mask", "loss_mask"),
+        ],
+    );
+}
+
+/// The script's GT mask of a box (`gt_masks`): the inscribed ellipse, in exact integers. Pixel (y, x) is
+/// inside when `(2x + 1 - (x0 + x1))^2 (y1 - y0)^2 + (2y + 1 - (y0 + y1))^2 (x1 - x0)^2 <= (x1 - x0)^2
+/// (y1 - y0)^2`, i.e. its centre lies in the ellipse of the box's centre and half-sides.
+fn ellipse_mask(b: [f32; 4], h: usize, w: usize) -> RleMask {
+    let [x0, y0, x1, y1] = b.map(|v| v as i64);
+    let (rx2, ry2) = (x1 - x0, y1 - y0);
+    let bitmap: Vec<bool> = (0..h as i64)
+        .flat_map(|y| (0..w as i64).map(move |x| (y, x)))
+        .map(|(y, x)| {
+            let dx = 2 * x + 1 - (x0 + x1);
+            let dy = 2 * y + 1 - (y0 + y1);
+            dx * dx * ry2 * ry2 + dy * dy * rx2 * rx2 <= rx2 * rx2 * ry2 * ry2
+        })
+        .collect();
+    RleMask::encode(&bitmap, [h, w])
 }
