@@ -478,6 +478,33 @@ pub fn record_shapes(file: &Path) -> Result<Vec<(String, Vec<usize>)>, Checkpoin
     Ok(out)
 }
 
+/// Whether burn's `ParamId::deserialize` takes `id` without a panic: base32 (DNSSEC alphabet, no padding)
+/// of at most 8 bytes with zero trailing bits, or a UUID (32 hex digits, hyphenated or not).
+fn valid_param_id(id: &str) -> bool {
+    let base32 = id
+        .bytes()
+        .map(|c| match c {
+            b'0'..=b'9' => Some(u32::from(c - b'0')),
+            b'a'..=b'v' => Some(u32::from(c - b'a') + 10),
+            _ => None,
+        })
+        .collect::<Option<Vec<u32>>>();
+    if let Some(digits) = base32 {
+        let bits = digits.len() * 5;
+        let spare = bits % 8;
+        // lengths that end inside a byte with 5 bits or more spare are not valid encodings
+        let whole = matches!(digits.len() % 8, 0 | 2 | 4 | 5 | 7);
+        let trailing_zero = digits
+            .last()
+            .is_none_or(|&d| spare == 0 || d & ((1 << spare) - 1) == 0);
+        return whole && trailing_zero && bits / 8 <= 8;
+    }
+    let hex: String = id.chars().filter(|&c| c != '-').collect();
+    let hyphens_ok = !id.contains('-')
+        || (id.len() == 36 && [8, 13, 18, 23].iter().all(|&i| id.as_bytes()[i] == b'-'));
+    hex.len() == 32 && hex.chars().all(|c| c.is_ascii_hexdigit()) && hyphens_ok
+}
+
 /// Walks any serde value, recording `(path, shape)` of every `ParamSerde { id, param: TensorData { bytes,
 /// shape, dtype } }` below the record's `item`; tensor bytes are skipped, not kept.
 struct RecordWalker<'a> {
@@ -514,6 +541,15 @@ impl<'de> serde::de::Visitor<'de> for RecordWalker<'_> {
                     })?;
                 } else {
                     map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            } else if !in_param && key == "id" {
+                // `ParamSerde { id, param }`: burn parses the id with a panic on a bad one
+                let id: String = map.next_value()?;
+                if !valid_param_id(&id) {
+                    return Err(serde::de::Error::custom(format!(
+                        "invalid parameter id {id:?} at `{}`",
+                        self.path.join(".")
+                    )));
                 }
             } else if in_param && key == "shape" {
                 let shape: Vec<usize> = map.next_value()?;
@@ -748,6 +784,37 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    /// burn parses parameter ids with a panic on a bad one (found by the `record` fuzz target: a changed
+    /// byte in an id): such a record is refused naming the id and where it is. The ids burn writes pass.
+    #[test]
+    fn bad_parameter_ids_are_refused_before_burn_reads_them() {
+        let device = Default::default();
+        let d = dir("ids");
+        let m = LinearConfig::new(2, 3).init::<A>(&device);
+        save_model(&d.join("epoch_1"), &m, &state(1)).unwrap();
+        let file = d.join("epoch_1/model.mpk");
+        let good = std::fs::read(&file).unwrap();
+        assert!(record_shapes(&file).is_ok());
+        // burn's ids: 13 base32 characters (8 bytes)
+        let id = burn::module::ParamId::new().serialize();
+        assert!(valid_param_id(&id), "{id}");
+        assert!(valid_param_id("6f2b7f0e-8d42-4a3c-9c1e-2d3b4a5c6d7e"));
+        for bad in ["", "w", "0123456789abcdefg", "zz", "a"] {
+            assert!(!valid_param_id(bad) || bad.is_empty(), "{bad:?}");
+        }
+        // one id's first character replaced by one outside the alphabet
+        let at = good
+            .windows(13)
+            .position(|w| w.iter().all(|c| c.is_ascii_digit() || (b'a'..=b'v').contains(c)))
+            .unwrap();
+        let mut bad = good.clone();
+        bad[at] = b'~';
+        std::fs::write(&file, &bad).unwrap();
+        let e = load_model::<A, _>(&d.join("epoch_1"), m, &device).unwrap_err().to_string();
+        assert!(e.contains("invalid parameter id") && e.contains("model.mpk"), "{e}");
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[derive(burn::module::Module, Debug)]
