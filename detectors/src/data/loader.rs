@@ -155,9 +155,19 @@ pub fn decode(file: &std::path::Path) -> Result<image::RgbImage, ImageError> {
 /// [`decode`] with another pixel limit.
 pub fn decode_with_limit(file: &std::path::Path, max_pixels: u64) -> Result<image::RgbImage, ImageError> {
     let bytes = std::fs::read(file).map_err(|e| ImageError::bad_image(file, e.to_string()))?;
+    decode_bytes(&bytes, file, max_pixels)
+}
+
+/// Decode an image file's bytes into RGB, refusing more than `max_pixels` before decoding; `file` names the
+/// image in errors (the fuzz target `image_decode` calls this on arbitrary bytes).
+pub fn decode_bytes(
+    bytes: &[u8],
+    file: &std::path::Path,
+    max_pixels: u64,
+) -> Result<image::RgbImage, ImageError> {
     let cannot = |e: &dyn std::fmt::Display| ImageError::bad_image(file, format!("cannot decode: {e}"));
     let reader = || {
-        image::ImageReader::new(std::io::Cursor::new(&bytes[..]))
+        image::ImageReader::new(std::io::Cursor::new(bytes))
             .with_guessed_format()
             .map_err(|e| cannot(&e))
     };
