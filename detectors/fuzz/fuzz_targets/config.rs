@@ -28,7 +28,10 @@ fn input_dir() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let configs = scratch("config").join("configs");
-        copy_tree(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs"), &configs);
+        copy_tree(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs"),
+            &configs,
+        );
         let dir = configs.join("fuzz");
         std::fs::create_dir_all(&dir).expect("configs/fuzz");
         dir
@@ -55,12 +58,21 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let m = &cfg.model;
-    let _ = (m.num_classes(), m.layout(), m.test_proposals(), m.trains_masks(), m.class_ids());
+    let _ = (
+        m.num_classes(),
+        m.layout(),
+        m.test_proposals(),
+        m.trains_masks(),
+        m.class_ids(),
+    );
     // the resolved config is what a work dir records and `test CKPT` loads back
     let saved = input_dir().join("resolved.json");
     std::fs::write(&saved, serde_json::to_vec_pretty(&resolved).expect("JSON")).expect("written");
     let (again, resolved_again) = load_typed::<ExperimentConfig>(&saved, &[])
         .unwrap_or_else(|e| panic!("a resolved config does not load back: {e}"));
-    assert_eq!(resolved, resolved_again, "the resolved config changed on a round trip");
+    assert_eq!(
+        resolved, resolved_again,
+        "the resolved config changed on a round trip"
+    );
     validate_experiment(&again, "resolved.json").expect("a valid config stays valid");
 });

@@ -47,7 +47,11 @@ fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
-    let bytes = if mode % 2 == 0 { rest.to_vec() } else { edited(rest) };
+    let bytes = if mode % 2 == 0 {
+        rest.to_vec()
+    } else {
+        edited(rest)
+    };
     let dir = scratch("record").join("input");
     std::fs::create_dir_all(&dir).expect("the input dir");
     let file = dir.join("model.mpk");

@@ -13,7 +13,11 @@ fuzz_target!(|data: &[u8]| {
     let Some((&kind, file)) = data.split_first() else {
         return;
     };
-    let name = if kind % 2 == 0 { "input.pth" } else { "input.safetensors" };
+    let name = if kind % 2 == 0 {
+        "input.pth"
+    } else {
+        "input.safetensors"
+    };
     let path = scratch("torch_checkpoint").join(name);
     std::fs::write(&path, file).expect("the input written");
     let fit = if kind & 2 == 0 {
@@ -28,6 +32,10 @@ fuzz_target!(|data: &[u8]| {
     let mut model = Tiny::<B>::new(&device);
     let before = shapes(&model);
     if load_any(&mut model, &path, &[], "tiny", &fit).is_ok() {
-        assert_eq!(shapes(&model), before, "a strict load changed the module's shapes");
+        assert_eq!(
+            shapes(&model),
+            before,
+            "a strict load changed the module's shapes"
+        );
     }
 });

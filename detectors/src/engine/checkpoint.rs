@@ -500,8 +500,8 @@ fn valid_param_id(id: &str) -> bool {
         return whole && trailing_zero && bits / 8 <= 8;
     }
     let hex: String = id.chars().filter(|&c| c != '-').collect();
-    let hyphens_ok = !id.contains('-')
-        || (id.len() == 36 && [8, 13, 18, 23].iter().all(|&i| id.as_bytes()[i] == b'-'));
+    let hyphens_ok =
+        !id.contains('-') || (id.len() == 36 && [8, 13, 18, 23].iter().all(|&i| id.as_bytes()[i] == b'-'));
     hex.len() == 32 && hex.chars().all(|c| c.is_ascii_hexdigit()) && hyphens_ok
 }
 
@@ -812,8 +812,13 @@ mod tests {
         let mut bad = good.clone();
         bad[at] = b'~';
         std::fs::write(&file, &bad).unwrap();
-        let e = load_model::<A, _>(&d.join("epoch_1"), m, &device).unwrap_err().to_string();
-        assert!(e.contains("invalid parameter id") && e.contains("model.mpk"), "{e}");
+        let e = load_model::<A, _>(&d.join("epoch_1"), m, &device)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("invalid parameter id") && e.contains("model.mpk"),
+            "{e}"
+        );
         let _ = std::fs::remove_dir_all(&d);
     }
 
