@@ -203,7 +203,9 @@ pub fn load_pytorch<B: Backend, M: ModuleSnapshot<B>>(
         path: path.to_path_buf(),
         reason,
     };
-    let reader = PytorchReader::new(path).map_err(|e| read_err(e.to_string()))?;
+    let reader = guarded(path, || {
+        PytorchReader::new(path).map_err(|e| read_err(e.to_string()))
+    })?;
     let nested = reader.keys().iter().any(|k| k.starts_with("state_dict."));
     let keys: Vec<String> = reader
         .keys()
@@ -337,13 +339,36 @@ fn apply_store<B: Backend, M: ModuleSnapshot<B>, S: ModuleStore>(
     model_name: &str,
     fit: &Fit,
 ) -> Result<LoadSummary, BackboneError> {
-    let result = model
-        .load_from(store)
-        .map_err(|e| BackboneError::CheckpointRead {
+    let result = guarded(origin, || {
+        model.load_from(store).map_err(|e| BackboneError::CheckpointRead {
             path: origin.to_path_buf(),
             reason: e.to_string(),
-        })?;
+        })
+    })?;
     check_fit(result, origin, model_name, fit)
+}
+
+/// Run a read of burn-store on a checkpoint file with the panic hook silenced. burn asserts instead of
+/// failing on some corrupt files (a tensor whose shape does not fit its data: found by the
+/// `torch_checkpoint` fuzz target); burn-store catches that panic and reports a load error, which we name
+/// with the file, but the hook would first print a panic report (and libFuzzer's aborts). A panic that
+/// escapes becomes a read error naming the file.
+fn guarded<T>(path: &Path, read: impl FnOnce() -> Result<T, BackboneError>) -> Result<T, BackboneError> {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(read));
+    std::panic::set_hook(previous);
+    result.unwrap_or_else(|p| {
+        let what = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown failure".into());
+        Err(BackboneError::CheckpointRead {
+            path: path.to_path_buf(),
+            reason: format!("corrupt checkpoint: {}", what.lines().next().unwrap_or_default()),
+        })
+    })
 }
 
 /// Write `model`'s weights in our safetensors format, atomically (temporary file, then rename).
