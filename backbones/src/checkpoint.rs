@@ -354,16 +354,7 @@ fn apply_store<B: Backend, M: ModuleSnapshot<B>, S: ModuleStore>(
 /// with the file, but the hook would first print a panic report (and libFuzzer's aborts). A panic that
 /// escapes becomes a read error naming the file.
 fn guarded<T>(path: &Path, read: impl FnOnce() -> Result<T, BackboneError>) -> Result<T, BackboneError> {
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(read));
-    std::panic::set_hook(previous);
-    result.unwrap_or_else(|p| {
-        let what = p
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| p.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown failure".into());
+    crate::panics::quietly(read).unwrap_or_else(|what| {
         Err(BackboneError::CheckpointRead {
             path: path.to_path_buf(),
             reason: format!("corrupt checkpoint: {}", what.lines().next().unwrap_or_default()),

@@ -50,6 +50,7 @@ pub mod mobile_attention;
 pub mod mobile_layers;
 pub mod mobilenet_v2;
 pub mod norm;
+pub mod panics;
 pub mod resnet;
 pub mod sda;
 pub mod zoo;

@@ -160,12 +160,8 @@ pub fn cuda_usable(index: usize) -> bool {
 /// Run `f`, turning a panic into `None` without printing it (burn's GPU runtimes panic when a device is
 /// missing).
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
-fn quietly<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> Option<R> {
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let result = std::panic::catch_unwind(f).ok();
-    std::panic::set_hook(previous);
-    result
+fn quietly<R>(f: impl FnOnce() -> R) -> Option<R> {
+    attndet_backbones::panics::quietly(f).ok()
 }
 
 /// The wgpu adapters of the graphics API burn's wgpu backend uses here (Vulkan on Linux), and the burn device

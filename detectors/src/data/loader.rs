@@ -474,7 +474,10 @@ impl EpochLoader {
                             Err(loader_failure(
                                 &records,
                                 indices,
-                                format!("the loader worker panicked: {}", panic_message(&*payload)),
+                                format!(
+                                    "the loader worker panicked: {}",
+                                    attndet_backbones::panics::panic_text(&*payload)
+                                ),
                             ))
                         });
                         let failed = result.as_ref().is_err_and(|e| e.loader_failure);
@@ -525,15 +528,6 @@ fn loader_failure(records: &[DetRecord], indices: &[usize], what: String) -> Ima
         message: format!("{what} (batch of {} images starting here)", indices.len()),
         loader_failure: true,
     }
-}
-
-/// The text of a panic payload (`panic!` with a literal or a formatted message).
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into())
 }
 
 fn make_batch(
