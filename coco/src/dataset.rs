@@ -52,25 +52,25 @@ pub fn read_json_file(path: &Path) -> Result<Vec<u8>, CocoError> {
             limit,
         });
     }
-    // the size is the file system's word; a device or pipe (`/dev/zero`, `<(...)`) reports 0, so the read
-    // itself stops one byte past the limit
-    let mut bytes = Vec::new();
-    std::io::Read::read_to_end(
-        &mut std::io::Read::take(
-            std::fs::File::open(path).map_err(read_err)?,
-            limit.saturating_add(1),
-        ),
-        &mut bytes,
-    )
-    .map_err(read_err)?;
-    if bytes.len() as u64 > limit {
-        return Err(CocoError::TooLarge {
+    read_at_most(path, limit)
+        .map_err(read_err)?
+        .ok_or(CocoError::TooLarge {
             path: path.to_owned(),
-            size: bytes.len() as u64,
+            size: limit.saturating_add(1),
             limit,
-        });
-    }
-    Ok(bytes)
+        })
+}
+
+/// The whole of `path` if it holds at most `limit` bytes, `None` if it holds more. The read itself stops one
+/// byte past the limit: a file's reported size is the file system's word, and a device or pipe (`/dev/zero`,
+/// `<(...)`) reports 0, so a check of the size alone would let one be read without end.
+pub fn read_at_most(path: &Path, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)?;
+    Ok((bytes.len() as u64 <= limit).then_some(bytes))
 }
 
 impl CocoDataset {

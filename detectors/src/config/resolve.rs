@@ -41,19 +41,20 @@ fn load_with_bases(path: &Path, chain: &mut Vec<PathBuf>) -> Result<Value, Confi
             "{size} bytes; a config file is at most {MAX_CONFIG_BYTES} bytes"
         ))));
     }
-    // a device or pipe reports size 0 (`"_base_": "/dev/zero"` would be read without end): the read itself
-    // stops past the limit
-    let mut text = String::new();
-    std::io::Read::read_to_string(
-        &mut std::io::Read::take(std::fs::File::open(path).map_err(io_err)?, MAX_CONFIG_BYTES + 1),
-        &mut text,
-    )
-    .map_err(io_err)?;
-    if text.len() as u64 > MAX_CONFIG_BYTES {
-        return Err(io_err(std::io::Error::other(format!(
-            "more than {MAX_CONFIG_BYTES} bytes; a config file is at most {MAX_CONFIG_BYTES} bytes"
-        ))));
-    }
+    // a device or pipe reports size 0 (`"_base_": "/dev/zero"`): the read itself stops past the limit
+    let bytes = attndet_coco::dataset::read_at_most(path, MAX_CONFIG_BYTES)
+        .map_err(io_err)?
+        .ok_or_else(|| {
+            io_err(std::io::Error::other(format!(
+                "more than {MAX_CONFIG_BYTES} bytes; a config file is at most {MAX_CONFIG_BYTES} bytes"
+            )))
+        })?;
+    let text = String::from_utf8(bytes).map_err(|_| {
+        io_err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        ))
+    })?;
     let mut value: Value = serde_json::from_str(&text).map_err(|source| ConfigError::Json {
         path: path.to_path_buf(),
         source,
