@@ -531,45 +531,29 @@ mod tests {
 
     #[test]
     fn joining_checks_the_counts_and_the_master() {
+        // node 0 expects 2 nodes of 2 devices; `hello` joins: both sides' errors
+        let refused = |hello: Hello| {
+            let (l, addr) = listener();
+            let j = std::thread::spawn(move || NodeLink::connect(addr, hello, T));
+            let e0 = NodeLink::accept(l, 2, 2, T).unwrap_err().0;
+            (e0, j.join().unwrap().unwrap_err().0)
+        };
         // another --nnodes: refused, both sides say why
-        let (l, addr) = listener();
-        let j = std::thread::spawn(move || {
-            NodeLink::connect(
-                addr,
-                Hello {
-                    rank: 1,
-                    nnodes: 3,
-                    local_replicas: 2,
-                },
-                T,
-            )
+        let (e0, e1) = refused(Hello {
+            rank: 1,
+            nnodes: 3,
+            local_replicas: 2,
         });
-        let e0 = NodeLink::accept(l, 2, 2, T).unwrap_err().0;
-        let e1 = j.join().unwrap().unwrap_err().0;
         assert!(e0.contains("--nnodes 3") && e0.contains("--nnodes 2"), "{e0}");
         assert!(e1.contains("refused") && e1.contains("--nnodes 3"), "{e1}");
         // another device count
-        let (l, addr) = listener();
-        let j = std::thread::spawn(move || {
-            NodeLink::connect(
-                addr,
-                Hello {
-                    rank: 1,
-                    nnodes: 2,
-                    local_replicas: 1,
-                },
-                T,
-            )
+        let (e0, e1) = refused(Hello {
+            rank: 1,
+            nnodes: 2,
+            local_replicas: 1,
         });
-        let e0 = NodeLink::accept(l, 2, 2, T).unwrap_err().0;
         assert!(e0.contains("node 1 has 1 devices, node 0 has 2"), "{e0}");
-        assert!(
-            j.join()
-                .unwrap()
-                .unwrap_err()
-                .0
-                .contains("every node lists as many")
-        );
+        assert!(e1.contains("every node lists as many"), "{e1}");
         // nobody listening: an error after the timeout
         let (l, addr) = listener();
         drop(l);
