@@ -184,6 +184,9 @@ impl RoiExtractor {
         }
         let inverse =
             Tensor::<B, 1, Int>::from_data(TensorData::new(inverse, [k]).convert::<B::IntElem>(), &device);
-        Ok(Tensor::cat(parts, 0).select(0, inverse))
+        // The permutation runs on rows of `C * out_h * out_w`: burn-flex's select backward (`select_add`) has a
+        // row-copy path for 2-d tensors only, and its element-wise N-d path cost 8 % of a Cascade R-CNN step.
+        let rows = Tensor::cat(parts, 0).reshape([k, c * oh * ow]);
+        Ok(rows.select(0, inverse).reshape([k, c, oh, ow]))
     }
 }
