@@ -14,6 +14,8 @@
 //!   with the final CPU checkpoint on both devices gives the same detections (boxes to 1e-2 px).
 #![cfg(feature = "wgpu")]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use attndet_detectors::ops::{RoiAlignOptions, batched_nms, batched_nms_host, roi_align};
@@ -22,6 +24,7 @@ use burn::backend::wgpu::WgpuDevice;
 use burn::backend::{Autodiff, Flex, Wgpu};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
+use common::stages::{CASCADE_RCNN_TINY, FASTER_RCNN_TINY, MASK_RCNN_TINY, RETINANET_TINY};
 
 /// The device of the tests: wgpu's preferred adapter (lavapipe on CI).
 fn gpu() -> WgpuDevice {
@@ -325,6 +328,77 @@ fn assert_same_detections(cpu: &[Vec<Det>], gpu: &[Vec<Det>]) {
     assert!(total > 0, "no detection compared");
 }
 
+/// The bound of one stage's relative difference between wgpu and the CPU: forward outputs and losses 1e-4 of
+/// their scale, gradients 1e-3 (a backward sums over more terms, in another order), and the loss normalisers
+/// (numbers of positives, sampled RoIs) exactly: a different count means a different assignment.
+fn stage_bound(name: &str) -> f32 {
+    if name.starts_with("normaliser.") {
+        0.0
+    } else if name.starts_with("grad.") {
+        1e-3
+    } else {
+        1e-4
+    }
+}
+
+/// The same weights and batch on the CPU and on wgpu, stage by stage (`common::stages`): the table is printed,
+/// and every stage over its bound is named.
+fn stages_agree(name: &str, config: &str, overrides: &[&str]) {
+    let tmp = TempDir::new(&format!("gpu-stages-{name}"));
+    let started = std::time::Instant::now();
+    let diffs = common::stages::detector_stages::<Autodiff<Flex>, Autodiff<Wgpu>>(
+        config,
+        overrides,
+        &Default::default(),
+        &gpu(),
+        tmp.path(),
+    );
+    let table = common::stages::report(&format!("{name} (cpu against wgpu)"), &diffs);
+    eprintln!("{table}{name}: {:.1} s", started.elapsed().as_secs_f64());
+    let over: Vec<&str> = diffs
+        .iter()
+        .filter(|d| !(d.relative() <= stage_bound(&d.name)))
+        .map(|d| d.name.as_str())
+        .collect();
+    assert!(over.is_empty(), "{name}: over the bound: {over:?}\n{table}");
+}
+
+#[test]
+fn retinanet_stages_on_wgpu_equal_the_cpu() {
+    stages_agree(
+        "retinanet",
+        "retinanet/retinanet_r18_fpn_synth_demo.json",
+        RETINANET_TINY,
+    );
+}
+
+#[test]
+fn faster_rcnn_stages_on_wgpu_equal_the_cpu() {
+    stages_agree(
+        "faster-rcnn",
+        "faster_rcnn/faster_rcnn_r18_fpn_synth_demo.json",
+        FASTER_RCNN_TINY,
+    );
+}
+
+#[test]
+fn mask_rcnn_stages_on_wgpu_equal_the_cpu() {
+    stages_agree(
+        "mask-rcnn",
+        "mask_rcnn/mask_rcnn_r18_fpn_synth_demo.json",
+        MASK_RCNN_TINY,
+    );
+}
+
+#[test]
+fn cascade_rcnn_stages_on_wgpu_equal_the_cpu() {
+    stages_agree(
+        "cascade-rcnn",
+        "cascade_rcnn/cascade_rcnn_r18_fpn_synth_demo.json",
+        CASCADE_RCNN_TINY,
+    );
+}
+
 /// CPU trains epoch 1 (and 2, the reference); epoch 2 runs again from the epoch-1 checkpoint on wgpu; then
 /// `infer` with the final CPU checkpoint on both devices.
 fn cpu_and_wgpu_agree(name: &str, config: &str, overrides: &[&str]) {
@@ -349,6 +423,8 @@ fn cpu_and_wgpu_agree(name: &str, config: &str, overrides: &[&str]) {
         "lr_config.warmup_iters=2".into(),
         "log_config.interval=1".into(),
         "evaluation.interval=0".into(),
+        // keep epoch_1: the wgpu run resumes from it
+        "checkpoint_config.max_keep_ckpts=null".into(),
     ];
     opts.extend(overrides.iter().map(|s| s.to_string()));
     let train = |work: &Path, device: &str, extra: &[String]| {
@@ -441,11 +517,7 @@ fn retinanet_trains_and_detects_on_wgpu_as_on_the_cpu() {
     cpu_and_wgpu_agree(
         "retinanet",
         "retinanet/retinanet_r18_fpn_synth_demo.json",
-        &[
-            "model.neck.out_channels=16",
-            "model.bbox_head.feat_channels=16",
-            "model.bbox_head.stacked_convs=1",
-        ],
+        RETINANET_TINY,
     );
 }
 
@@ -455,12 +527,7 @@ fn faster_rcnn_trains_and_detects_on_wgpu_as_on_the_cpu() {
     cpu_and_wgpu_agree(
         "faster-rcnn",
         "faster_rcnn/faster_rcnn_r18_fpn_synth_demo.json",
-        &[
-            "model.neck.out_channels=16",
-            "model.rpn_head.feat_channels=16",
-            "model.roi_head.bbox_head.in_channels=16",
-            "model.roi_head.bbox_head.fc_out_channels=32",
-        ],
+        FASTER_RCNN_TINY,
     );
 }
 
@@ -470,13 +537,16 @@ fn mask_rcnn_trains_and_detects_on_wgpu_as_on_the_cpu() {
     cpu_and_wgpu_agree(
         "mask-rcnn",
         "mask_rcnn/mask_rcnn_r18_fpn_synth_demo.json",
-        &[
-            "model.neck.out_channels=16",
-            "model.rpn_head.feat_channels=16",
-            "model.roi_head.bbox_head.in_channels=16",
-            "model.roi_head.bbox_head.fc_out_channels=32",
-            "model.roi_head.mask_head.in_channels=16",
-            "model.roi_head.mask_head.conv_out_channels=16",
-        ],
+        MASK_RCNN_TINY,
+    );
+}
+
+#[test]
+#[ignore = "slow on lavapipe; run with --ignored"]
+fn cascade_rcnn_trains_and_detects_on_wgpu_as_on_the_cpu() {
+    cpu_and_wgpu_agree(
+        "cascade-rcnn",
+        "cascade_rcnn/cascade_rcnn_r18_fpn_synth_demo.json",
+        CASCADE_RCNN_TINY,
     );
 }
