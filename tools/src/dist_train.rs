@@ -46,7 +46,7 @@ pub struct DistTrainArgs {
     /// Number of nodes (processes) of the run.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub nnodes: u32,
-    /// This node's rank, 0..N-1 (node 0 listens on the master port, gathers the sums and writes the work
+    /// This node's rank, 0..N-1 (node 0 listens on the master port, sets up the ring and writes the work
     /// dir).
     #[arg(long, default_value_t = 0, value_name = "R")]
     pub node_rank: u32,

@@ -59,7 +59,7 @@ pub const MAX_TERMS: usize = 32;
 pub struct NodeSetup {
     /// Number of nodes (processes).
     pub num_nodes: u32,
-    /// This node's rank (0 gathers the sums and writes the work dir).
+    /// This node's rank (0 sets up the ring and writes the work dir).
     pub rank: u32,
     link: Mutex<NodeLink>,
     posted: Mutex<Posted>,
