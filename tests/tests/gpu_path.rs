@@ -25,25 +25,11 @@ use burn::backend::{Autodiff, Flex, Wgpu};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use common::stages::{CASCADE_RCNN_TINY, FASTER_RCNN_TINY, MASK_RCNN_TINY, RETINANET_TINY};
+use common::values;
 
 /// The device of the tests: wgpu's preferred adapter (lavapipe on CI).
 fn gpu() -> WgpuDevice {
     WgpuDevice::DefaultDevice
-}
-
-/// Deterministic values in `[-1, 1)` (a 64-bit LCG; the tests need varied data, not a particular law).
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
 }
 
 fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {

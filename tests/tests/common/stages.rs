@@ -103,15 +103,7 @@ pub fn tiny_config(config: &str, overrides: &[&str]) -> ExperimentConfig {
 /// A batch of two 64 x 64 images (values in [-1, 1), a fixed LCG) with three boxes of three classes and their
 /// masks (filled rectangles).
 fn batch() -> (Vec<f32>, Vec<BatchItem>) {
-    let mut s = 0x2545_f491_4f6c_dd1du64;
-    let pixels = (0..2 * 3 * 64 * 64)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect();
+    let pixels = super::values(2 * 3 * 64 * 64, 0x2545_f491_4f6c_dd1d);
     let rect_mask = |b: [f32; 4]| {
         let bitmap: Vec<bool> = (0..64 * 64)
             .map(|i| {
