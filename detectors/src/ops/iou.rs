@@ -44,28 +44,26 @@ pub fn pairwise_overlaps<B: Backend>(
     if n == 0 || m == 0 {
         return Ok(Tensor::zeros([n, m], &device));
     }
-    let [ax1, ay1, ax2, ay2] = split(a);
-    let [bx1, by1, bx2, by2] = split(b);
-    let (bx1, by1, bx2, by2) = (
-        bx1.reshape([1, m]),
-        by1.reshape([1, m]),
-        bx2.reshape([1, m]),
-        by2.reshape([1, m]),
+    // Both sides expanded to `[N, M]` before `min_pair`/`max_pair` (a `mask_where` inside): with a `[N, 1]`
+    // side against `[N, M]` burn 0.21's wgpu backend gave zero overlaps for most rows, where the CPU
+    // backend broadcasts (found by `tests/gpu_path.rs::retinanet_assignment_on_wgpu_equals_the_cpu`).
+    let [ax1, ay1, ax2, ay2] = split(a).map(|t| t.expand([n, m]));
+    let [bx1, by1, bx2, by2] = split(b).map(|t| t.reshape([1, m]).expand([n, m]));
+    let (inter, union) = inter_union(
+        ax1.clone(),
+        ay1.clone(),
+        ax2.clone(),
+        ay2.clone(),
+        bx1,
+        by1,
+        bx2,
+        by2,
     );
-    let area_a = (ax2.clone() - ax1.clone()) * (ay2.clone() - ay1.clone()); // [N,1]
-    let w =
-        (ax2.min_pair(bx2.clone().expand([n, m])) - ax1.max_pair(bx1.clone().expand([n, m]))).clamp_min(0.0);
-    let h =
-        (ay2.min_pair(by2.clone().expand([n, m])) - ay1.max_pair(by1.clone().expand([n, m]))).clamp_min(0.0);
-    let inter = w * h;
     let denom = match mode {
-        OverlapMode::Iou => {
-            let area_b = (bx2 - bx1) * (by2 - by1); // [1,M]
-            area_a + area_b - inter.clone()
-        }
-        OverlapMode::Iof => area_a.expand([n, m]),
+        OverlapMode::Iou => union,
+        OverlapMode::Iof => ((ax2 - ax1) * (ay2 - ay1)).clamp_min(OVERLAP_EPS),
     };
-    Ok(inter / denom.clamp_min(OVERLAP_EPS))
+    Ok(inter / denom)
 }
 
 /// Pairwise generalized IoU, `iou - (enclose - union) / enclose`, in `[-1, 1]`.
@@ -84,10 +82,9 @@ pub fn pairwise_giou<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Result<Ten
     if n == 0 || m == 0 {
         return Ok(Tensor::zeros([n, m], &device));
     }
-    let [ax1, ay1, ax2, ay2] = split(a);
-    let [bx1, by1, bx2, by2] = split(b);
-    let ex = |t: Tensor<B, 2>| t.reshape([1, m]).expand([n, m]);
-    let (bx1, by1, bx2, by2) = (ex(bx1), ex(by1), ex(bx2), ex(by2));
+    // both sides `[N, M]`, as in `pairwise_overlaps`
+    let [ax1, ay1, ax2, ay2] = split(a).map(|t| t.expand([n, m]));
+    let [bx1, by1, bx2, by2] = split(b).map(|t| t.reshape([1, m]).expand([n, m]));
     Ok(giou_parts(ax1, ay1, ax2, ay2, bx1, by1, bx2, by2))
 }
 
