@@ -228,11 +228,7 @@ impl<B: Backend> Fpn<B> {
             .collect();
         for i in (1..used).rev() {
             let [_, _, h, w] = laterals[i - 1].dims();
-            let up = interpolate(
-                laterals[i].clone(),
-                [h, w],
-                InterpolateOptions::new(InterpolateMode::Nearest),
-            );
+            let up = upsample_nearest(laterals[i].clone(), [h, w]);
             laterals[i - 1] = laterals[i - 1].clone() + up;
         }
         let mut outs: Vec<Tensor<B, 4>> = laterals
@@ -319,5 +315,96 @@ impl<B: Backend> Fpn<B> {
             outs.push(next);
         }
         outs
+    }
+}
+
+/// Nearest-neighbour resize of `x` to `[h, w]` (PyTorch's `interpolate(mode="nearest")`: output pixel `y`
+/// reads input row `floor(y * H_in / h)`).
+///
+/// An integer factor (FPN's top-down 2x) is a broadcast: `[N, C, H, 1, W, 1]` expanded to
+/// `[N, C, H, fh, W, fw]`, whose backward is a sum over each `fh x fw` block on every backend. burn 0.21's
+/// wgpu backend gets the backward of its nearest `interpolate` wrong (the gradient reaching FPN's top lateral
+/// conv differed from the CPU's by its own size; found by `tests/gpu_path.rs`); other ratios use that
+/// `interpolate`.
+///
+/// # Shapes
+/// - x: `[N, C, H, W]` -> `[N, C, h, w]`
+pub fn upsample_nearest<B: Backend>(x: Tensor<B, 4>, [h, w]: [usize; 2]) -> Tensor<B, 4> {
+    let [n, c, hi, wi] = x.dims();
+    if n * c == 0 {
+        // burn's expand refuses zero sizes
+        return Tensor::zeros([n, c, h, w], &x.device());
+    }
+    if hi > 0 && wi > 0 && h % hi == 0 && w % wi == 0 {
+        let (fh, fw) = (h / hi, w / wi);
+        if fh == 1 && fw == 1 {
+            return x;
+        }
+        return x
+            .reshape([n, c, hi, 1, wi, 1])
+            .expand([n, c, hi, fh, wi, fw])
+            .reshape([n, c, h, w]);
+    }
+    interpolate(x, [h, w], InterpolateOptions::new(InterpolateMode::Nearest))
+}
+
+#[cfg(test)]
+mod upsample_tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+
+    type A = Autodiff<Flex>;
+
+    fn input<B: Backend>(shape: [usize; 4]) -> Tensor<B, 4> {
+        let len = shape.iter().product::<usize>();
+        let v: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin()).collect();
+        Tensor::from_data(TensorData::new(v, shape), &Default::default())
+    }
+
+    #[test]
+    fn forward_equals_burns_nearest_interpolate_for_any_ratio() {
+        for (shape, out) in [
+            ([2, 3, 4, 5], [8, 10]),
+            ([1, 2, 3, 3], [12, 6]),
+            ([1, 1, 3, 5], [5, 9]),
+            ([1, 2, 4, 4], [4, 4]),
+        ] {
+            let x = input::<Flex>(shape);
+            let want = interpolate(x.clone(), out, InterpolateOptions::new(InterpolateMode::Nearest));
+            let got = upsample_nearest(x, out);
+            assert_eq!(got.dims(), want.dims());
+            assert_eq!(
+                got.into_data().to_vec::<f32>().unwrap(),
+                want.into_data().to_vec::<f32>().unwrap(),
+                "{shape:?} -> {out:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn backward_of_a_2x_upsample_sums_each_block() {
+        // d/dx sum(up(x) * g) = the sum of g over the 2 x 2 block that x[i, j] was copied to (by hand)
+        let x = input::<A>([1, 2, 3, 4]).require_grad();
+        let g = input::<A>([1, 2, 6, 8]).mul_scalar(1.5);
+        let grads = (upsample_nearest(x.clone(), [6, 8]) * g.clone()).sum().backward();
+        let got = x.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
+        let gv = g.into_data().to_vec::<f32>().unwrap();
+        let mut want = vec![0f32; 2 * 3 * 4];
+        for c in 0..2 {
+            for y in 0..6 {
+                for xx in 0..8 {
+                    want[c * 12 + (y / 2) * 4 + xx / 2] += gv[c * 48 + y * 8 + xx];
+                }
+            }
+        }
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() <= 1e-5, "{got:?} vs {want:?}");
+        }
+    }
+
+    #[test]
+    fn an_empty_batch_stays_empty() {
+        let x = Tensor::<Flex, 4>::zeros([0, 3, 2, 2], &Default::default());
+        assert_eq!(upsample_nearest(x, [4, 4]).dims(), [0, 3, 4, 4]);
     }
 }
