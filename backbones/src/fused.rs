@@ -451,6 +451,12 @@ mod tests {
             groups: 2,
             ..square_conv(2, 32, [6, 6], 16, 3, 1, 1)
         });
+        // the ResNet-18 stages of a 64 x 64 batch
+        compare_training(square_conv(2, 64, [16, 16], 64, 3, 1, 1));
+        compare_training(square_conv(2, 64, [16, 16], 128, 3, 2, 1));
+        compare_training(square_conv(2, 64, [16, 16], 128, 1, 2, 0));
+        compare_training(square_conv(2, 128, [8, 8], 128, 3, 1, 1));
+        compare_training(square_conv(2, 256, [4, 4], 256, 3, 1, 1));
     }
 
     #[test]

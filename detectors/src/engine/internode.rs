@@ -511,7 +511,7 @@ impl Ring {
             let dst = &mut v[part(recv)];
             if reduce {
                 for (a, b) in dst.iter_mut().zip(&got) {
-                    *a = *b + *a;
+                    *a += *b; // the partial sum so far + this node's value (f32 addition commutes)
                 }
             } else {
                 dst.copy_from_slice(&got);

@@ -102,7 +102,7 @@ pub fn tiny_config(config: &str, overrides: &[&str]) -> ExperimentConfig {
 
 /// A batch of two 64 x 64 images (values in [-1, 1), a fixed LCG) with three boxes of three classes and their
 /// masks (filled rectangles).
-fn batch() -> (Vec<f32>, Vec<BatchItem>) {
+pub fn batch() -> (Vec<f32>, Vec<BatchItem>) {
     let pixels = super::values(2 * 3 * 64 * 64, 0x2545_f491_4f6c_dd1d);
     let rect_mask = |b: [f32; 4]| {
         let bitmap: Vec<bool> = (0..64 * 64)
