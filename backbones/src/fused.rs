@@ -140,6 +140,11 @@ fn symmetric_padding(padding: &PaddingConfig2d) -> Option<[usize; 2]> {
     }
 }
 
+/// Whether `B` is the CPU backend, `Flex` or `Autodiff<Flex>` (for code that picks a formulation by backend).
+pub fn is_cpu<B: Backend>() -> bool {
+    is_flex::<B>() || is_autodiff_flex::<B>()
+}
+
 /// Whether `B` is `Flex`, the CPU backend without autodiff, whose tensors the kernels can work on.
 fn is_flex<B: Backend>() -> bool {
     TypeId::of::<B>() == TypeId::of::<Flex>()

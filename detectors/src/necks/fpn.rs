@@ -321,31 +321,40 @@ impl<B: Backend> Fpn<B> {
 /// Nearest-neighbour resize of `x` to `[h, w]` (PyTorch's `interpolate(mode="nearest")`: output pixel `y`
 /// reads input row `floor(y * H_in / h)`).
 ///
-/// An integer factor (FPN's top-down 2x) is a broadcast: `[N, C, H, 1, W, 1]` expanded to
-/// `[N, C, H, fh, W, fw]`, whose backward is a sum over each `fh x fw` block on every backend. burn 0.21's
-/// wgpu backend gets the backward of its nearest `interpolate` wrong (the gradient reaching FPN's top lateral
-/// conv differed from the CPU's by its own size; found by `tests/gpu_path.rs`); other ratios use that
-/// `interpolate`.
+/// On the CPU this is burn's nearest `interpolate`. On the other backends an integer factor (FPN's top-down
+/// 2x) is [`upsample_broadcast`]: burn 0.21's wgpu backend gets the backward of its nearest `interpolate` wrong
+/// (the gradient reaching FPN's top lateral conv differed from the CPU's by its own size; found by
+/// `tests/gpu_path.rs`), and on the CPU the broadcast's backward is about 2x slower than `interpolate`'s.
 ///
 /// # Shapes
 /// - x: `[N, C, H, W]` -> `[N, C, h, w]`
 pub fn upsample_nearest<B: Backend>(x: Tensor<B, 4>, [h, w]: [usize; 2]) -> Tensor<B, 4> {
+    let [_, _, hi, wi] = x.dims();
+    let integer_factor = hi > 0 && wi > 0 && h % hi == 0 && w % wi == 0;
+    if integer_factor && !attndet_backbones::fused::is_cpu::<B>() {
+        return upsample_broadcast(x, [h / hi, w / wi]);
+    }
+    interpolate(x, [h, w], InterpolateOptions::new(InterpolateMode::Nearest))
+}
+
+/// Nearest upsampling by integer factors `[fh, fw]` as a broadcast: `[N, C, H, 1, W, 1]` expanded to
+/// `[N, C, H, fh, W, fw]`, whose backward is a sum over each `fh x fw` block on every backend.
+///
+/// # Shapes
+/// - x: `[N, C, H, W]` -> `[N, C, H * fh, W * fw]`
+pub fn upsample_broadcast<B: Backend>(x: Tensor<B, 4>, [fh, fw]: [usize; 2]) -> Tensor<B, 4> {
     let [n, c, hi, wi] = x.dims();
-    if n * c == 0 {
+    let (h, w) = (hi * fh, wi * fw);
+    if n * c * hi * wi == 0 {
         // burn's expand refuses zero sizes
         return Tensor::zeros([n, c, h, w], &x.device());
     }
-    if hi > 0 && wi > 0 && h % hi == 0 && w % wi == 0 {
-        let (fh, fw) = (h / hi, w / wi);
-        if fh == 1 && fw == 1 {
-            return x;
-        }
-        return x
-            .reshape([n, c, hi, 1, wi, 1])
-            .expand([n, c, hi, fh, wi, fw])
-            .reshape([n, c, h, w]);
+    if fh == 1 && fw == 1 {
+        return x;
     }
-    interpolate(x, [h, w], InterpolateOptions::new(InterpolateMode::Nearest))
+    x.reshape([n, c, hi, 1, wi, 1])
+        .expand([n, c, hi, fh, wi, fw])
+        .reshape([n, c, h, w])
 }
 
 #[cfg(test)]
@@ -371,7 +380,11 @@ mod upsample_tests {
         ] {
             let x = input::<Flex>(shape);
             let want = interpolate(x.clone(), out, InterpolateOptions::new(InterpolateMode::Nearest));
-            let got = upsample_nearest(x, out);
+            let got = if out[0] % shape[2] == 0 && out[1] % shape[3] == 0 {
+                upsample_broadcast(x, [out[0] / shape[2], out[1] / shape[3]])
+            } else {
+                upsample_nearest(x, out)
+            };
             assert_eq!(got.dims(), want.dims());
             assert_eq!(
                 got.into_data().to_vec::<f32>().unwrap(),
@@ -383,10 +396,22 @@ mod upsample_tests {
 
     #[test]
     fn backward_of_a_2x_upsample_sums_each_block() {
+        // both the broadcast and the CPU's interpolate
+        for broadcast in [true, false] {
+            backward_sums_each_block(broadcast);
+        }
+    }
+
+    fn backward_sums_each_block(broadcast: bool) {
         // d/dx sum(up(x) * g) = the sum of g over the 2 x 2 block that x[i, j] was copied to (by hand)
         let x = input::<A>([1, 2, 3, 4]).require_grad();
         let g = input::<A>([1, 2, 6, 8]).mul_scalar(1.5);
-        let grads = (upsample_nearest(x.clone(), [6, 8]) * g.clone()).sum().backward();
+        let up = if broadcast {
+            upsample_broadcast(x.clone(), [2, 2])
+        } else {
+            upsample_nearest(x.clone(), [6, 8])
+        };
+        let grads = (up * g.clone()).sum().backward();
         let got = x.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
         let gv = g.into_data().to_vec::<f32>().unwrap();
         let mut want = vec![0f32; 2 * 3 * 4];
@@ -398,13 +423,17 @@ mod upsample_tests {
             }
         }
         for (a, b) in got.iter().zip(&want) {
-            assert!((a - b).abs() <= 1e-5, "{got:?} vs {want:?}");
+            assert!(
+                (a - b).abs() <= 1e-5,
+                "broadcast {broadcast}: {got:?} vs {want:?}"
+            );
         }
     }
 
     #[test]
     fn an_empty_batch_stays_empty() {
         let x = Tensor::<Flex, 4>::zeros([0, 3, 2, 2], &Default::default());
+        assert_eq!(upsample_broadcast(x.clone(), [2, 2]).dims(), [0, 3, 4, 4]);
         assert_eq!(upsample_nearest(x, [4, 4]).dims(), [0, 3, 4, 4]);
     }
 }
