@@ -91,8 +91,13 @@ pub fn batch_norm_frozen<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Tens
 /// # Shapes
 /// - returns `([C], [C])`
 pub fn frozen_affine<B: Backend>(bn: &BatchNorm<B>) -> (Tensor<B, 1>, Tensor<B, 1>) {
-    let scale = bn.gamma.val() / (bn.running_var.value_sync() + bn.epsilon).sqrt();
-    let shift = bn.beta.val() - bn.running_mean.value_sync() * scale.clone();
+    // Clones of a module share one running-statistics cell, and forking a clone to another device moves the
+    // tensor in that cell (evaluation forks the model to every local device): read it on gamma's device.
+    let device = bn.gamma.val().device();
+    let running_var = bn.running_var.value_sync().to_device(&device);
+    let running_mean = bn.running_mean.value_sync().to_device(&device);
+    let scale = bn.gamma.val() / (running_var + bn.epsilon).sqrt();
+    let shift = bn.beta.val() - running_mean * scale.clone();
     (scale, shift)
 }
 

@@ -545,3 +545,106 @@ fn a_corrupt_image_on_one_node_stops_both() {
         assert!(err.contains(&name), "every node names the file: {err}");
     }
 }
+
+/// `src`'s synthetic set (`synth_dataset`) with only its `k`-th training image, written to `dst`.
+fn one_image_set(src: &Path, dst: &Path, k: usize) {
+    let (from, to) = (src.join("data"), dst.join("data"));
+    std::fs::create_dir_all(to.join("annotations")).unwrap();
+    for sub in ["train", "val"] {
+        std::fs::create_dir_all(to.join(sub)).unwrap();
+        for e in std::fs::read_dir(from.join(sub)).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), to.join(sub).join(e.file_name())).unwrap();
+        }
+    }
+    std::fs::copy(
+        from.join("annotations/instances_val.json"),
+        to.join("annotations/instances_val.json"),
+    )
+    .unwrap();
+    let ann = from.join("annotations/instances_train.json");
+    let mut coco: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(ann).unwrap()).unwrap();
+    let image = coco["images"][k].clone();
+    let id = image["id"].clone();
+    coco["images"] = serde_json::Value::Array(vec![image]);
+    let kept: Vec<serde_json::Value> = coco["annotations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["image_id"] == id)
+        .cloned()
+        .collect();
+    coco["annotations"] = serde_json::Value::Array(kept);
+    std::fs::write(
+        to.join("annotations/instances_train.json"),
+        serde_json::to_string(&coco).unwrap(),
+    )
+    .unwrap();
+}
+
+/// With BatchNorm training (`norm_eval` off), each replica keeps running statistics of its own batches, and
+/// the checkpoint holds replica 0's, as a PyTorch DDP checkpoint holds rank 0's buffers. One iteration over
+/// 2 images on 2 replicas of 1 image, at a learning rate too small to move a weight (1e-12): the checkpoint
+/// must then equal a one-device run on replica 0's image alone (running mean 0.1 x that image's mean), and
+/// differ from the run on both images (the mean of the two), which is what replicas sharing one running
+/// state wrote before.
+#[test]
+fn training_batch_norm_keeps_replica_0s_running_statistics() {
+    let tmp = TempDir::new("dist-running-stats");
+    let dir = tmp.path();
+    synth_dataset(dir, 2, 1, 64, 11);
+    let overrides = |set: &Path, batch: usize| {
+        let mut o = tiny(set, RETINANET, batch);
+        o.retain(|s| !s.starts_with("model.backbone.norm_eval") && !s.starts_with("optimizer="));
+        o.extend([
+            "model.backbone.norm_eval=false".to_string(),
+            r#"optimizer={"type": "SGD", "lr": 1e-12, "momentum": 0.0, "weight_decay": 0.0}"#.into(),
+            "runner.max_epochs=1".into(),
+            "data.pipeline.flip_prob=0".into(),
+        ]);
+        o
+    };
+    let two = dir.join("two");
+    ok(&run_args(&args(
+        "dist-train",
+        RETINANET,
+        &two,
+        &["--devices", "cpu,cpu"],
+        &overrides(dir, 1),
+    )));
+    assert_eq!(losses(&two).len(), 1, "one iteration");
+    let both = dir.join("both");
+    ok(&run_args(&args(
+        "train",
+        RETINANET,
+        &both,
+        &[],
+        &overrides(dir, 2),
+    )));
+    let dist = weights(&two.join("epoch_1"));
+    let worst = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let mixed = worst(&dist, &weights(&both.join("epoch_1")));
+    let mut alone = Vec::new();
+    for k in 0..2 {
+        let set = dir.join(format!("image{k}"));
+        one_image_set(dir, &set, k);
+        let work = set.join("work");
+        ok(&run_args(&args(
+            "train",
+            RETINANET,
+            &work,
+            &[],
+            &overrides(&set, 1),
+        )));
+        alone.push(worst(&dist, &weights(&work.join("epoch_1"))));
+    }
+    let best = alone.iter().copied().fold(f32::INFINITY, f32::min);
+    assert!(
+        best <= 1e-6,
+        "replica 0's running statistics are neither image's alone: {alone:?} (both images: {mixed})"
+    );
+    assert!(
+        mixed > 1e3 * best.max(1e-7),
+        "the test cannot tell one image's statistics from both: {mixed} vs {best}"
+    );
+}

@@ -190,7 +190,7 @@ where
             .enumerate()
             .skip(1)
             .map(|(local, device)| {
-                let model = model.clone();
+                let model = own_copy(&model);
                 let watchdog = &watchdog;
                 scope.spawn(move || {
                     let replica = Replica {
@@ -233,7 +233,7 @@ where
                 &setup.cfg.optimizer,
                 ReplicaJob::<B, M, H> {
                     replica: lead,
-                    model: model.clone(),
+                    model: own_copy(&model),
                     hooks: Some(hooks),
                 },
             )
@@ -273,6 +273,17 @@ where
         (None, Some(s)) => Ok(s),
         (None, None) => Err(TrainError::Distributed("no replica ran".into())),
     }
+}
+
+/// A copy of `model` that shares no state with it: the same parameter values and trainability, and running
+/// statistics of its own. A clone would share its BatchNorm running statistics (burn's `RunningState` is one
+/// shared cell that averages the updates of every thread using it), so that in-process replicas with
+/// training BatchNorm would mix their updates in whatever order the threads ran, and replicas on several
+/// devices would move one shared tensor between them. With a copy each, replica 0's running statistics
+/// follow its own batches alone, which are what a PyTorch DDP checkpoint holds (rank 0's buffers), and
+/// the result no longer depends on thread timing.
+fn own_copy<B: AutodiffBackend, M: AutodiffModule<B>>(model: &M) -> M {
+    M::from_inner(model.valid())
 }
 
 /// Hooks of the replicas that do not write.
@@ -865,5 +876,57 @@ fn stop_on_panic<T>(replica: usize, run: impl FnOnce() -> T) -> T {
             );
             std::process::exit(1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use attndet_backbones::norm::batch_norm_train;
+    use burn::backend::{Autodiff, Flex};
+    use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig};
+
+    type A = Autodiff<Flex>;
+
+    #[derive(Module, Debug)]
+    struct Net<B: Backend> {
+        bn: BatchNorm<B>,
+        frozen: Linear<B>,
+    }
+
+    fn mean(bn: &BatchNorm<A>) -> Vec<f32> {
+        bn.running_mean.value_sync().into_data().to_vec().unwrap()
+    }
+
+    /// A replica's copy keeps its own running statistics: a clone (what replicas were before) shares them,
+    /// a copy does not; values and trainability are the original's.
+    #[test]
+    fn a_replica_copy_has_running_statistics_of_its_own() {
+        let device = Default::default();
+        let net = Net::<A> {
+            bn: BatchNormConfig::new(2).init(&device),
+            frozen: LinearConfig::new(2, 2).init::<A>(&device).no_grad(),
+        };
+        // channel 0 holds 1, 2, 3, 4 -> batch mean 2.5 -> running mean 0.9 * 0 + 0.1 * 2.5 = 0.25;
+        // channel 1 holds 0 -> 0
+        let x = Tensor::<A, 4>::from_data(
+            TensorData::new(vec![1.0f32, 2.0, 0.0, 0.0, 3.0, 4.0, 0.0, 0.0], [2, 2, 2, 1]),
+            &device,
+        );
+        let clone = net.clone();
+        let copy = own_copy::<A, _>(&net);
+        let _ = batch_norm_train(&net.bn, x);
+        assert_eq!(mean(&net.bn), vec![0.25, 0.0]);
+        assert_eq!(mean(&clone.bn), vec![0.25, 0.0], "a clone shares the state");
+        assert_eq!(mean(&copy.bn), vec![0.0, 0.0], "the copy keeps its own");
+        assert!(copy.bn.gamma.val().is_require_grad());
+        assert!(!copy.frozen.weight.val().is_require_grad());
+        assert_eq!(
+            copy.frozen.weight.val().into_data(),
+            net.frozen.weight.val().into_data()
+        );
+        // an empty network copies to an empty network
+        let empty = own_copy::<A, _>(&Vec::<Linear<A>>::new());
+        assert!(empty.is_empty());
     }
 }
