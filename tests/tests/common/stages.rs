@@ -156,7 +156,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Grads<'_, B> {
     }
 }
 
-fn gradients<B: AutodiffBackend, M: Module<B>>(
+pub fn gradients<B: AutodiffBackend, M: Module<B>>(
     model: &M,
     grads: &B::Gradients,
 ) -> Vec<(String, Option<Vec<f32>>)> {
@@ -278,6 +278,56 @@ where
                 ga.is_some(),
                 gg.is_some()
             ),
+        }
+    }
+    diffs
+}
+
+/// The losses and gradients of `config` on the CPU for the stage batch against those of the same batch in the
+/// other image order: mathematically equal, so what differs is float summation order alone. How large that is
+/// per parameter says how far apart two correct backends (which sum in their own orders) can be.
+pub fn reordering_sensitivity(config: &str, overrides: &[&str], dir: &Path) -> Vec<StageDiff> {
+    type A = burn::backend::Autodiff<burn::backend::Flex>;
+    let da = Default::default();
+    let cfg = tiny_config(config, overrides);
+    A::seed(&da, 7);
+    let init = AnyDetector::<A>::from_config(&cfg.model, &da).expect("model");
+    let ckpt = dir.join("weights");
+    let state = TrainState {
+        epoch: 0,
+        global_iter: 0,
+        seed: 7,
+        base_lr: 0.0,
+        best: None,
+        config: serde_json::Value::Null,
+        classes: Vec::new(),
+    };
+    save_model::<A, _>(&ckpt, &init, &state).expect("save");
+    let load = || {
+        load_model::<A, _>(
+            &ckpt,
+            AnyDetector::<A>::from_config(&cfg.model, &da).unwrap(),
+            &da,
+        )
+        .expect("load")
+    };
+    let (a, b) = (load(), load());
+    let (pixels, items) = batch();
+    let half = pixels.len() / 2;
+    let swapped: Vec<f32> = pixels[half..].iter().chain(&pixels[..half]).copied().collect();
+    let items_swapped: Vec<BatchItem> = items.iter().rev().cloned().collect();
+    let ia = Tensor::<A, 4>::from_data(TensorData::new(pixels, [2, 3, 64, 64]), &da);
+    let ib = Tensor::<A, 4>::from_data(TensorData::new(swapped, [2, 3, 64, 64]), &da);
+    let (ta, ga) = training_step(&a, ia, &items);
+    let (tb, gb) = training_step(&b, ib, &items_swapped);
+    let mut diffs = Vec::new();
+    for ((name, va, na), (_, vb, nb)) in ta.into_iter().zip(tb) {
+        diffs.push(stage(format!("loss.{name}"), &[va], &[vb]));
+        diffs.push(stage(format!("normaliser.{name}"), &[na], &[nb]));
+    }
+    for ((name, x), (_, y)) in ga.into_iter().zip(gb) {
+        if let (Some(x), Some(y)) = (x, y) {
+            diffs.push(stage(format!("grad.{name}"), &x, &y));
         }
     }
     diffs
