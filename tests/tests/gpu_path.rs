@@ -16,6 +16,8 @@
 //!   weights, momentum, batches, flips): every loss term of every iteration agrees to 1e-3 relative; then `infer`
 //!   with the final CPU checkpoint on both devices gives the same detections (boxes to 1e-2 px).
 #![cfg(feature = "wgpu")]
+// `!(difference <= bound)` on purpose: a NaN difference must count as over the bound.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
 
 mod common;
 
@@ -203,8 +205,11 @@ fn require_wgpu_binary() {
     );
 }
 
-/// The train lines of a work dir's log: (global iteration, [(term, value)], total loss).
-fn train_log(work: &Path) -> Vec<(u64, Vec<(String, f64)>, f64)> {
+/// One train line of a log: `(global_iter, [(term, value)], total loss)`.
+type TrainLine = (u64, Vec<(String, f64)>, f64);
+
+/// The train lines of a work dir's log.
+fn train_log(work: &Path) -> Vec<TrainLine> {
     std::fs::read_to_string(work.join("log.jsonl"))
         .unwrap()
         .lines()
@@ -750,25 +755,8 @@ fn test_resnet<A: attndet_detectors::models::DetBackend + AutodiffBackend>(
 
 /// The RetinaNet test model's initial weights (seed 7), written as a checkpoint into `dir`.
 fn retinanet_weights(dir: &Path) -> PathBuf {
-    use attndet_detectors::engine::checkpoint::{TrainState, save_model};
-    use attndet_detectors::models::AnyDetector;
-    type A = Autodiff<Flex>;
     let cfg = common::stages::tiny_config(RETINANET, RETINANET_TINY);
-    let d = Default::default();
-    A::seed(&d, 7);
-    let init = AnyDetector::<A>::from_config(&cfg.model, &d).unwrap();
-    let ckpt = dir.join("weights");
-    let state = TrainState {
-        epoch: 0,
-        global_iter: 0,
-        seed: 7,
-        base_lr: 0.0,
-        best: None,
-        config: serde_json::Value::Null,
-        classes: Vec::new(),
-    };
-    save_model::<A, _>(&ckpt, &init, &state).unwrap();
-    ckpt
+    common::stages::initial_weights::<Autodiff<Flex>>(&cfg, &Default::default(), dir)
 }
 
 /// layer2's parameter gradients (objective sum(out * u)) on backend `A` from a given layer1 output.

@@ -218,6 +218,29 @@ fn training_step<B: DetBackend + AutodiffBackend>(
     (terms, gradients(model, &grads))
 }
 
+/// The initial weights of `cfg`'s model (seed 7, built on backend `A`), written as the checkpoint
+/// `dir/weights`: what the comparisons load on every backend.
+pub fn initial_weights<A: DetBackend + AutodiffBackend>(
+    cfg: &ExperimentConfig,
+    device: &A::Device,
+    dir: &Path,
+) -> std::path::PathBuf {
+    A::seed(device, 7);
+    let init = AnyDetector::<A>::from_config(&cfg.model, device).expect("model");
+    let ckpt = dir.join("weights");
+    let state = TrainState {
+        epoch: 0,
+        global_iter: 0,
+        seed: 7,
+        base_lr: 0.0,
+        best: None,
+        config: serde_json::Value::Null,
+        classes: Vec::new(),
+    };
+    save_model::<A, _>(&ckpt, &init, &state).expect("save");
+    ckpt
+}
+
 /// `config` (made tiny by `overrides`) on backends `A` and `G`: one checkpoint written from `A` into `dir` and
 /// loaded into both, one batch, every stage compared (see the module's doc).
 pub fn detector_stages<A, G>(
@@ -232,19 +255,7 @@ where
     G: DetBackend + AutodiffBackend,
 {
     let cfg = tiny_config(config, overrides);
-    A::seed(da, 7);
-    let init = AnyDetector::<A>::from_config(&cfg.model, da).expect("model");
-    let ckpt = dir.join("weights");
-    let state = TrainState {
-        epoch: 0,
-        global_iter: 0,
-        seed: 7,
-        base_lr: 0.0,
-        best: None,
-        config: serde_json::Value::Null,
-        classes: Vec::new(),
-    };
-    save_model::<A, _>(&ckpt, &init, &state).expect("save");
+    let ckpt = initial_weights::<A>(&cfg, da, dir);
     let a = load_model::<A, _>(&ckpt, AnyDetector::<A>::from_config(&cfg.model, da).unwrap(), da)
         .expect("load A");
     let g = load_model::<G, _>(&ckpt, AnyDetector::<G>::from_config(&cfg.model, dg).unwrap(), dg)
@@ -290,19 +301,7 @@ pub fn reordering_sensitivity(config: &str, overrides: &[&str], dir: &Path) -> V
     type A = burn::backend::Autodiff<burn::backend::Flex>;
     let da = Default::default();
     let cfg = tiny_config(config, overrides);
-    A::seed(&da, 7);
-    let init = AnyDetector::<A>::from_config(&cfg.model, &da).expect("model");
-    let ckpt = dir.join("weights");
-    let state = TrainState {
-        epoch: 0,
-        global_iter: 0,
-        seed: 7,
-        base_lr: 0.0,
-        best: None,
-        config: serde_json::Value::Null,
-        classes: Vec::new(),
-    };
-    save_model::<A, _>(&ckpt, &init, &state).expect("save");
+    let ckpt = initial_weights::<A>(&cfg, &da, dir);
     let load = || {
         load_model::<A, _>(
             &ckpt,
