@@ -819,18 +819,12 @@ fn backbone_gradients_on_wgpu_equal_the_cpu_given_the_same_input() {
     let x1 = (host(x.clone()), x.dims());
     let c2_cpu = layer1_output::<Autodiff<Flex>>(&ckpt, &x1, &Default::default());
     let c2_gpu = layer1_output::<Autodiff<Wgpu>>(&ckpt, &x1, &gpu());
-    let worst = |a: Vec<(String, Option<Vec<f32>>)>, b: Vec<(String, Option<Vec<f32>>)>| {
+    // the gradient furthest from the CPU's, relative to its scale (a NaN difference counts as the worst)
+    let worst = |a, b| {
         let mut w = (String::new(), 0f32);
-        for ((n, x), (_, y)) in a.into_iter().zip(b) {
-            let (x, y) = match (x, y) {
-                (Some(x), Some(y)) => (x, y),
-                (None, None) => continue, // running statistics
-                _ => panic!("{n}: a gradient on one backend only"),
-            };
-            let scale = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let diff = x.iter().zip(&y).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
-            if !(diff <= w.1 * scale) {
-                w = (n, diff / scale.max(f32::MIN_POSITIVE));
+        for d in common::stages::gradient_diffs(a, b) {
+            if !(d.relative() <= w.1) {
+                w = (d.name.clone(), d.relative());
             }
         }
         w

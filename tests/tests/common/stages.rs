@@ -279,18 +279,7 @@ where
         diffs.push(stage(format!("loss.{name}"), &[va], &[vg]));
         diffs.push(stage(format!("normaliser.{name}"), &[na], &[ng]));
     }
-    assert_eq!(grads_a.len(), grads_g.len(), "parameters");
-    for ((name, ga), (_, gg)) in grads_a.into_iter().zip(grads_g) {
-        match (ga, gg) {
-            (Some(ga), Some(gg)) => diffs.push(stage(format!("grad.{name}"), &ga, &gg)),
-            (None, None) => {}
-            (ga, gg) => panic!(
-                "grad.{name}: a gradient on one backend only (A: {}, G: {})",
-                ga.is_some(),
-                gg.is_some()
-            ),
-        }
-    }
+    diffs.extend(gradient_diffs(grads_a, grads_g));
     diffs
 }
 
@@ -324,9 +313,30 @@ pub fn reordering_sensitivity(config: &str, overrides: &[&str], dir: &Path) -> V
         diffs.push(stage(format!("loss.{name}"), &[va], &[vb]));
         diffs.push(stage(format!("normaliser.{name}"), &[na], &[nb]));
     }
-    for ((name, x), (_, y)) in ga.into_iter().zip(gb) {
-        if let (Some(x), Some(y)) = (x, y) {
-            diffs.push(stage(format!("grad.{name}"), &x, &y));
+    diffs.extend(gradient_diffs(ga, gb));
+    diffs
+}
+
+/// The difference of every parameter gradient of two runs (`gradients` of the same model on each), named
+/// `grad.PATH`; a parameter without a gradient in both (a frozen one, running statistics) is skipped.
+///
+/// # Panics
+/// When the runs list other parameters, or one has a gradient the other lacks.
+pub fn gradient_diffs(
+    a: Vec<(String, Option<Vec<f32>>)>,
+    b: Vec<(String, Option<Vec<f32>>)>,
+) -> Vec<StageDiff> {
+    assert_eq!(a.len(), b.len(), "parameters");
+    let mut diffs = Vec::new();
+    for ((name, ga), (_, gb)) in a.into_iter().zip(b) {
+        match (ga, gb) {
+            (Some(ga), Some(gb)) => diffs.push(stage(format!("grad.{name}"), &ga, &gb)),
+            (None, None) => {}
+            (ga, gb) => panic!(
+                "grad.{name}: a gradient on one side only (A: {}, B: {})",
+                ga.is_some(),
+                gb.is_some()
+            ),
         }
     }
     diffs
