@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Run every fuzz target of attndet-detectors for SECONDS each (default 600) and print executions and coverage.
+# Run every fuzz target of attndet-detectors (or the TARGETs named) for SECONDS each (default 600) and print one
+# line per target: executions, coverage, when the coverage last grew and whether it had reached a plateau.
 #   detectors/fuzz/run_all.sh [SECONDS] [TARGET...]     (cargo install cargo-fuzz; nightly toolchain)
 # The corpus of each target starts from seeds/TARGET (make_seeds.py) and, for `config`, the repository's
-# configs; it grows under corpus/ (ignored by git). Crashes are saved under artifacts/TARGET/.
+# configs; it grows under corpus/ (ignored by git), so a second run goes on where the first stopped. The full
+# output of each target is in logs/TARGET.log and crashes are saved under artifacts/TARGET/.
 set -euo pipefail
 cd "$(dirname "$0")"
 secs="${1:-600}"
@@ -15,9 +17,5 @@ for t in "${targets[@]}"; do
   if [ "$t" = config ]; then
     find ../../configs -name '*.json' | while read -r f; do cp -n "$f" "corpus/config/$(echo "$f" | tr / _)"; done
   fi
-  # -s none: coverage instrumentation without a sanitizer (the code is safe Rust; a panic is the finding).
-  # A crash or out-of-memory stops that target (its input is saved under artifacts/), not the others.
-  (cargo +nightly fuzz run -s none -O "$t" "corpus/$t" -- -max_total_time="$secs" -rss_limit_mb=2048 \
-     -max_len=65536 2>&1 || true) \
-    | grep -E "^#[0-9]+.*(DONE|pulse)|Done|ERROR|panicked|SUMMARY" | tail -2 | sed "s/^/$t: /" || true
+  ../../tests/scripts/fuzz_target.sh . "$t" "$secs" -max_len=65536
 done
