@@ -10,6 +10,8 @@ secs="${1:-600}"
 shift || true
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(coco_json results_json rle_string polygon)
+failed=0
 for t in "${targets[@]}"; do
-  ../../tests/scripts/fuzz_target.sh . "$t" "$secs"
+  ../../tests/scripts/fuzz_target.sh . "$t" "$secs" || failed=1
 done
+exit "$failed"

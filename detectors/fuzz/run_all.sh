@@ -11,11 +11,13 @@ secs="${1:-600}"
 shift || true
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(config image_decode torch_checkpoint record)
+failed=0
 for t in "${targets[@]}"; do
   mkdir -p "corpus/$t"
   [ -d "seeds/$t" ] && cp -n seeds/"$t"/* "corpus/$t/" 2>/dev/null || true
   if [ "$t" = config ]; then
     find ../../configs -name '*.json' | while read -r f; do cp -n "$f" "corpus/config/$(echo "$f" | tr / _)"; done
   fi
-  ../../tests/scripts/fuzz_target.sh . "$t" "$secs" -max_len=65536
+  ../../tests/scripts/fuzz_target.sh . "$t" "$secs" -max_len=65536 || failed=1
 done
+exit "$failed"

@@ -6,7 +6,8 @@
 # start, so that the coverage curve can be read back. The summary line says whether the coverage had stopped
 # growing: `last new coverage` is when the edge count (`cov:`) last grew; a plateau is a run whose last quarter
 # found no new edge. A crash or out-of-memory stops the target (its input is saved under
-# FUZZ_DIR/artifacts/TARGET/) and the line says so; the caller goes on with the next target.
+# FUZZ_DIR/artifacts/TARGET/) and the line says so; the caller goes on with the next target. A target that
+# does not build, or a run without a status line, is never reported as a plateau: exit 1 and `NO RUN`.
 set -euo pipefail
 dir="$1"
 target="$2"
@@ -17,7 +18,10 @@ mkdir -p "corpus/$target" logs
 log="logs/$target.log"
 # -s none: coverage instrumentation without a sanitizer (the code is safe Rust; a panic is the finding).
 # Built first, so that the times in the log are the fuzzing's own.
-cargo +nightly fuzz build -s none -O "$target" 2>&1 | grep -E "^error" || true
+if ! cargo +nightly fuzz build -s none -O "$target" >"logs/$target.build.log" 2>&1; then
+  printf '%-16s build failed: see %s/logs/%s.build.log\n' "$target" "$PWD" "$target"
+  exit 1
+fi
 start=$SECONDS
 (cargo +nightly fuzz run -s none -O "$target" "corpus/$target" -- -max_total_time="$secs" \
   -rss_limit_mb=2048 -print_final_stats=1 "$@" 2>&1 || true) |
@@ -39,6 +43,7 @@ awk -v target="$target" -v secs="$secs" '
     if (took == "") took = secs
     sub(/\/.*/, "", corp)
     if (crash) status = "CRASH (" substr(crash, index(crash, " ") + 1) ")"
+    else if (best == "") status = "NO RUN (no libFuzzer status line in the log)"
     else if (gained <= 0.75 * took) status = "plateau"
     else status = "still growing"
     printf "%-16s %7d s  %12d inputs  %8.0f/s  cov %6d  ft %6d  corpus %6d  last new coverage at %6d s  %s\n",
