@@ -255,3 +255,45 @@ fn empty_inputs_and_errors() {
     );
     assert!(bad.is_err());
 }
+
+/// The generic backward at a two-stage detector's scale: 512 RoIs on a 16 x 16 map of 16 channels (a 64 x 64
+/// image's P2), adaptive sampling, so many taps of different RoIs land on the same feature pixels.
+#[test]
+fn generic_backward_matches_kernel_at_detector_scale() {
+    use attndet_detectors::ops::RoiAlignBackend;
+    use burn::tensor::TensorPrimitive;
+    let mut rng = Lcg::new(11);
+    let shape = [2, 16, 16, 16];
+    let rois: Vec<f32> = rng
+        .boxes(512, 64.0)
+        .iter()
+        .enumerate()
+        .flat_map(|(i, b)| [(i % 2) as f32, b[0], b[1], b[2], b[3]])
+        .collect();
+    let o = RoiAlignOptions {
+        output_size: [7, 7],
+        spatial_scale: 0.25,
+        sampling_ratio: 0,
+        aligned: true,
+    };
+    let go: Vec<f32> = rng.uniform(512 * 16 * 49).into_iter().map(|u| u - 0.5).collect();
+    let go = || Tensor::<Cpu, 4>::from_data(TensorData::new(go.clone(), [512, 16, 7, 7]), &DEV);
+    let rt = || Tensor::<Cpu, 2>::from_data(TensorData::new(rois.clone(), [512, 5]), &DEV);
+    let kernel = <Cpu as RoiAlignBackend>::roi_align_backward(
+        shape,
+        rt().into_primitive().tensor(),
+        go().into_primitive().tensor(),
+        o,
+    );
+    let kernel = vecf(Tensor::<Cpu, 4>::from_primitive(TensorPrimitive::Float(kernel)));
+    let generic = vecf(roi_align_scatter(shape, rt(), go(), o));
+    let worst = kernel
+        .iter()
+        .zip(&generic)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    let scale = kernel.iter().map(|a| a.abs()).fold(0f32, f32::max);
+    eprintln!("max |generic - kernel| {worst:e} of {scale:e}");
+    assert!(scale > 0.1, "a non-trivial gradient");
+    assert!(worst <= 1e-5 * scale, "max |generic - kernel| {worst} of {scale}");
+}

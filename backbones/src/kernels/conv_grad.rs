@@ -253,6 +253,8 @@ mod tests {
         check(square_conv(2, 8, [6, 5], 7, 1, 1, 0)); // pointwise
         check(square_conv(2, 8, [7, 9], 4, 1, 2, 0)); // strided 1x1
         check(square_conv(2, 2, [3, 3], 2, 3, 1, 4)); // padding wider than the kernel reach
+        check(square_conv(2, 16, [2, 2], 16, 3, 1, 1)); // an FPN's P5 of a 64 x 64 image
+        check(square_conv(2, 16, [1, 1], 16, 3, 1, 1)); // its P6: every tap but the centre in the padding
         check(ConvGeometry {
             dilation: [2, 2],
             groups: 3,

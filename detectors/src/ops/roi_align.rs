@@ -284,6 +284,9 @@ pub trait RoiAlignBackend: Backend {
 /// Upper bound on `taps x channels` floats held at once by the generic formulation.
 const GATHER_BUDGET: usize = 1 << 26;
 
+/// Upper bound on the rows (`rois x cells x taps`) of one scatter-add of the generic backward.
+const SCATTER_ROWS: usize = 1 << 14;
+
 /// Host taps of a batch of RoIs as (flat `b*H*W + y*W + x` row index, weight) pairs, `[cells * T]` each.
 fn host_taps(rois: &[f32], [n, _, h, w]: [usize; 4], o: &RoiAlignOptions) -> (Vec<i64>, Vec<f32>, usize) {
     let cells = o.output_size[0] * o.output_size[1];
@@ -394,7 +397,11 @@ pub fn roi_align_scatter<B: Backend>(
     if k > 0 && c > 0 && cells > 0 && n * h * w > 0 {
         let rv = rois_to_host(rois);
         let g = grad_out.permute([0, 2, 3, 1]).reshape([k * cells, c]);
-        let step = roi_chunks(k, cells, c, max_taps(&rv, &o));
+        let taps = max_taps(&rv, &o);
+        // Each scatter-add also stays within SCATTER_ROWS rows: burn 0.21's wgpu `select_assign` loops over
+        // all the rows in one invocation per column and loses additions on long inputs (512 RoIs x 49 cells x
+        // 36 taps gave wrong gradients on lavapipe; the CPU's generic path is exact at any length).
+        let step = roi_chunks(k, cells, c, taps).min((SCATTER_ROWS / (cells * taps)).max(1));
         for r0 in (0..k).step_by(step) {
             let kk = step.min(k - r0);
             let (idx, wts, t) = host_taps(&rv[r0 * 5..(r0 + kk) * 5], [n, c, h, w], &o);
