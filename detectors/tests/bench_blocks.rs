@@ -59,11 +59,7 @@ fn bench_blocks() {
         .collect();
     let mut rng = Lcg::new(11);
     let boxes = bench_boxes(&mut rng, 1000, 1216.0, 800.0, 400.0);
-    let rois: Vec<f32> = boxes
-        .iter()
-        .enumerate()
-        .flat_map(|(i, b)| [(i % 2) as f32, b[0], b[1], b[2], b[3]])
-        .collect();
+    let rois = rois_alternating(&boxes);
     let o = RoiAlignOptions {
         output_size: [7, 7],
         spatial_scale: 0.25,

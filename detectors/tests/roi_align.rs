@@ -87,24 +87,40 @@ fn forward_and_gradient_match_torchvision() {
     }
 }
 
+/// RoIAlign's input gradient by the Flex kernel and by the generic backward (device scatter-adds, the default
+/// of `RoiAlignBackend`), for `rois` `[K, 5]` and the output gradient `go` `[K, C, oh, ow]` on an input `shape`.
+fn kernel_and_generic_backward(
+    shape: [usize; 4],
+    rois: &[f32],
+    go: &[f32],
+    o: RoiAlignOptions,
+) -> (Vec<f32>, Vec<f32>) {
+    use attndet_detectors::ops::RoiAlignBackend;
+    use burn::tensor::TensorPrimitive;
+    let k = rois.len() / 5;
+    let go = || {
+        let dims = [k, shape[1], o.output_size[0], o.output_size[1]];
+        Tensor::<Cpu, 4>::from_data(TensorData::new(go.to_vec(), dims), &DEV)
+    };
+    let kernel = <Cpu as RoiAlignBackend>::roi_align_backward(
+        shape,
+        rois_tensor::<Cpu>(rois).into_primitive().tensor(),
+        go().into_primitive().tensor(),
+        o,
+    );
+    let kernel = vecf(Tensor::<Cpu, 4>::from_primitive(TensorPrimitive::Float(kernel)));
+    let generic = vecf(roi_align_scatter(shape, rois_tensor::<Cpu>(rois), go(), o));
+    (kernel, generic)
+}
+
 /// The generic backward (device scatter-adds, the default of `RoiAlignBackend`) equals the Flex kernel's.
 #[test]
 fn generic_backward_matches_kernel() {
-    use attndet_detectors::ops::RoiAlignBackend;
-    use burn::tensor::TensorPrimitive;
     let inp = inputs();
-    let go = || Tensor::<Cpu, 4>::from_data(TensorData::new(inp.weights.clone(), [5, 3, 3, 2]), &DEV);
     for (_, sr, aligned) in CASES {
-        let o = options(sr, aligned);
-        let kernel = <Cpu as RoiAlignBackend>::roi_align_backward(
-            [2, 3, 9, 11],
-            rois_tensor::<Cpu>(&inp.rois).into_primitive().tensor(),
-            go().into_primitive().tensor(),
-            o,
-        );
-        let kernel = Tensor::<Cpu, 4>::from_primitive(TensorPrimitive::Float(kernel));
-        let generic = roi_align_scatter([2, 3, 9, 11], rois_tensor::<Cpu>(&inp.rois), go(), o);
-        assert_close(&vecf(generic), &vecf(kernel), 1e-6);
+        let (kernel, generic) =
+            kernel_and_generic_backward([2, 3, 9, 11], &inp.rois, &inp.weights, options(sr, aligned));
+        assert_close(&generic, &kernel, 1e-6);
     }
 }
 
@@ -260,16 +276,8 @@ fn empty_inputs_and_errors() {
 /// image's P2), adaptive sampling, so many taps of different RoIs land on the same feature pixels.
 #[test]
 fn generic_backward_matches_kernel_at_detector_scale() {
-    use attndet_detectors::ops::RoiAlignBackend;
-    use burn::tensor::TensorPrimitive;
     let mut rng = Lcg::new(11);
-    let shape = [2, 16, 16, 16];
-    let rois: Vec<f32> = rng
-        .boxes(512, 64.0)
-        .iter()
-        .enumerate()
-        .flat_map(|(i, b)| [(i % 2) as f32, b[0], b[1], b[2], b[3]])
-        .collect();
+    let rois = rois_alternating(&rng.boxes(512, 64.0));
     let o = RoiAlignOptions {
         output_size: [7, 7],
         spatial_scale: 0.25,
@@ -277,16 +285,7 @@ fn generic_backward_matches_kernel_at_detector_scale() {
         aligned: true,
     };
     let go: Vec<f32> = rng.uniform(512 * 16 * 49).into_iter().map(|u| u - 0.5).collect();
-    let go = || Tensor::<Cpu, 4>::from_data(TensorData::new(go.clone(), [512, 16, 7, 7]), &DEV);
-    let rt = || Tensor::<Cpu, 2>::from_data(TensorData::new(rois.clone(), [512, 5]), &DEV);
-    let kernel = <Cpu as RoiAlignBackend>::roi_align_backward(
-        shape,
-        rt().into_primitive().tensor(),
-        go().into_primitive().tensor(),
-        o,
-    );
-    let kernel = vecf(Tensor::<Cpu, 4>::from_primitive(TensorPrimitive::Float(kernel)));
-    let generic = vecf(roi_align_scatter(shape, rt(), go(), o));
+    let (kernel, generic) = kernel_and_generic_backward([2, 16, 16, 16], &rois, &go, o);
     let worst = kernel
         .iter()
         .zip(&generic)

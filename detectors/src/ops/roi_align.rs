@@ -400,7 +400,7 @@ pub fn roi_align_scatter<B: Backend>(
         let taps = max_taps(&rv, &o);
         // Each scatter-add also stays within SCATTER_ROWS rows: burn 0.21's wgpu `select_assign` loops over
         // all the rows in one invocation per column and loses additions on long inputs (512 RoIs x 49 cells x
-        // 36 taps gave wrong gradients on lavapipe; the CPU's generic path is exact at any length).
+        // 16 taps = 401,408 rows gave wrong gradients on lavapipe; the CPU's generic path is exact at any length).
         let step = roi_chunks(k, cells, c, taps).min((SCATTER_ROWS / (cells * taps)).max(1));
         for r0 in (0..k).step_by(step) {
             let kk = step.min(k - r0);

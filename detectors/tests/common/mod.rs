@@ -38,6 +38,15 @@ impl Lcg {
     }
 }
 
+/// RoIs `[batch, x1, y1, x2, y2]` from `boxes`, alternating between batch images 0 and 1.
+pub fn rois_alternating(boxes: &[[f32; 4]]) -> Vec<f32> {
+    boxes
+        .iter()
+        .enumerate()
+        .flat_map(|(i, b)| [(i % 2) as f32, b[0], b[1], b[2], b[3]])
+        .collect()
+}
+
 pub fn fixture(name: &str) -> serde_json::Value {
     let path = format!("{}/tests/fixtures/{name}.json", env!("CARGO_MANIFEST_DIR"));
     serde_json::from_str(&std::fs::read_to_string(&path).expect(&path)).expect("fixture json")
