@@ -399,16 +399,40 @@ const RELU_FLIPS: &str = "with batch statistics the two forward passes differ by
      (a sampled negative RoI that differs), and rpn_cls.weight's gradient by 2.4e-3 while the RPN losses agree \
      exactly: not located further";
 
-/// RetinaNet's anchors and the stage batch's first image's boxes, assigned on backend `B`: the overlaps
-/// `[T, M]`, the assigned GT (1-based, 0 negative, -1 ignored) and the anchors `[T, 4]`, on the host.
-fn retinanet_assignment<B: Backend>(device: &B::Device) -> (Vec<f32>, Vec<i64>, Vec<f32>, usize) {
+/// The anchor generator and the anchor assigner of a detector's dense head in its tiny stage config:
+/// RetinaNet's head, or a two-stage model's RPN.
+fn dense_head_parts(
+    config: &str,
+    overrides: &[&str],
+) -> (
+    attndet_detectors::anchors::AnchorGenerator,
+    attndet_detectors::assigners::MaxIouAssigner,
+) {
     use attndet_detectors::config::ModelConfig;
+    match common::stages::tiny_config(config, overrides).model {
+        ModelConfig::RetinaNet(c) => (
+            c.bbox_head.anchor_generator.init().unwrap(),
+            c.train_cfg.assigner.init().unwrap(),
+        ),
+        ModelConfig::FasterRcnn(c) => (
+            c.rpn_head.anchor_generator.init().unwrap(),
+            c.train_cfg.rpn.assigner.init().unwrap(),
+        ),
+        _ => panic!("{config}: neither RetinaNet nor Faster R-CNN"),
+    }
+}
+
+/// A dense head's anchors over a 64 x 64 image and the stage batch's image `image`'s boxes, assigned on
+/// backend `B`: the overlaps `[T, M]`, the assigned GT (1-based, 0 negative, -1 ignored) and the anchors
+/// `[T, 4]`, on the host.
+fn dense_assignment<B: Backend>(
+    config: &str,
+    overrides: &[&str],
+    image: usize,
+    device: &B::Device,
+) -> (Vec<f32>, Vec<i64>, Vec<f32>, usize) {
     use attndet_detectors::ops::{OverlapMode, pairwise_overlaps};
-    let cfg = common::stages::tiny_config(RETINANET, RETINANET_TINY);
-    let ModelConfig::RetinaNet(c) = cfg.model else {
-        panic!("a RetinaNet config")
-    };
-    let generator = c.bbox_head.anchor_generator.init().unwrap();
+    let (generator, assigner) = dense_head_parts(config, overrides);
     let sizes: Vec<[usize; 2]> = generator
         .strides()
         .iter()
@@ -420,7 +444,7 @@ fn retinanet_assignment<B: Backend>(device: &B::Device) -> (Vec<f32>, Vec<i64>, 
             .unwrap(),
         0,
     );
-    let gt = common::stages::batch().1[0].gt.clone();
+    let gt = common::stages::batch().1[image].gt.clone();
     let m = gt.boxes.len();
     let gt_boxes = Tensor::<B, 2>::from_data(
         TensorData::new(gt.boxes.iter().flatten().copied().collect::<Vec<f32>>(), [m, 4]),
@@ -430,7 +454,6 @@ fn retinanet_assignment<B: Backend>(device: &B::Device) -> (Vec<f32>, Vec<i64>, 
     let gt_labels =
         Tensor::<B, 1, Int>::from_data(TensorData::new(labels, [m]).convert::<B::IntElem>(), device);
     let overlaps = pairwise_overlaps(anchors.clone(), gt_boxes.clone(), OverlapMode::Iou).unwrap();
-    let assigner = c.train_cfg.assigner.init().unwrap();
     let r = assigner
         .assign(anchors.clone(), gt_boxes, gt_labels, None, None)
         .unwrap();
@@ -438,20 +461,21 @@ fn retinanet_assignment<B: Backend>(device: &B::Device) -> (Vec<f32>, Vec<i64>, 
     (host(overlaps), inds, host(anchors), m)
 }
 
-#[test]
-fn retinanet_assignment_on_wgpu_equals_the_cpu() {
-    let (ov_c, ind_c, anchors, m) = retinanet_assignment::<Flex>(&Default::default());
-    let (ov_g, ind_g, _, _) = retinanet_assignment::<Wgpu>(&gpu());
+/// The anchors a dense head assigns differently on wgpu and on the CPU, each with its IoUs on both, and the
+/// largest difference of the overlaps.
+fn dense_assignment_differences(config: &str, overrides: &[&str], image: usize) -> (Vec<String>, f32) {
+    let (ov_c, ind_c, anchors, m) = dense_assignment::<Flex>(config, overrides, image, &Default::default());
+    let (ov_g, ind_g, _, _) = dense_assignment::<Wgpu>(config, overrides, image, &gpu());
     let worst = ov_c
         .iter()
         .zip(&ov_g)
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max);
     eprintln!(
-        "overlaps: max |wgpu - cpu| = {worst:e} over {} values",
+        "{config} image {image}: overlaps max |wgpu - cpu| = {worst:e} over {} values",
         ov_c.len()
     );
-    let differing: Vec<String> = (0..ind_c.len())
+    let differing = (0..ind_c.len())
         .filter(|&i| ind_c[i] != ind_g[i])
         .map(|i| {
             format!(
@@ -464,6 +488,12 @@ fn retinanet_assignment_on_wgpu_equals_the_cpu() {
             )
         })
         .collect();
+    (differing, worst)
+}
+
+#[test]
+fn retinanet_assignment_on_wgpu_equals_the_cpu() {
+    let (differing, worst) = dense_assignment_differences(RETINANET, RETINANET_TINY, 0);
     assert!(
         differing.is_empty(),
         "{} anchors assigned differently:\n{}",
@@ -471,6 +501,22 @@ fn retinanet_assignment_on_wgpu_equals_the_cpu() {
         differing.join("\n")
     );
     assert!(worst <= 1e-6, "overlaps differ by {worst}");
+}
+
+/// The RPN's anchor assignment of both stage images: an anchor assigned differently changes the pool the
+/// random sampler draws from, and with it every sampled negative after it.
+#[test]
+fn rpn_assignment_on_wgpu_equals_the_cpu() {
+    for image in 0..2 {
+        let (differing, worst) = dense_assignment_differences(FASTER_RCNN, FASTER_RCNN_TINY, image);
+        assert!(
+            differing.is_empty(),
+            "image {image}: {} anchors assigned differently:\n{}",
+            differing.len(),
+            differing.join("\n")
+        );
+        assert!(worst <= 1e-6, "image {image}: overlaps differ by {worst}");
+    }
 }
 
 /// `sum(conv(x) * u)` on autodiff backend `A` through `fused::conv` (the models' path: attndet's CPU kernels
@@ -505,7 +551,8 @@ fn conv_and_grads<A: AutodiffBackend>(
 #[test]
 fn convolution_gradients_on_wgpu_equal_the_cpu() {
     // the ResNet-18 convolutions of a 64 x 64 batch of 2 (stem, the stride-2 and 1x1 shortcut of each stage),
-    // then the RPN's 3x3 convolution on each FPN level of the tiny two-stage models (16 channels, P2 to P6)
+    // then the RPN's 3x3 convolution on each FPN level of the tiny two-stage models (16 channels, P2 to P6) and
+    // its 1x1 objectness (3 anchors) and box (12 = 3 x 4) convolutions
     let mut worst = Vec::new();
     for (shape, co, k, stride) in [
         ([2, 3, 64, 64], 8, 7, 2),
@@ -521,6 +568,14 @@ fn convolution_gradients_on_wgpu_equal_the_cpu() {
         ([2, 16, 4, 4], 16, 3, 1),
         ([2, 16, 2, 2], 16, 3, 1),
         ([2, 16, 1, 1], 16, 3, 1),
+        ([2, 16, 16, 16], 3, 1, 1),
+        ([2, 16, 8, 8], 3, 1, 1),
+        ([2, 16, 4, 4], 3, 1, 1),
+        ([2, 16, 2, 2], 3, 1, 1),
+        ([2, 16, 1, 1], 3, 1, 1),
+        ([2, 16, 16, 16], 12, 1, 1),
+        ([2, 16, 2, 2], 12, 1, 1),
+        ([2, 16, 1, 1], 12, 1, 1),
     ] {
         let c = conv_and_grads::<Autodiff<Flex>>(shape, co, k, stride, &Default::default());
         let g = conv_and_grads::<Autodiff<Wgpu>>(shape, co, k, stride, &gpu());
